@@ -1,0 +1,238 @@
+//! Configuring and starting an audit pipeline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::chain::{Chain, Hasher};
+use crate::error::Error;
+use crate::fields::Risk;
+use crate::file::{self, FileSink, FileWriter, Resume};
+use crate::guard::{AuditGuard, AuditHandle};
+use crate::layer::{AuditLayer, Shared};
+use crate::pipeline::{Counters, QueueMode, Submitter};
+use crate::record::Statics;
+use crate::syslog::SyslogSink;
+use crate::worker::{LineSink, Worker};
+
+/// The environment variable the README and the command-line tool use for
+/// the chain key by convention (see [`AuditLayerBuilder::chain_key_env`]).
+pub const CHAIN_KEY_ENV: &str = "TRACING_AUDIT_CHAIN_KEY";
+
+/// Configures an [`AuditLayer`]. Start from [`AuditLayer::builder`].
+///
+/// | setting | default |
+/// |---|---|
+/// | [`durable_at`](Self::durable_at) | [`Risk::High`]: synced before the macro returns |
+/// | [`sync_interval`](Self::sync_interval) | 1 s: the longest any record waits to be synced |
+/// | [`queue_capacity`](Self::queue_capacity) | 16 384 records |
+/// | [`queue_mode`](Self::queue_mode) | [`QueueMode::Lossless`]: the caller waits when the queue is full |
+/// | [`max_value_len`](Self::max_value_len) | 8 KiB per value, longer values truncated with a marker |
+/// | chain | SHA-256; HMAC-SHA-256 with [`chain_key`](Self::chain_key) |
+/// | `host` | the machine's host name |
+/// | `service`, `version`, `environment` | `null` |
+#[derive(Debug)]
+pub struct AuditLayerBuilder {
+    service: Option<String>,
+    version: Option<String>,
+    environment: Option<String>,
+    host: Option<String>,
+    file: Option<FileSink>,
+    syslog: Vec<SyslogSink>,
+    durable_at: Risk,
+    sync_interval: Duration,
+    queue_capacity: usize,
+    queue_mode: QueueMode,
+    max_value_len: usize,
+    chain_key: Option<Result<Vec<u8>, String>>,
+}
+
+impl Default for AuditLayerBuilder {
+    fn default() -> Self {
+        AuditLayerBuilder {
+            service: None,
+            version: None,
+            environment: None,
+            host: Some(gethostname::gethostname().to_string_lossy().into_owned()),
+            file: None,
+            syslog: Vec::new(),
+            durable_at: Risk::High,
+            sync_interval: Duration::from_secs(1),
+            queue_capacity: 16 * 1024,
+            queue_mode: QueueMode::Lossless,
+            max_value_len: 8 * 1024,
+            chain_key: None,
+        }
+    }
+}
+
+impl AuditLayerBuilder {
+    /// The service name written in every record.
+    #[must_use]
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
+
+    /// The service version written in every record.
+    #[must_use]
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// The environment (`production`, `staging`, …) written in every record.
+    #[must_use]
+    pub fn environment(mut self, env: impl Into<String>) -> Self {
+        self.environment = Some(env.into());
+        self
+    }
+
+    /// Overrides the host name written in every record.
+    #[must_use]
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// Writes the trail to rolling files: a [`FileSink`], or just a
+    /// directory (daily rotation, every file kept).
+    #[must_use]
+    pub fn file(mut self, sink: impl Into<FileSink>) -> Self {
+        self.file = Some(sink.into());
+        self
+    }
+
+    /// Also forwards every record to a syslog server (may be called more
+    /// than once; may be the only sink).
+    #[must_use]
+    pub fn syslog(mut self, sink: SyslogSink) -> Self {
+        self.syslog.push(sink);
+        self
+    }
+
+    /// Records at or above this risk are written and `fdatasync`ed before
+    /// the tracing macro returns (concurrent waiters share one sync).
+    #[must_use]
+    pub fn durable_at(mut self, risk: Risk) -> Self {
+        self.durable_at = risk;
+        self
+    }
+
+    /// The longest a record waits before it is synced to disk.
+    #[must_use]
+    pub fn sync_interval(mut self, every: Duration) -> Self {
+        self.sync_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many records may wait in the queue.
+    #[must_use]
+    pub fn queue_capacity(mut self, records: usize) -> Self {
+        self.queue_capacity = records.max(1);
+        self
+    }
+
+    /// What a full queue does: wait (default) or drop and count.
+    #[must_use]
+    pub fn queue_mode(mut self, mode: QueueMode) -> Self {
+        self.queue_mode = mode;
+        self
+    }
+
+    /// Longest value kept, in bytes; longer ones are cut at a character
+    /// boundary with `...[truncated N bytes]`, and the record lists them in
+    /// `details["audit.truncated"]`.
+    #[must_use]
+    pub fn max_value_len(mut self, bytes: usize) -> Self {
+        self.max_value_len = bytes.max(16);
+        self
+    }
+
+    /// Keys the chain with HMAC-SHA-256, so whoever can edit the files but
+    /// does not hold the key cannot recompute it. Use at least 32 random bytes.
+    #[must_use]
+    pub fn chain_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        let key = key.into();
+        self.chain_key = Some(if key.is_empty() { Err("the chain key is empty".into()) } else { Ok(key) });
+        self
+    }
+
+    /// Reads the chain key from an environment variable at
+    /// [`build`](Self::build) (conventionally [`CHAIN_KEY_ENV`]); its UTF-8
+    /// bytes are the key. `build` fails if it is unset or empty.
+    #[must_use]
+    pub fn chain_key_env(mut self, var: &str) -> Self {
+        self.chain_key = Some(match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(v.into_bytes()),
+            _ => Err(format!("environment variable {var} is unset or empty")),
+        });
+        self
+    }
+
+    /// Checks the configuration, opens the sinks, resumes the chain from
+    /// the files on disk, and starts the worker threads.
+    pub fn build<S>(self) -> Result<(AuditLayer<S>, AuditGuard), Error> {
+        if self.file.is_none() && self.syslog.is_empty() {
+            return Err(Error::Config("no sink: call .file(..) and/or .syslog(..)".into()));
+        }
+        let key = match self.chain_key {
+            None => None,
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => return Err(Error::Config(e)),
+        };
+        let hasher = Hasher::new(key.as_deref());
+
+        let (file, resume) = match &self.file {
+            Some(sink) => {
+                let dir = file::prepare_dir(&sink.dir)?;
+                let lock = file::lock_dir(&dir)?;
+                let resume = file::find_resume(sink, &dir, &hasher)?;
+                (Some(FileWriter::open(sink, dir, lock)?), resume)
+            }
+            None => (None, Resume::default()),
+        };
+        let chain = match &resume.last {
+            Some((seq, hash)) => Chain::resume(hasher, *seq, hash),
+            None => Chain::new(hasher),
+        };
+
+        let counters = Arc::new(Counters::default());
+        let mut threads = Vec::new();
+        let mut forwards: Vec<Box<dyn LineSink>> = Vec::new();
+        for sink in self.syslog {
+            let (fwd, thread) = sink.start(counters.clone(), self.host.as_deref())?;
+            forwards.push(Box::new(fwd));
+            threads.push(thread);
+        }
+
+        let (submitter, rx) = Submitter::new(self.queue_capacity, self.queue_mode, self.durable_at, counters.clone());
+        let handle = AuditHandle::new(counters.clone(), submitter.sender());
+        let statics = Statics::new(
+            self.service.as_deref(),
+            self.version.as_deref(),
+            self.environment.as_deref(),
+            self.host.as_deref(),
+        );
+        let worker = Worker {
+            rx,
+            chain,
+            file,
+            forwards,
+            counters,
+            sync_interval: self.sync_interval,
+            statics: statics.clone(),
+            limit: self.max_value_len,
+            resume,
+            pid: std::process::id(),
+        };
+        let main = std::thread::Builder::new()
+            .name("tracing-audit".into())
+            .spawn(move || worker.run())
+            .map_err(|e| Error::io("start the audit worker thread", std::path::Path::new("."), e))?;
+        // The pipeline worker must stop first (it closes the syslog queues).
+        threads.insert(0, main);
+
+        let shared = Arc::new(Shared { submitter, statics, limit: self.max_value_len });
+        Ok((AuditLayer::new(shared), AuditGuard::new(handle, threads)))
+    }
+}

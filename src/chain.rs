@@ -1,0 +1,245 @@
+//! The hash chain: sealing a record body into a line, and checking a line.
+//!
+//! A sealed line ends with `,"prev_hash":"<64 hex>","hash":"<64 hex>"}`.
+//! `hash` is SHA-256 — or HMAC-SHA-256 under a secret key — over the ASCII
+//! hex of `prev_hash` followed by the line's exact bytes up to and including
+//! the comma before `"hash"`. Checking never re-serialises JSON: the hashed
+//! range is a fixed offset from the end of the line. The first record of a
+//! chain links to [`GENESIS`]. Sealing and checking share [`Hasher`], so
+//! writer and verifier cannot drift apart.
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::encode;
+
+/// `prev_hash` of the first record of a chain: 64 zeros.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Bytes after the hashed range: `"hash":"` + 64 hex + `"}`.
+pub(crate) const HASH_SUFFIX_LEN: usize = 8 + 64 + 2;
+/// Bytes of `"prev_hash":"` + 64 hex + `",` just before the suffix.
+const PREV_LEN: usize = 13 + 64 + 2;
+
+/// SHA-256, or HMAC-SHA-256 with a key.
+#[derive(Clone)]
+pub(crate) enum Hasher {
+    Plain,
+    Keyed(Hmac<Sha256>),
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.write_str(match self {
+            Hasher::Plain => "Hasher::Plain(sha256)",
+            Hasher::Keyed(_) => "Hasher::Keyed(hmac-sha256)",
+        })
+    }
+}
+
+impl Hasher {
+    pub(crate) fn new(key: Option<&[u8]>) -> Self {
+        match key {
+            // HMAC accepts keys of any length; this cannot fail.
+            Some(k) => Hmac::<Sha256>::new_from_slice(k).map_or(Hasher::Plain, Hasher::Keyed),
+            None => Hasher::Plain,
+        }
+    }
+
+    /// The algorithm's name as written in `audit_started` records.
+    pub(crate) fn algorithm(&self) -> &'static str {
+        match self {
+            Hasher::Plain => "sha256",
+            Hasher::Keyed(_) => "hmac-sha256",
+        }
+    }
+
+    pub(crate) fn digest(&self, prev_hex: &[u8], hashed: &[u8]) -> [u8; 32] {
+        match self {
+            Hasher::Plain => {
+                let mut h = Sha256::new();
+                h.update(prev_hex);
+                h.update(hashed);
+                h.finalize().into()
+            }
+            Hasher::Keyed(mac) => {
+                let mut m = mac.clone();
+                m.update(prev_hex);
+                m.update(hashed);
+                m.finalize().into_bytes().into()
+            }
+        }
+    }
+}
+
+/// The writer's chain state: next `seq` and the last hash.
+#[derive(Debug)]
+pub(crate) struct Chain {
+    hasher: Hasher,
+    next_seq: u64,
+    prev_hex: [u8; 64],
+}
+
+impl Chain {
+    pub(crate) fn new(hasher: Hasher) -> Self {
+        let mut prev_hex = [0u8; 64];
+        prev_hex.copy_from_slice(GENESIS.as_bytes());
+        Chain { hasher, next_seq: 0, prev_hex }
+    }
+
+    /// Continues after a record with `seq` and `hash` (hex) found on disk.
+    pub(crate) fn resume(hasher: Hasher, last_seq: u64, last_hash: &str) -> Self {
+        let mut c = Chain::new(hasher);
+        c.next_seq = last_seq + 1;
+        if last_hash.len() == 64 {
+            c.prev_hex.copy_from_slice(last_hash.as_bytes());
+        }
+        c
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub(crate) fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+
+    /// Appends a complete line (with `\n`) to `out` and returns its seq.
+    pub(crate) fn seal(&mut self, out: &mut Vec<u8>, audit_id: &uuid::Uuid, body: &[u8]) -> u64 {
+        let start = out.len();
+        let seq = self.next_seq;
+        out.extend_from_slice(b"{\"schema\":1,\"audit_id\":\"");
+        let mut idbuf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        out.extend_from_slice(audit_id.hyphenated().encode_lower(&mut idbuf).as_bytes());
+        out.extend_from_slice(b"\",\"seq\":");
+        encode::write_u64(out, seq);
+        out.extend_from_slice(body);
+        out.extend_from_slice(b",\"prev_hash\":\"");
+        out.extend_from_slice(&self.prev_hex);
+        out.extend_from_slice(b"\",");
+        let digest = self.hasher.digest(&self.prev_hex, &out[start..]);
+        let mut hex = Vec::with_capacity(64);
+        encode::write_hex(&mut hex, &digest);
+        out.extend_from_slice(b"\"hash\":\"");
+        out.extend_from_slice(&hex);
+        out.extend_from_slice(b"\"}\n");
+        self.prev_hex.copy_from_slice(&hex);
+        self.next_seq += 1;
+        seq
+    }
+}
+
+/// The chain fields of one line, read without parsing JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Link<'a> {
+    pub(crate) seq: u64,
+    pub(crate) prev_hash: &'a str,
+    pub(crate) hash: &'a str,
+}
+
+/// Why a line's chain fields could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkError {
+    /// Not a sealed line (wrong start, wrong end, bad hex, bad seq).
+    Malformed,
+    /// `hash` does not match the bytes.
+    HashMismatch,
+}
+
+fn is_hex64(s: &[u8]) -> bool {
+    s.len() == 64 && s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Reads and checks one line (without its `\n`): the stored hash must equal
+/// the hash of its own bytes and its stored `prev_hash`.
+pub(crate) fn check_line<'a>(hasher: &Hasher, line: &'a [u8]) -> Result<Link<'a>, LinkError> {
+    const HEAD: &[u8] = b"{\"schema\":1,\"audit_id\":\"";
+    let n = line.len();
+    if n < HEAD.len() + 36 + 8 + HASH_SUFFIX_LEN + PREV_LEN || !line.starts_with(HEAD) {
+        return Err(LinkError::Malformed);
+    }
+    let suffix = &line[n - HASH_SUFFIX_LEN..];
+    let prev = &line[n - HASH_SUFFIX_LEN - PREV_LEN..n - HASH_SUFFIX_LEN];
+    if !suffix.starts_with(b"\"hash\":\"")
+        || !suffix.ends_with(b"\"}")
+        || !prev.starts_with(b"\"prev_hash\":\"")
+        || !prev.ends_with(b"\",")
+    {
+        return Err(LinkError::Malformed);
+    }
+    let hash = &suffix[8..72];
+    let prev_hash = &prev[13..77];
+    if !is_hex64(hash) || !is_hex64(prev_hash) {
+        return Err(LinkError::Malformed);
+    }
+    let after_id = HEAD.len() + 36;
+    let seq_part = line[after_id..]
+        .strip_prefix(b"\",\"seq\":")
+        .ok_or(LinkError::Malformed)?;
+    let digits = seq_part.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&seq_part[..digits])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or(LinkError::Malformed)?;
+    let digest = hasher.digest(prev_hash, &line[..n - HASH_SUFFIX_LEN]);
+    let mut hex = Vec::with_capacity(64);
+    encode::write_hex(&mut hex, &digest);
+    if hex != hash {
+        return Err(LinkError::HashMismatch);
+    }
+    // Both checked to be ASCII hex above.
+    let as_str = |b: &'a [u8]| std::str::from_utf8(b).unwrap_or("");
+    Ok(Link { seq, prev_hash: as_str(prev_hash), hash: as_str(hash) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(chain: &mut Chain, body: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        chain.seal(&mut out, &uuid::Uuid::now_v7(), body.as_bytes());
+        out
+    }
+
+    #[test]
+    fn seal_then_check_links() {
+        let mut c = Chain::new(Hasher::Plain);
+        let a = sealed(&mut c, r#","x":1"#);
+        let b = sealed(&mut c, r#","x":2"#);
+        let la = check_line(&Hasher::Plain, &a[..a.len() - 1]).unwrap();
+        let lb = check_line(&Hasher::Plain, &b[..b.len() - 1]).unwrap();
+        assert_eq!((la.seq, lb.seq), (0, 1));
+        assert_eq!(la.prev_hash, GENESIS);
+        assert_eq!(lb.prev_hash, la.hash);
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(v["x"], 1);
+    }
+
+    #[test]
+    fn any_byte_flip_is_caught() {
+        let mut c = Chain::new(Hasher::Plain);
+        let line = sealed(&mut c, r#","msg":"hello world""#);
+        let line = &line[..line.len() - 1];
+        for i in 0..line.len() {
+            let mut bad = line.to_vec();
+            bad[i] ^= 0x01;
+            assert!(check_line(&Hasher::Plain, &bad).is_err(), "flip at {i} undetected");
+        }
+    }
+
+    #[test]
+    fn keyed_chain_rejects_plain_recompute() {
+        let key = Hasher::new(Some(b"secret"));
+        let mut keyed = Chain::new(key.clone());
+        let mut plain = Chain::new(Hasher::Plain);
+        let id = uuid::Uuid::now_v7();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        keyed.seal(&mut a, &id, b",\"x\":1");
+        plain.seal(&mut b, &id, b",\"x\":1");
+        assert!(check_line(&key, &a[..a.len() - 1]).is_ok());
+        assert_eq!(check_line(&key, &b[..b.len() - 1]), Err(LinkError::HashMismatch));
+    }
+}

@@ -1,0 +1,263 @@
+//! Byte-level JSON writing for audit lines.
+//!
+//! Records are built by hand into reused buffers rather than through
+//! `serde_json::to_writer`, for two reasons that are this crate's job:
+//! the key order and exact bytes are a contract (the hash chain covers them),
+//! and escaping is stricter than JSON requires. Besides `"` `\` and C0
+//! controls, DEL, the C1 controls (U+0080–U+009F) and U+2028/U+2029 are
+//! escaped too, so no byte sequence that a terminal or a log viewer treats
+//! as a control or a line break ever appears raw in a line.
+
+use std::time::SystemTime;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+
+/// Bytes that may start a sequence that needs escaping.
+static MAY_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t[0xc2] = true; // C1 controls are C2 80..C2 9F
+    t[0xe2] = true; // U+2028/U+2029 are E2 80 A8/A9
+    t
+};
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `s` escaped, without surrounding quotes.
+pub(crate) fn escape_into(buf: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !MAY_ESCAPE[b as usize] {
+            i += 1;
+            continue;
+        }
+        let (esc_len, replacement): (usize, Option<&[u8]>) = match b {
+            b'"' => (1, Some(b"\\\"")),
+            b'\\' => (1, Some(b"\\\\")),
+            b'\n' => (1, Some(b"\\n")),
+            b'\r' => (1, Some(b"\\r")),
+            b'\t' => (1, Some(b"\\t")),
+            0x08 => (1, Some(b"\\b")),
+            0x0c => (1, Some(b"\\f")),
+            0x00..=0x1f | 0x7f => (1, None),
+            0xc2 if matches!(bytes.get(i + 1), Some(0x80..=0x9f)) => (2, None),
+            0xe2 if bytes.get(i + 1) == Some(&0x80)
+                && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) =>
+            {
+                (3, None)
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        match replacement {
+            Some(r) => buf.extend_from_slice(r),
+            None => {
+                // Decode the code point (1, 2 or 3 bytes, all valid UTF-8 here).
+                let cp: u32 = match esc_len {
+                    1 => b as u32,
+                    2 => ((b as u32 & 0x1f) << 6) | (bytes[i + 1] as u32 & 0x3f),
+                    _ => {
+                        ((b as u32 & 0x0f) << 12)
+                            | ((bytes[i + 1] as u32 & 0x3f) << 6)
+                            | (bytes[i + 2] as u32 & 0x3f)
+                    }
+                };
+                buf.extend_from_slice(b"\\u");
+                for shift in [12, 8, 4, 0] {
+                    buf.push(HEX[((cp >> shift) & 0xf) as usize]);
+                }
+            }
+        }
+        i += esc_len;
+        start = i;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+}
+
+/// Writes `s` as a JSON string, truncated to `limit` bytes (at a character
+/// boundary) with a marker. Returns whether it truncated.
+pub(crate) fn write_str(buf: &mut Vec<u8>, s: &str, limit: usize) -> bool {
+    buf.push(b'"');
+    let truncated = if s.len() > limit {
+        let mut cut = limit;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        escape_into(buf, &s[..cut]);
+        buf.extend_from_slice(b"...[truncated ");
+        write_u64(buf, (s.len() - cut) as u64);
+        buf.extend_from_slice(b" bytes]");
+        true
+    } else {
+        escape_into(buf, s);
+        false
+    };
+    buf.push(b'"');
+    truncated
+}
+
+/// Writes a JSON string that is known to need no truncation.
+pub(crate) fn write_plain_str(buf: &mut Vec<u8>, s: &str) {
+    write_str(buf, s, usize::MAX);
+}
+
+/// Writes an unsigned integer in decimal.
+pub(crate) fn write_u64(buf: &mut Vec<u8>, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&tmp[i..]);
+}
+
+/// Writes a signed integer in decimal.
+pub(crate) fn write_i64(buf: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        buf.push(b'-');
+    }
+    write_u64(buf, n.unsigned_abs());
+}
+
+/// Writes a float as JSON; non-finite values become strings (`"NaN"`, `"inf"`),
+/// since JSON has no number for them. Returns `false` when it had to do that.
+pub(crate) fn write_f64(buf: &mut Vec<u8>, f: f64) -> bool {
+    if f.is_finite() {
+        // `{}` on f64 is the shortest round-tripping form; add `.0` so the
+        // value stays a float when read back.
+        let s = f.to_string();
+        buf.extend_from_slice(s.as_bytes());
+        if !s.contains(['.', 'e', 'E']) {
+            buf.extend_from_slice(b".0");
+        }
+        true
+    } else {
+        write_plain_str(buf, &f.to_string());
+        false
+    }
+}
+
+/// Writes lowercase hex of `bytes`.
+pub(crate) fn write_hex(buf: &mut Vec<u8>, bytes: &[u8]) {
+    for b in bytes {
+        buf.push(HEX[(b >> 4) as usize]);
+        buf.push(HEX[(b & 0xf) as usize]);
+    }
+}
+
+fn two(buf: &mut Vec<u8>, n: u32) {
+    buf.push(b'0' + (n / 10) as u8);
+    buf.push(b'0' + (n % 10) as u8);
+}
+
+/// Writes `t` as RFC 3339 UTC with microseconds and `Z`, e.g.
+/// `2026-11-22T10:30:38.123456Z` (no quotes).
+pub(crate) fn write_timestamp(buf: &mut Vec<u8>, t: SystemTime) {
+    let dt: DateTime<Utc> = t.into();
+    let year = dt.year().clamp(0, 9999) as u32;
+    two(buf, year / 100);
+    two(buf, year % 100);
+    buf.push(b'-');
+    two(buf, dt.month());
+    buf.push(b'-');
+    two(buf, dt.day());
+    buf.push(b'T');
+    two(buf, dt.hour());
+    buf.push(b':');
+    two(buf, dt.minute());
+    buf.push(b':');
+    // A leap second shows as nanosecond >= 1e9; fold it into :59.999999.
+    let micros = (dt.nanosecond() / 1000).min(999_999);
+    two(buf, dt.second());
+    buf.push(b'.');
+    let mut m = micros;
+    let mut digits = [0u8; 6];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    buf.extend_from_slice(&digits);
+    buf.push(b'Z');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn esc(s: &str) -> String {
+        let mut b = Vec::new();
+        write_plain_str(&mut b, s);
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn escapes_controls_and_line_breaks() {
+        let hostile = "a\"b\\c\nd\re\u{0}f\u{1b}[31mg\u{7f}h\u{85}i\u{2028}j\u{2029}k é 日本";
+        let out = esc(hostile);
+        for b in out.bytes() {
+            assert!(b >= 0x20 && b != 0x7f, "raw control byte {b:#x} in {out}");
+        }
+        assert!(!out.contains('\u{85}') && !out.contains('\u{2028}'));
+        assert!(out.contains("é 日本"), "ordinary non-ASCII is kept raw");
+        let back: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(back, hostile);
+    }
+
+    #[test]
+    fn truncates_at_char_boundary_with_marker() {
+        let mut b = Vec::new();
+        assert!(write_str(&mut b, "ééé", 3));
+        let back: String = serde_json::from_slice(&b).unwrap();
+        assert_eq!(back, "é...[truncated 4 bytes]");
+        let mut b = Vec::new();
+        assert!(!write_str(&mut b, "abc", 3));
+    }
+
+    #[test]
+    fn timestamp_matches_chrono() {
+        for secs in [0u64, 951_782_400, 1_700_000_000, 4_102_444_799] {
+            let t = UNIX_EPOCH + Duration::from_micros(secs * 1_000_000 + 123_456);
+            let mut b = Vec::new();
+            write_timestamp(&mut b, t);
+            let expect = DateTime::<Utc>::from(t)
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            assert_eq!(String::from_utf8(b).unwrap(), expect);
+        }
+    }
+
+    #[test]
+    fn numbers() {
+        let mut b = Vec::new();
+        write_i64(&mut b, i64::MIN);
+        b.push(b' ');
+        write_u64(&mut b, u64::MAX);
+        b.push(b' ');
+        assert!(write_f64(&mut b, 2.0));
+        b.push(b' ');
+        assert!(!write_f64(&mut b, f64::NAN));
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            "-9223372036854775808 18446744073709551615 2.0 \"NaN\""
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! The error type for building the pipeline and reading trails.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Why an audit pipeline could not be built, or a trail could not be read.
+///
+/// Nothing in a layer callback returns this: once built, failures are
+/// counted (see [`AuditStats`](crate::AuditStats)) and never reach the
+/// application.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file system operation failed.
+    #[error("failed to {what} `{}`: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `tracing-appender` could not create its rolling file.
+    #[error("failed to create the rolling audit file in `{}`: {source}", dir.display())]
+    Appender {
+        /// The directory.
+        dir: PathBuf,
+        /// The appender's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Another process holds the directory's lock.
+    #[error("audit directory `{}` is in use by another process (its .lock is held)", dir.display())]
+    DirectoryInUse {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid audit configuration: {0}")]
+    Config(String),
+    /// A network sink could not be set up.
+    #[error("failed to set up {what}: {source}")]
+    Network {
+        /// Which sink.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A policy file could not be read or parsed.
+    #[error("invalid policy file `{}`: {message}", path.display())]
+    Policy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A named policy does not exist.
+    #[error("no policy named `{0}`")]
+    UnknownPolicy(String),
+}
+
+impl Error {
+    pub(crate) fn io(what: &'static str, path: &Path, source: io::Error) -> Self {
+        Error::Io { what, path: path.to_path_buf(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_is_send_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<super::Error>();
+    }
+}

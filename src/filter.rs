@@ -1,0 +1,193 @@
+//! The per-layer filter that selects audit callsites, and the delegation
+//! that lets a public layer type wrap a private `Filtered` layer.
+//!
+//! Selection is per layer, never global: `callsite_enabled` answers
+//! `always`/`never` for *this* layer only, so every other layer in the
+//! user's stack keeps seeing every event (`tracing-subscriber`'s "Per-Layer
+//! Filtering"). `Layer::register_callsite` returning `never` would disable
+//! the callsite for the whole subscriber, which must never happen.
+
+use tracing_core::subscriber::Interest;
+use tracing_core::Metadata;
+use tracing_subscriber::layer::{Context, Filter};
+
+use crate::fields::is_audit_callsite;
+
+/// Lets through audit events (`audit.event`) and audit spans (any `audit.*`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AuditFilter;
+
+impl<S> Filter<S> for AuditFilter {
+    #[inline]
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        is_audit_callsite(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if is_audit_callsite(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+}
+
+/// Implements `Layer<S>` for `$outer<S>` by delegating every method to its
+/// `inner: Filtered<..>` field (including `downcast_raw`, through which
+/// `Layered` detects per-layer filters).
+macro_rules! delegate_layer {
+    ($outer:ident) => {
+        impl<S> tracing_subscriber::Layer<S> for $outer<S>
+        where
+            S: tracing_core::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+        {
+            fn on_register_dispatch(&self, subscriber: &tracing_core::Dispatch) {
+                self.inner.on_register_dispatch(subscriber)
+            }
+            fn on_layer(&mut self, subscriber: &mut S) {
+                self.inner.on_layer(subscriber)
+            }
+            fn register_callsite(
+                &self,
+                metadata: &'static tracing_core::Metadata<'static>,
+            ) -> tracing_core::subscriber::Interest {
+                self.inner.register_callsite(metadata)
+            }
+            fn enabled(
+                &self,
+                metadata: &tracing_core::Metadata<'_>,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) -> bool {
+                self.inner.enabled(metadata, ctx)
+            }
+            fn on_new_span(
+                &self,
+                attrs: &tracing_core::span::Attributes<'_>,
+                id: &tracing_core::span::Id,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.inner.on_new_span(attrs, id, ctx)
+            }
+            fn max_level_hint(&self) -> Option<tracing_core::LevelFilter> {
+                self.inner.max_level_hint()
+            }
+            fn on_record(
+                &self,
+                span: &tracing_core::span::Id,
+                values: &tracing_core::span::Record<'_>,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.inner.on_record(span, values, ctx)
+            }
+            fn on_follows_from(
+                &self,
+                span: &tracing_core::span::Id,
+                follows: &tracing_core::span::Id,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.inner.on_follows_from(span, follows, ctx)
+            }
+            fn event_enabled(
+                &self,
+                event: &tracing_core::Event<'_>,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) -> bool {
+                self.inner.event_enabled(event, ctx)
+            }
+            fn on_event(
+                &self,
+                event: &tracing_core::Event<'_>,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.inner.on_event(event, ctx)
+            }
+            fn on_enter(
+                &self,
+                id: &tracing_core::span::Id,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.inner.on_enter(id, ctx)
+            }
+            fn on_exit(
+                &self,
+                id: &tracing_core::span::Id,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.inner.on_exit(id, ctx)
+            }
+            fn on_close(
+                &self,
+                id: tracing_core::span::Id,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.inner.on_close(id, ctx)
+            }
+            fn on_id_change(
+                &self,
+                old: &tracing_core::span::Id,
+                new: &tracing_core::span::Id,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.inner.on_id_change(old, new, ctx)
+            }
+            #[doc(hidden)]
+            unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+                if id == std::any::TypeId::of::<Self>() {
+                    return Some(self as *const Self as *const ());
+                }
+                // SAFETY: forwards to the wrapped layer, which upholds the
+                // contract for the types it reports.
+                unsafe { self.inner.downcast_raw(id) }
+            }
+        }
+    };
+}
+pub(crate) use delegate_layer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::Layer;
+
+    /// Panics on any non-audit event or span it is shown.
+    struct StrictLayer(Arc<AtomicUsize>);
+    impl<S: tracing_core::Subscriber> Layer<S> for StrictLayer {
+        fn on_event(&self, e: &tracing_core::Event<'_>, _: Context<'_, S>) {
+            assert!(is_audit_callsite(e.metadata()), "non-audit event leaked: {:?}", e.metadata());
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn on_new_span(&self, a: &tracing_core::span::Attributes<'_>, _: &tracing_core::span::Id, _: Context<'_, S>) {
+            assert!(is_audit_callsite(a.metadata()), "non-audit span leaked");
+        }
+    }
+
+    /// Counts everything, unfiltered.
+    struct CountAll(Arc<AtomicUsize>);
+    impl<S: tracing_core::Subscriber> Layer<S> for CountAll {
+        fn on_event(&self, _: &tracing_core::Event<'_>, _: Context<'_, S>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn filter_keeps_non_audit_out_and_others_see_all() {
+        let audit = Arc::new(AtomicUsize::new(0));
+        let all = Arc::new(AtomicUsize::new(0));
+        let sub = tracing_subscriber::registry()
+            .with(CountAll(all.clone()))
+            .with(StrictLayer(audit.clone()).with_filter(AuditFilter));
+        tracing::subscriber::with_default(sub, || {
+            let _s = tracing::info_span!("plain", user = 1).entered();
+            let _a = tracing::info_span!("ctx", audit.actor = "alice").entered();
+            tracing::info!("not audit");
+            tracing::info!(audit.actor = "x", "context only is not an audit event");
+            tracing::warn!(audit.event = "login", "audit");
+            tracing::error!(answer = 42, "not audit either");
+        });
+        assert_eq!(audit.load(Ordering::SeqCst), 1);
+        assert_eq!(all.load(Ordering::SeqCst), 4);
+    }
+}

@@ -1,0 +1,155 @@
+//! `AuditLayer`: turns audit events into record bodies on the caller's
+//! thread and hands them to the pipeline.
+//!
+//! Per event: visit the fields into a reused thread-local [`Capture`],
+//! merge the `audit.*` context of its audit spans (innermost wins; the
+//! event's own fields win over any span), encode the body into a reused
+//! buffer, and submit it. Sequencing, hashing and I/O happen on the worker.
+
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tracing_core::span::{Attributes, Id, Record};
+use tracing_core::{Event, Subscriber};
+use tracing_subscriber::filter::Filtered;
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::capture::{Capture, SpanContext};
+use crate::filter::{delegate_layer, AuditFilter};
+use crate::pipeline::Submitter;
+use crate::record::{encode_body, Source, Statics};
+
+/// Most span names kept for `source.span`.
+const MAX_SPANS: usize = 32;
+
+/// What the layer shares with nothing else at run time.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) submitter: Submitter,
+    pub(crate) statics: Statics,
+    pub(crate) limit: usize,
+}
+
+/// The layer that does the work, behind the per-layer filter.
+#[derive(Debug)]
+pub(crate) struct AuditCore {
+    shared: Arc<Shared>,
+}
+
+struct Scratch {
+    capture: Capture,
+    body: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        capture: Capture::new(usize::MAX),
+        body: Vec::with_capacity(512),
+    });
+}
+
+impl AuditCore {
+    fn record<S>(&self, s: &mut Scratch, event: &Event<'_>, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let at = SystemTime::now();
+        let meta = event.metadata();
+        let limit = self.shared.limit;
+        s.capture.reset(limit);
+        event.record(&mut s.capture);
+        let mut names = [""; MAX_SPANS];
+        let mut n = 0;
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope {
+                if n < MAX_SPANS {
+                    names[n] = span.name();
+                    n += 1;
+                }
+                s.capture.merge_span(&span);
+            }
+        }
+        s.body.clear();
+        let source = Source { target: meta.target(), level: meta.level(), spans: &names[..n] };
+        let risk = encode_body(&mut s.body, &mut s.capture, at, &self.shared.statics, source, limit);
+        self.shared.submitter.submit(uuid::Uuid::now_v7(), s.body.clone(), risk);
+    }
+}
+
+impl<S> Layer<S> for AuditCore
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            SpanContext::on_new_span(attrs, &span);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            SpanContext::on_record(values, &span);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        // A field's Debug impl is user code and may panic, or may itself
+        // emit an audit event (re-entering here while the scratch is
+        // borrowed: then a fresh one is used). Nothing escapes.
+        let done = catch_unwind(AssertUnwindSafe(|| {
+            let used_tls = SCRATCH
+                .try_with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut s) => {
+                        self.record(&mut s, event, &ctx);
+                        true
+                    }
+                    Err(_) => false,
+                })
+                .unwrap_or(false);
+            if !used_tls {
+                let mut s = Scratch { capture: Capture::new(self.shared.limit), body: Vec::new() };
+                self.record(&mut s, event, &ctx);
+            }
+        }));
+        if done.is_err() {
+            let c = &self.shared.submitter.counters;
+            c.error(&c.callback_errors, "a panic while recording an audit event was caught".into());
+            c.records_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A [`Layer`] that writes every `audit.*` event to a tamper-evident trail.
+///
+/// Built with [`AuditLayer::builder`]; see the crate docs for the field
+/// convention. It selects its callsites with a per-layer filter, so other
+/// layers in the stack see exactly what they saw without it.
+pub struct AuditLayer<S> {
+    pub(crate) inner: Filtered<AuditCore, AuditFilter, S>,
+}
+
+impl<S> AuditLayer<S> {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        AuditLayer { inner: Filtered::new(AuditCore { shared }, AuditFilter) }
+    }
+}
+
+impl AuditLayer<()> {
+    /// Starts configuring an audit layer.
+    pub fn builder() -> crate::AuditLayerBuilder {
+        crate::AuditLayerBuilder::default()
+    }
+}
+
+impl<S> std::fmt::Debug for AuditLayer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLayer").finish_non_exhaustive()
+    }
+}
+
+delegate_layer!(AuditLayer);
+

@@ -1,0 +1,229 @@
+//! The audit record: schema version 1, its key order, and its encoding.
+//!
+//! A line is built in two halves. The caller's thread encodes the *body*
+//! (everything from `timestamp` to `source`), which is where nearly all the
+//! work is. The pipeline worker, which alone knows the order of records,
+//! wraps it: `{"schema":1,"audit_id":…,"seq":N` + body +
+//! `,"prev_hash":…,"hash":…}` (see [`crate::chain`]).
+//!
+//! [`AuditRecord`] is the owned, parsed form used by the reader, the
+//! verifier and the command-line tool.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tracing_core::Level;
+
+use crate::capture::Capture;
+use crate::encode;
+use crate::fields::{ContextField, Outcome, Risk};
+
+/// The schema version written in every record's `schema` key.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Record-wide values fixed at build time (`service`, `version`,
+/// `environment`, `host`), pre-encoded once.
+#[derive(Debug, Clone)]
+pub(crate) struct Statics {
+    encoded: Vec<u8>,
+}
+
+impl Statics {
+    pub(crate) fn new(
+        service: Option<&str>,
+        version: Option<&str>,
+        environment: Option<&str>,
+        host: Option<&str>,
+    ) -> Self {
+        let mut encoded = Vec::new();
+        for (key, v) in [
+            ("service", service),
+            ("version", version),
+            ("environment", environment),
+            ("host", host),
+        ] {
+            encoded.extend_from_slice(b",\"");
+            encoded.extend_from_slice(key.as_bytes());
+            encoded.extend_from_slice(b"\":");
+            opt_str(&mut encoded, v, usize::MAX);
+        }
+        Statics { encoded }
+    }
+}
+
+fn opt_str(buf: &mut Vec<u8>, v: Option<&str>, limit: usize) -> bool {
+    match v {
+        Some(v) => encode::write_str(buf, v, limit),
+        None => {
+            buf.extend_from_slice(b"null");
+            false
+        }
+    }
+}
+
+/// Where an event came from, for the `source` key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Source<'a> {
+    pub(crate) target: &'a str,
+    pub(crate) level: &'a Level,
+    /// Span names, innermost first.
+    pub(crate) spans: &'a [&'a str],
+}
+
+/// Encodes the body of a record (from `,"timestamp"` to the end of
+/// `"source":{…}`) into `out`. Resolves risk and outcome (flagging bad
+/// values in `details`) and returns the risk.
+pub(crate) fn encode_body(
+    out: &mut Vec<u8>,
+    c: &mut Capture,
+    at: SystemTime,
+    statics: &Statics,
+    source: Source<'_>,
+    limit: usize,
+) -> Risk {
+    let risk = c.resolve_risk(source.level);
+    let outcome = c.resolve_outcome();
+
+    out.extend_from_slice(b",\"timestamp\":\"");
+    encode::write_timestamp(out, at);
+    out.extend_from_slice(b"\",\"event_type\":");
+    let mut truncated: Vec<&'static str> = Vec::new();
+    if opt_str(out, c.event_type(), limit) {
+        truncated.push("audit.event");
+    }
+    for (key, f) in [
+        ("actor", ContextField::Actor),
+        ("resource", ContextField::Resource),
+        ("action", ContextField::Action),
+    ] {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        if opt_str(out, c.context(f), limit) {
+            truncated.push(f.name());
+        }
+    }
+    out.extend_from_slice(b",\"outcome\":\"");
+    out.extend_from_slice(outcome.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"risk_level\":\"");
+    out.extend_from_slice(risk.as_str().as_bytes());
+    out.push(b'"');
+    for (key, f) in [("session_id", ContextField::Session), ("ip_address", ContextField::Ip)] {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        if opt_str(out, c.context(f), limit) {
+            truncated.push(f.name());
+        }
+    }
+    out.extend_from_slice(b",\"message\":");
+    if opt_str(out, c.message(), limit) {
+        truncated.push("message");
+    }
+
+    out.extend_from_slice(b",\"details\":{");
+    out.extend_from_slice(&c.details);
+    let mut sep = !c.details.is_empty();
+    truncated.extend_from_slice(&c.truncated);
+    for (key, names) in [("audit.invalid", &c.invalid), ("audit.truncated", &truncated)] {
+        if names.is_empty() {
+            continue;
+        }
+        if sep {
+            out.push(b',');
+        }
+        sep = true;
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":[");
+        for (i, n) in names.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            encode::write_plain_str(out, n);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+
+    out.extend_from_slice(&statics.encoded);
+    out.extend_from_slice(b",\"source\":{\"target\":");
+    encode::write_str(out, source.target, limit);
+    out.extend_from_slice(b",\"level\":\"");
+    out.extend_from_slice(source.level.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"span\":");
+    if source.spans.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        out.push(b'"');
+        for (i, name) in source.spans.iter().rev().enumerate() {
+            if i > 0 {
+                out.push(b'>');
+            }
+            encode::escape_into(out, name);
+        }
+        out.push(b'"');
+    }
+    out.push(b'}');
+    risk
+}
+
+/// Where a record was emitted from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordSource {
+    /// The tracing target (usually the module path).
+    pub target: String,
+    /// The tracing level, upper case (`"WARN"`).
+    pub level: String,
+    /// Enclosing audit span names, outermost first, joined by `>`.
+    pub span: Option<String>,
+}
+
+/// One audit record as read back from a trail (schema version 1).
+///
+/// Field order and names follow the JSON line exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Schema version (1).
+    pub schema: u32,
+    /// UUID v7 of the record.
+    pub audit_id: String,
+    /// Position in the chain, contiguous from 0 across files.
+    pub seq: u64,
+    /// When the event happened (RFC 3339, UTC).
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    /// The `audit.event` value.
+    pub event_type: Option<String>,
+    /// Who.
+    pub actor: Option<String>,
+    /// What was affected.
+    pub resource: Option<String>,
+    /// What was done.
+    pub action: Option<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// How much it matters.
+    pub risk_level: Risk,
+    /// Session or correlation id.
+    pub session_id: Option<String>,
+    /// Source address.
+    pub ip_address: Option<String>,
+    /// The event's message.
+    pub message: Option<String>,
+    /// All other fields, with their JSON types.
+    pub details: serde_json::Map<String, serde_json::Value>,
+    /// Configured service name.
+    pub service: Option<String>,
+    /// Configured service version.
+    pub version: Option<String>,
+    /// Configured environment.
+    pub environment: Option<String>,
+    /// Host name.
+    pub host: Option<String>,
+    /// Where it was emitted.
+    pub source: RecordSource,
+    /// Hash of the previous record (hex).
+    pub prev_hash: String,
+    /// This record's hash (hex).
+    pub hash: String,
+}

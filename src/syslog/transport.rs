@@ -1,0 +1,187 @@
+//! Connections to a syslog server: UDP, TCP, TLS (RFC 5425) and Unix
+//! datagram sockets, with RFC 6587 framing on streams.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[cfg(feature = "tls")]
+use std::sync::Arc;
+
+/// How messages are delimited on a stream (RFC 6587).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// `LEN SP MSG` (default; the only framing RFC 5425 allows on TLS).
+    #[default]
+    OctetCounting,
+    /// `MSG LF` (non-transparent framing).
+    Lf,
+}
+
+/// Where to send.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Udp(String),
+    Tcp(String),
+    #[cfg(feature = "tls")]
+    Tls(String, Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Udp(a) => write!(f, "udp://{a}"),
+            Target::Tcp(a) => write!(f, "tcp://{a}"),
+            #[cfg(feature = "tls")]
+            Target::Tls(a, _, _) => write!(f, "tls://{a}"),
+            Target::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+impl Target {
+    pub(crate) fn is_datagram(&self) -> bool {
+        matches!(self, Target::Udp(_) | Target::Unix(_))
+    }
+}
+
+/// An open connection.
+pub(crate) enum Conn {
+    Udp(UdpSocket),
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Unix(UnixDatagram),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Udp(_) => "Conn::Udp",
+            Conn::Tcp(_) => "Conn::Tcp",
+            #[cfg(feature = "tls")]
+            Conn::Tls(_) => "Conn::Tls",
+            Conn::Unix(_) => "Conn::Unix",
+        })
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn resolve(addr: &str) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to nothing")))
+}
+
+fn tcp(addr: &str) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&resolve(addr)?, CONNECT_TIMEOUT)?;
+    s.set_nodelay(true)?;
+    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    Ok(s)
+}
+
+impl Conn {
+    pub(crate) fn open(target: &Target) -> io::Result<Conn> {
+        Ok(match target {
+            Target::Udp(addr) => {
+                let to = resolve(addr)?;
+                let bind: SocketAddr = if to.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let s = UdpSocket::bind(bind)?;
+                s.connect(to)?;
+                Conn::Udp(s)
+            }
+            Target::Tcp(addr) => Conn::Tcp(tcp(addr)?),
+            #[cfg(feature = "tls")]
+            Target::Tls(addr, config, name) => {
+                let sock = tcp(addr)?;
+                let conn = rustls::ClientConnection::new(config.clone(), name.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                let mut stream = rustls::StreamOwned::new(conn, sock);
+                // Complete the handshake now, so certificate errors surface here.
+                while stream.conn.is_handshaking() {
+                    stream.conn.complete_io(&mut stream.sock)?;
+                }
+                Conn::Tls(Box::new(stream))
+            }
+            Target::Unix(path) => {
+                let s = UnixDatagram::unbound()?;
+                s.connect(path)?;
+                Conn::Unix(s)
+            }
+        })
+    }
+
+    /// Whether a stream's peer has closed it (checked before sending, so a
+    /// relay restart is noticed before messages go into a dead socket).
+    pub(crate) fn peer_closed(&self) -> bool {
+        let sock = match self {
+            Conn::Tcp(s) => s,
+            #[cfg(feature = "tls")]
+            Conn::Tls(s) => &s.sock,
+            _ => return false,
+        };
+        if sock.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut b = [0u8; 1];
+        let closed = match sock.peek(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        };
+        let _ = sock.set_nonblocking(false);
+        closed
+    }
+
+    /// Sends one message with the framing the transport needs.
+    pub(crate) fn send(&mut self, msg: &[u8], framing: Framing, scratch: &mut Vec<u8>) -> io::Result<()> {
+        match self {
+            Conn::Udp(s) => s.send(msg).map(|_| ()),
+            Conn::Unix(s) => s.send(msg).map(|_| ()),
+            Conn::Tcp(s) => s.write_all(framed(msg, framing, scratch)),
+            #[cfg(feature = "tls")]
+            Conn::Tls(s) => {
+                s.write_all(framed(msg, Framing::OctetCounting, scratch))?;
+                s.flush()
+            }
+        }
+    }
+
+    /// Closes politely (TLS `close_notify`).
+    pub(crate) fn close(self) {
+        match self {
+            #[cfg(feature = "tls")]
+            Conn::Tls(mut s) => {
+                s.conn.send_close_notify();
+                let _ = s.conn.complete_io(&mut s.sock);
+                let _ = s.sock.shutdown(std::net::Shutdown::Both);
+            }
+            Conn::Tcp(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn framed<'a>(msg: &[u8], framing: Framing, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    scratch.clear();
+    match framing {
+        Framing::OctetCounting => {
+            crate::encode::write_u64(scratch, msg.len() as u64);
+            scratch.push(b' ');
+            scratch.extend_from_slice(msg);
+        }
+        Framing::Lf => {
+            scratch.extend_from_slice(msg);
+            scratch.push(b'\n');
+        }
+    }
+    scratch
+}

@@ -1,0 +1,324 @@
+//! The pipeline worker: the one thread that orders records.
+//!
+//! It takes record bodies from the queue in batches, gives each its `seq`
+//! and hash ([`Chain::seal`]), writes the batch to the file in one call,
+//! hands each sealed line to the forwarders (syslog), and syncs:
+//!
+//! - at once when the batch holds a durable record or a flush — one
+//!   `fdatasync` answers every waiter of the batch (group commit);
+//! - otherwise at most `sync_interval` after the first unsynced write.
+//!
+//! It also writes the trail's own records: `audit_started` (with how the
+//! chain was resumed and any torn line it found), `records_lost` (exact
+//! count of lossy drops) and `audit_stopped`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing_core::Level;
+
+use crate::capture::Capture;
+use crate::chain::Chain;
+use crate::encode;
+use crate::file::{FileWriter, Resume};
+use crate::pipeline::{Counters, Msg, Pending};
+use crate::record::{encode_body, Source, Statics};
+
+/// Largest batch written in one call.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Somewhere sealed lines go besides the file (the syslog sinks).
+pub(crate) trait LineSink: Send + std::fmt::Debug {
+    /// Takes one sealed line (with its `\n`).
+    fn send_line(&mut self, line: &[u8]);
+    /// Called once when the worker stops.
+    fn close(&mut self);
+}
+
+/// Everything the worker owns.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) rx: Receiver<Msg>,
+    pub(crate) chain: Chain,
+    pub(crate) file: Option<FileWriter>,
+    pub(crate) forwards: Vec<Box<dyn LineSink>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) sync_interval: Duration,
+    pub(crate) statics: Statics,
+    pub(crate) limit: usize,
+    pub(crate) resume: Resume,
+    pub(crate) pid: u32,
+}
+
+struct State {
+    batch: Vec<u8>,
+    /// End offsets of the lines in `batch` (for forwarding).
+    ends: Vec<usize>,
+    records_in_batch: u64,
+    waiters: Vec<SyncSender<bool>>,
+    unsynced_since: Option<Instant>,
+    lost_reported: u64,
+    capture: Capture,
+    body: Vec<u8>,
+}
+
+impl Worker {
+    /// Runs until `Shutdown` or until every sender is gone.
+    pub(crate) fn run(mut self) {
+        let mut st = State {
+            batch: Vec::with_capacity(64 * 1024),
+            ends: Vec::new(),
+            records_in_batch: 0,
+            waiters: Vec::new(),
+            unsynced_since: None,
+            lost_reported: 0,
+            capture: Capture::new(self.limit),
+            body: Vec::new(),
+        };
+        self.started(&mut st);
+        let mut want_sync = true;
+        let mut stop = false;
+        loop {
+            if !stop {
+                let timeout = match st.unsynced_since {
+                    Some(t) => self.sync_interval.saturating_sub(t.elapsed()),
+                    None => self.sync_interval.max(Duration::from_millis(1)),
+                };
+                // Only take more when the last batch went out (a failing
+                // disk stops intake so the queue applies backpressure).
+                if st.batch.is_empty() {
+                    match self.rx.recv_timeout(timeout) {
+                        Ok(m) => self.take(&mut st, m, &mut want_sync, &mut stop),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => stop = true,
+                    }
+                    while !stop && st.batch.len() < MAX_BATCH_BYTES {
+                        match self.rx.try_recv() {
+                            Ok(m) => self.take(&mut st, m, &mut want_sync, &mut stop),
+                            Err(_) => break,
+                        }
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            if stop {
+                // Whatever is still queued was sent before the shutdown.
+                while let Ok(m) = self.rx.try_recv() {
+                    let mut ignore = false;
+                    self.take(&mut st, m, &mut want_sync, &mut ignore);
+                }
+                self.report_lost(&mut st);
+                self.stopped(&mut st);
+                want_sync = true;
+            } else {
+                self.report_lost(&mut st);
+            }
+            let written = self.write_batch(&mut st);
+            let due = st.unsynced_since.is_some_and(|t| t.elapsed() >= self.sync_interval);
+            if written && (want_sync || due || stop) {
+                let ok = self.sync(&mut st);
+                for w in st.waiters.drain(..) {
+                    let _ = w.try_send(ok);
+                }
+                want_sync = false;
+            }
+            if stop && (written || self.give_up(&mut st)) {
+                break;
+            }
+        }
+        for f in &mut self.forwards {
+            f.close();
+        }
+    }
+
+    fn take(&mut self, st: &mut State, m: Msg, want_sync: &mut bool, stop: &mut bool) {
+        match m {
+            Msg::Record(p) => self.seal(st, p),
+            Msg::Flush(w) => {
+                st.waiters.push(w);
+                *want_sync = true;
+            }
+            Msg::Shutdown => *stop = true,
+        }
+    }
+
+    fn seal(&mut self, st: &mut State, p: Pending) {
+        self.chain.seal(&mut st.batch, &p.id, &p.body);
+        st.ends.push(st.batch.len());
+        st.records_in_batch += 1;
+        if let Some(w) = p.done {
+            st.waiters.push(w);
+        }
+    }
+
+    /// Writes a record of the crate's own into the batch.
+    fn own_record(&mut self, st: &mut State, event: &str, level: &Level, message: &str, details: impl FnOnce(&mut Capture)) {
+        st.capture.reset(self.limit);
+        st.capture.set_event_type(event);
+        st.capture.set_message(message);
+        st.capture.set_context_if_absent(crate::fields::ContextField::Actor, "tracing-audit");
+        details(&mut st.capture);
+        st.body.clear();
+        let source = Source { target: "tracing_audit", level, spans: &[] };
+        encode_body(&mut st.body, &mut st.capture, SystemTime::now(), &self.statics, source, self.limit);
+        let body = std::mem::take(&mut st.body);
+        self.seal(st, Pending { id: uuid::Uuid::now_v7(), body, done: None });
+        st.body = Vec::new();
+    }
+
+    fn started(&mut self, st: &mut State) {
+        let algorithm = self.chain.hasher().algorithm();
+        let resumed = self.resume.last.as_ref().map(|(s, _)| *s);
+        let torn = std::mem::take(&mut self.resume.torn);
+        let pid = self.pid;
+        let msg = match resumed {
+            Some(s) => format!("audit trail resumed after seq {s}"),
+            None => "audit trail started".to_owned(),
+        };
+        let level = if torn.is_empty() { Level::INFO } else { Level::WARN };
+        self.own_record(st, "audit_started", &level, &msg, |c| {
+            c.detail_str("chain", algorithm);
+            c.detail_u64("pid", pid as u64);
+            c.detail_str("crate_version", env!("CARGO_PKG_VERSION"));
+            match resumed {
+                Some(s) => c.detail_u64("resumed_after_seq", s),
+                None => c.detail_raw("resumed_after_seq", b"null"),
+            }
+            if !torn.is_empty() {
+                let mut json = vec![b'['];
+                for (i, (file, offset, len)) in torn.iter().enumerate() {
+                    if i > 0 {
+                        json.push(b',');
+                    }
+                    json.extend_from_slice(b"{\"file\":");
+                    encode::write_plain_str(&mut json, file);
+                    json.extend_from_slice(b",\"offset\":");
+                    encode::write_u64(&mut json, *offset);
+                    json.extend_from_slice(b",\"bytes\":");
+                    encode::write_u64(&mut json, *len);
+                    json.push(b'}');
+                }
+                json.push(b']');
+                c.detail_raw("torn_tail", &json);
+            }
+        });
+    }
+
+    fn report_lost(&mut self, st: &mut State) {
+        let dropped = self.counters.records_dropped.load(Relaxed);
+        if dropped > st.lost_reported {
+            let n = dropped - st.lost_reported;
+            st.lost_reported = dropped;
+            self.own_record(st, "records_lost", &Level::ERROR, "audit records were dropped: the queue was full", |c| {
+                c.detail_u64("count", n);
+                c.detail_u64("total", dropped);
+            });
+        }
+    }
+
+    fn stopped(&mut self, st: &mut State) {
+        let written = self.counters.records_written.load(Relaxed) + st.records_in_batch + 1;
+        let dropped = self.counters.records_dropped.load(Relaxed);
+        let last = self.chain.next_seq();
+        self.own_record(st, "audit_stopped", &Level::INFO, "audit trail stopped", |c| {
+            c.detail_u64("records_written", written);
+            c.detail_u64("records_dropped", dropped);
+            c.detail_u64("last_seq", last);
+        });
+    }
+
+    /// Writes the batch; on failure keeps the unwritten part for a retry.
+    fn write_batch(&mut self, st: &mut State) -> bool {
+        if st.batch.is_empty() {
+            return true;
+        }
+        if let Some(file) = &mut self.file {
+            if let Err((done, e)) = file.write(&st.batch) {
+                self.counters.error(&self.counters.write_errors, format!("audit file write failed: {e}"));
+                // Drop the part that did reach the file; keep the rest.
+                self.forward(&st.batch[..done], &st.ends);
+                st.batch.drain(..done);
+                let mut removed = 0;
+                st.ends.retain(|&e| {
+                    let keep = e > done;
+                    removed += u64::from(!keep);
+                    keep
+                });
+                for e in &mut st.ends {
+                    *e -= done;
+                }
+                self.counters.records_written.fetch_add(removed, Relaxed);
+                st.records_in_batch -= removed;
+                self.counters.bytes_written.fetch_add(done as u64, Relaxed);
+                st.unsynced_since.get_or_insert_with(Instant::now);
+                return false;
+            }
+        }
+        if let Some(w) = self.file.as_mut().and_then(FileWriter::take_warning) {
+            self.counters.error(&self.counters.write_errors, w);
+        }
+        let batch = std::mem::take(&mut st.batch);
+        self.forward(&batch, &st.ends);
+        st.batch = batch;
+        self.counters.records_written.fetch_add(st.records_in_batch, Relaxed);
+        self.counters.bytes_written.fetch_add(st.batch.len() as u64, Relaxed);
+        st.unsynced_since.get_or_insert_with(Instant::now);
+        st.batch.clear();
+        st.ends.clear();
+        st.records_in_batch = 0;
+        true
+    }
+
+    /// Hands complete lines of `bytes` (those ending within it) to the forwarders.
+    fn forward(&mut self, bytes: &[u8], ends: &[usize]) {
+        if self.forwards.is_empty() {
+            return;
+        }
+        let mut start = 0;
+        for &end in ends {
+            if end > bytes.len() {
+                break;
+            }
+            for f in &mut self.forwards {
+                f.send_line(&bytes[start..end]);
+            }
+            start = end;
+        }
+    }
+
+    fn sync(&mut self, st: &mut State) -> bool {
+        st.unsynced_since = None;
+        let Some(file) = &mut self.file else { return true };
+        match file.sync() {
+            Ok(()) => {
+                self.counters.syncs.fetch_add(1, Relaxed);
+                true
+            }
+            Err(e) => {
+                self.counters.error(&self.counters.write_errors, format!("audit file sync failed: {e}"));
+                false
+            }
+        }
+    }
+
+    /// On shutdown with a failing disk: try a few times, then count the
+    /// unwritten records as dropped, say so on stderr, and stop.
+    fn give_up(&mut self, st: &mut State) -> bool {
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(100));
+            if self.write_batch(st) {
+                return true;
+            }
+        }
+        let lost = st.records_in_batch;
+        self.counters.records_dropped.fetch_add(lost, Relaxed);
+        eprintln!("tracing-audit: {lost} audit records could not be written at shutdown");
+        for w in st.waiters.drain(..) {
+            let _ = w.try_send(false);
+        }
+        true
+    }
+}
