@@ -153,7 +153,11 @@ impl AuditLayerBuilder {
     #[must_use]
     pub fn chain_key(mut self, key: impl Into<Vec<u8>>) -> Self {
         let key = key.into();
-        self.chain_key = Some(if key.is_empty() { Err("the chain key is empty".into()) } else { Ok(key) });
+        self.chain_key = Some(if key.is_empty() {
+            Err("the chain key is empty".into())
+        } else {
+            Ok(key)
+        });
         self
     }
 
@@ -173,7 +177,9 @@ impl AuditLayerBuilder {
     /// the files on disk, and starts the worker threads.
     pub fn build<S>(self) -> Result<(AuditLayer<S>, AuditGuard), Error> {
         if self.file.is_none() && self.syslog.is_empty() {
-            return Err(Error::Config("no sink: call .file(..) and/or .syslog(..)".into()));
+            return Err(Error::Config(
+                "no sink: call .file(..) and/or .syslog(..)".into(),
+            ));
         }
         let key = match self.chain_key {
             None => None,
@@ -205,7 +211,12 @@ impl AuditLayerBuilder {
             threads.push(thread);
         }
 
-        let (submitter, rx) = Submitter::new(self.queue_capacity, self.queue_mode, self.durable_at, counters.clone());
+        let (submitter, rx) = Submitter::new(
+            self.queue_capacity,
+            self.queue_mode,
+            self.durable_at,
+            counters.clone(),
+        );
         let handle = AuditHandle::new(counters.clone(), submitter.sender());
         let statics = Statics::new(
             self.service.as_deref(),
@@ -228,11 +239,21 @@ impl AuditLayerBuilder {
         let main = std::thread::Builder::new()
             .name("tracing-audit".into())
             .spawn(move || worker.run())
-            .map_err(|e| Error::io("start the audit worker thread", std::path::Path::new("."), e))?;
+            .map_err(|e| {
+                Error::io(
+                    "start the audit worker thread",
+                    std::path::Path::new("."),
+                    e,
+                )
+            })?;
         // The pipeline worker must stop first (it closes the syslog queues).
         threads.insert(0, main);
 
-        let shared = Arc::new(Shared { submitter, statics, limit: self.max_value_len });
+        let shared = Arc::new(Shared {
+            submitter,
+            statics,
+            limit: self.max_value_len,
+        });
         Ok((AuditLayer::new(shared), AuditGuard::new(handle, threads)))
     }
 }

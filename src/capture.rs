@@ -376,7 +376,10 @@ impl SpanContext {
     /// Stores the context of a new span. Both layers call this; whichever
     /// comes first inserts, the second finds it there (inserting twice would
     /// panic inside `Extensions::insert`).
-    pub(crate) fn on_new_span<'a, R: LookupSpan<'a>>(attrs: &Attributes<'_>, span: &SpanRef<'a, R>) {
+    pub(crate) fn on_new_span<'a, R: LookupSpan<'a>>(
+        attrs: &Attributes<'_>,
+        span: &SpanRef<'a, R>,
+    ) {
         let mut ext = span.extensions_mut();
         if ext.get_mut::<SpanContext>().is_none() {
             ext.insert(SpanContext::from_attrs(attrs));
@@ -432,6 +435,9 @@ mod tests {
         let r = c.resolve_risk(&tracing_core::Level::ERROR);
         assert_eq!(r, Risk::High);
         assert_eq!(c.invalid, vec!["audit.risk"]);
-        assert_eq!(std::str::from_utf8(&c.details).unwrap(), r#""audit.risk":"severe""#);
+        assert_eq!(
+            std::str::from_utf8(&c.details).unwrap(),
+            r#""audit.risk":"severe""#
+        );
     }
 }

@@ -85,7 +85,11 @@ impl Chain {
     pub(crate) fn new(hasher: Hasher) -> Self {
         let mut prev_hex = [0u8; 64];
         prev_hex.copy_from_slice(GENESIS.as_bytes());
-        Chain { hasher, next_seq: 0, prev_hex }
+        Chain {
+            hasher,
+            next_seq: 0,
+            prev_hex,
+        }
     }
 
     /// Continues after a record with `seq` and `hash` (hex) found on disk.
@@ -191,7 +195,11 @@ pub(crate) fn check_line<'a>(hasher: &Hasher, line: &'a [u8]) -> Result<Link<'a>
     }
     // Both checked to be ASCII hex above.
     let as_str = |b: &'a [u8]| std::str::from_utf8(b).unwrap_or("");
-    Ok(Link { seq, prev_hash: as_str(prev_hash), hash: as_str(hash) })
+    Ok(Link {
+        seq,
+        prev_hash: as_str(prev_hash),
+        hash: as_str(hash),
+    })
 }
 
 #[cfg(test)]
@@ -226,7 +234,10 @@ mod tests {
         for i in 0..line.len() {
             let mut bad = line.to_vec();
             bad[i] ^= 0x01;
-            assert!(check_line(&Hasher::Plain, &bad).is_err(), "flip at {i} undetected");
+            assert!(
+                check_line(&Hasher::Plain, &bad).is_err(),
+                "flip at {i} undetected"
+            );
         }
     }
 
@@ -240,6 +251,9 @@ mod tests {
         keyed.seal(&mut a, &id, b",\"x\":1");
         plain.seal(&mut b, &id, b",\"x\":1");
         assert!(check_line(&key, &a[..a.len() - 1]).is_ok());
-        assert_eq!(check_line(&key, &b[..b.len() - 1]), Err(LinkError::HashMismatch));
+        assert_eq!(
+            check_line(&key, &b[..b.len() - 1]),
+            Err(LinkError::HashMismatch)
+        );
     }
 }

@@ -64,7 +64,11 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(what: &'static str, path: &Path, source: io::Error) -> Self {
-        Error::Io { what, path: path.to_path_buf(), source }
+        Error::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 

@@ -108,24 +108,9 @@ impl FileSink {
     }
 }
 
-impl From<&str> for FileSink {
-    fn from(p: &str) -> Self {
-        FileSink::new(p)
-    }
-}
-impl From<String> for FileSink {
-    fn from(p: String) -> Self {
-        FileSink::new(p)
-    }
-}
-impl From<&Path> for FileSink {
-    fn from(p: &Path) -> Self {
-        FileSink::new(p)
-    }
-}
-impl From<PathBuf> for FileSink {
-    fn from(p: PathBuf) -> Self {
-        FileSink::new(p)
+impl<P: AsRef<Path>> From<P> for FileSink {
+    fn from(dir: P) -> Self {
+        FileSink::new(dir)
     }
 }
 
@@ -171,9 +156,17 @@ fn last_line(f: &mut File, end: u64, max: u64) -> io::Result<(Vec<u8>, u64, bool
     let mut tail = vec![0u8; (end - start) as usize];
     f.read_exact(&mut tail)?;
     let complete = tail.last() == Some(&b'\n');
-    let body = if complete { &tail[..tail.len() - 1] } else { &tail[..] };
+    let body = if complete {
+        &tail[..tail.len() - 1]
+    } else {
+        &tail[..]
+    };
     let line_start = body.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    Ok((body[line_start..].to_vec(), start + line_start as u64, complete))
+    Ok((
+        body[line_start..].to_vec(),
+        start + line_start as u64,
+        complete,
+    ))
 }
 
 /// How far back to look for a line; records are truncated well below this.
@@ -189,7 +182,8 @@ pub(crate) fn find_resume(sink: &FileSink, dir: &Path, hasher: &Hasher) -> Resul
     for path in &files {
         let mut f = File::open(path).map_err(ctx("open audit file"))?;
         let len = f.metadata().map_err(ctx("read audit file"))?.len();
-        let (mut line, off, complete) = last_line(&mut f, len, MAX_LINE).map_err(ctx("read audit file"))?;
+        let (mut line, off, complete) =
+            last_line(&mut f, len, MAX_LINE).map_err(ctx("read audit file"))?;
         if !complete {
             resume.torn.push((file_name(path), off, line.len() as u64));
             OpenOptions::new()
@@ -197,7 +191,9 @@ pub(crate) fn find_resume(sink: &FileSink, dir: &Path, hasher: &Hasher) -> Resul
                 .open(path)
                 .and_then(|mut w| w.write_all(b"\n").and_then(|_| w.sync_data()))
                 .map_err(ctx("terminate torn audit line"))?;
-            line = last_line(&mut f, off, MAX_LINE).map_err(ctx("read audit file"))?.0;
+            line = last_line(&mut f, off, MAX_LINE)
+                .map_err(ctx("read audit file"))?
+                .0;
         }
         if line.is_empty() {
             continue;
@@ -225,7 +221,9 @@ fn read_link_loose(line: &[u8]) -> Option<(u64, String)> {
 }
 
 pub(crate) fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Creates the directory `0700` if missing and returns its absolute path.
@@ -260,7 +258,9 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, Error> {
     let _ = f.set_permissions(fs::Permissions::from_mode(0o600));
     match f.try_lock() {
         Ok(()) => Ok(f),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::DirectoryInUse { dir: dir.to_path_buf() }),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::DirectoryInUse {
+            dir: dir.to_path_buf(),
+        }),
         Err(fs::TryLockError::Error(e)) => Err(Error::io("lock audit directory", &path, e)),
     }
 }
@@ -298,8 +298,16 @@ impl FileWriter {
             dir: dir.clone(),
             source: Box::new(e),
         })?;
-        let mut w = FileWriter { appender, dir, current: None, rotated_unsynced: None, warning: None, _lock: lock };
-        w.track_current().map_err(|e| Error::io("open current audit file", &w.dir, e))?;
+        let mut w = FileWriter {
+            appender,
+            dir,
+            current: None,
+            rotated_unsynced: None,
+            warning: None,
+            _lock: lock,
+        };
+        w.track_current()
+            .map_err(|e| Error::io("open current audit file", &w.dir, e))?;
         Ok(w)
     }
 
@@ -308,7 +316,11 @@ impl FileWriter {
     fn track_current(&mut self) -> io::Result<()> {
         let link = self.dir.join(CURRENT_LINK);
         let target = fs::read_link(&link)?;
-        let target = if target.is_absolute() { target } else { self.dir.join(target) };
+        let target = if target.is_absolute() {
+            target
+        } else {
+            self.dir.join(target)
+        };
         if self.current.as_ref().is_some_and(|(p, _)| *p == target) {
             return Ok(());
         }
@@ -327,7 +339,10 @@ impl FileWriter {
         while done < batch.len() {
             match self.appender.write(&batch[done..]) {
                 Ok(0) => {
-                    return Err((done, io::Error::new(io::ErrorKind::WriteZero, "audit file accepted no bytes")))
+                    return Err((
+                        done,
+                        io::Error::new(io::ErrorKind::WriteZero, "audit file accepted no bytes"),
+                    ))
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -156,10 +156,19 @@ mod tests {
     struct StrictLayer(Arc<AtomicUsize>);
     impl<S: tracing_core::Subscriber> Layer<S> for StrictLayer {
         fn on_event(&self, e: &tracing_core::Event<'_>, _: Context<'_, S>) {
-            assert!(is_audit_callsite(e.metadata()), "non-audit event leaked: {:?}", e.metadata());
+            assert!(
+                is_audit_callsite(e.metadata()),
+                "non-audit event leaked: {:?}",
+                e.metadata()
+            );
             self.0.fetch_add(1, Ordering::SeqCst);
         }
-        fn on_new_span(&self, a: &tracing_core::span::Attributes<'_>, _: &tracing_core::span::Id, _: Context<'_, S>) {
+        fn on_new_span(
+            &self,
+            a: &tracing_core::span::Attributes<'_>,
+            _: &tracing_core::span::Id,
+            _: Context<'_, S>,
+        ) {
             assert!(is_audit_callsite(a.metadata()), "non-audit span leaked");
         }
     }

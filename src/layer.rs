@@ -74,9 +74,22 @@ impl AuditCore {
             }
         }
         s.body.clear();
-        let source = Source { target: meta.target(), level: meta.level(), spans: &names[..n] };
-        let risk = encode_body(&mut s.body, &mut s.capture, at, &self.shared.statics, source, limit);
-        self.shared.submitter.submit(uuid::Uuid::now_v7(), s.body.clone(), risk);
+        let source = Source {
+            target: meta.target(),
+            level: meta.level(),
+            spans: &names[..n],
+        };
+        let risk = encode_body(
+            &mut s.body,
+            &mut s.capture,
+            at,
+            &self.shared.statics,
+            source,
+            limit,
+        );
+        self.shared
+            .submitter
+            .submit(uuid::Uuid::now_v7(), s.body.clone(), risk);
     }
 }
 
@@ -111,13 +124,19 @@ where
                 })
                 .unwrap_or(false);
             if !used_tls {
-                let mut s = Scratch { capture: Capture::new(self.shared.limit), body: Vec::new() };
+                let mut s = Scratch {
+                    capture: Capture::new(self.shared.limit),
+                    body: Vec::new(),
+                };
                 self.record(&mut s, event, &ctx);
             }
         }));
         if done.is_err() {
             let c = &self.shared.submitter.counters;
-            c.error(&c.callback_errors, "a panic while recording an audit event was caught".into());
+            c.error(
+                &c.callback_errors,
+                "a panic while recording an audit event was caught".into(),
+            );
             c.records_dropped.fetch_add(1, Relaxed);
         }
     }
@@ -134,7 +153,9 @@ pub struct AuditLayer<S> {
 
 impl<S> AuditLayer<S> {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        AuditLayer { inner: Filtered::new(AuditCore { shared }, AuditFilter) }
+        AuditLayer {
+            inner: Filtered::new(AuditCore { shared }, AuditFilter),
+        }
     }
 }
 
@@ -152,4 +173,3 @@ impl<S> std::fmt::Debug for AuditLayer<S> {
 }
 
 delegate_layer!(AuditLayer);
-

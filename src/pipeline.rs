@@ -82,7 +82,15 @@ impl Submitter {
         counters: Arc<Counters>,
     ) -> (Self, Receiver<Msg>) {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
-        (Submitter { tx, mode, durable_at, counters }, rx)
+        (
+            Submitter {
+                tx,
+                mode,
+                durable_at,
+                counters,
+            },
+            rx,
+        )
     }
 
     pub(crate) fn sender(&self) -> SyncSender<Msg> {
@@ -93,7 +101,11 @@ impl Submitter {
     pub(crate) fn submit(&self, id: uuid::Uuid, body: Vec<u8>, risk: Risk) {
         if risk >= self.durable_at {
             let (done_tx, done_rx) = mpsc::sync_channel(1);
-            let msg = Msg::Record(Pending { id, body, done: Some(done_tx) });
+            let msg = Msg::Record(Pending {
+                id,
+                body,
+                done: Some(done_tx),
+            });
             if self.tx.send(msg).is_err() {
                 self.counters.records_dropped.fetch_add(1, Relaxed);
                 return;
@@ -102,7 +114,11 @@ impl Submitter {
             let _ = done_rx.recv();
             return;
         }
-        let msg = Msg::Record(Pending { id, body, done: None });
+        let msg = Msg::Record(Pending {
+            id,
+            body,
+            done: None,
+        });
         let sent = match self.mode {
             QueueMode::Lossless => self.tx.send(msg).is_ok(),
             QueueMode::Lossy => match self.tx.try_send(msg) {

@@ -108,7 +108,10 @@ pub(crate) fn encode_body(
     out.extend_from_slice(b"\",\"risk_level\":\"");
     out.extend_from_slice(risk.as_str().as_bytes());
     out.push(b'"');
-    for (key, f) in [("session_id", ContextField::Session), ("ip_address", ContextField::Ip)] {
+    for (key, f) in [
+        ("session_id", ContextField::Session),
+        ("ip_address", ContextField::Ip),
+    ] {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
@@ -125,7 +128,10 @@ pub(crate) fn encode_body(
     out.extend_from_slice(&c.details);
     let mut sep = !c.details.is_empty();
     truncated.extend_from_slice(&c.truncated);
-    for (key, names) in [("audit.invalid", &c.invalid), ("audit.truncated", &truncated)] {
+    for (key, names) in [
+        ("audit.invalid", &c.invalid),
+        ("audit.truncated", &truncated),
+    ] {
         if names.is_empty() {
             continue;
         }

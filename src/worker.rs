@@ -117,7 +117,9 @@ impl Worker {
                 self.report_lost(&mut st);
             }
             let written = self.write_batch(&mut st);
-            let due = st.unsynced_since.is_some_and(|t| t.elapsed() >= self.sync_interval);
+            let due = st
+                .unsynced_since
+                .is_some_and(|t| t.elapsed() >= self.sync_interval);
             if written && (want_sync || due || stop) {
                 let ok = self.sync(&mut st);
                 for w in st.waiters.drain(..) {
@@ -136,7 +138,11 @@ impl Worker {
 
     fn take(&mut self, st: &mut State, m: Msg, want_sync: &mut bool, stop: &mut bool) {
         match m {
-            Msg::Record(p) => self.seal(st, p),
+            Msg::Record(p) => {
+                // A durable record is synced with this batch (group commit).
+                *want_sync |= p.done.is_some();
+                self.seal(st, p);
+            }
             Msg::Flush(w) => {
                 st.waiters.push(w);
                 *want_sync = true;
@@ -155,17 +161,43 @@ impl Worker {
     }
 
     /// Writes a record of the crate's own into the batch.
-    fn own_record(&mut self, st: &mut State, event: &str, level: &Level, message: &str, details: impl FnOnce(&mut Capture)) {
+    fn own_record(
+        &mut self,
+        st: &mut State,
+        event: &str,
+        level: &Level,
+        message: &str,
+        details: impl FnOnce(&mut Capture),
+    ) {
         st.capture.reset(self.limit);
         st.capture.set_event_type(event);
         st.capture.set_message(message);
-        st.capture.set_context_if_absent(crate::fields::ContextField::Actor, "tracing-audit");
+        st.capture
+            .set_context_if_absent(crate::fields::ContextField::Actor, "tracing-audit");
         details(&mut st.capture);
         st.body.clear();
-        let source = Source { target: "tracing_audit", level, spans: &[] };
-        encode_body(&mut st.body, &mut st.capture, SystemTime::now(), &self.statics, source, self.limit);
+        let source = Source {
+            target: "tracing_audit",
+            level,
+            spans: &[],
+        };
+        encode_body(
+            &mut st.body,
+            &mut st.capture,
+            SystemTime::now(),
+            &self.statics,
+            source,
+            self.limit,
+        );
         let body = std::mem::take(&mut st.body);
-        self.seal(st, Pending { id: uuid::Uuid::now_v7(), body, done: None });
+        self.seal(
+            st,
+            Pending {
+                id: uuid::Uuid::now_v7(),
+                body,
+                done: None,
+            },
+        );
         st.body = Vec::new();
     }
 
@@ -178,7 +210,11 @@ impl Worker {
             Some(s) => format!("audit trail resumed after seq {s}"),
             None => "audit trail started".to_owned(),
         };
-        let level = if torn.is_empty() { Level::INFO } else { Level::WARN };
+        let level = if torn.is_empty() {
+            Level::INFO
+        } else {
+            Level::WARN
+        };
         self.own_record(st, "audit_started", &level, &msg, |c| {
             c.detail_str("chain", algorithm);
             c.detail_u64("pid", pid as u64);
@@ -212,10 +248,16 @@ impl Worker {
         if dropped > st.lost_reported {
             let n = dropped - st.lost_reported;
             st.lost_reported = dropped;
-            self.own_record(st, "records_lost", &Level::ERROR, "audit records were dropped: the queue was full", |c| {
-                c.detail_u64("count", n);
-                c.detail_u64("total", dropped);
-            });
+            self.own_record(
+                st,
+                "records_lost",
+                &Level::ERROR,
+                "audit records were dropped: the queue was full",
+                |c| {
+                    c.detail_u64("count", n);
+                    c.detail_u64("total", dropped);
+                },
+            );
         }
     }
 
@@ -223,11 +265,17 @@ impl Worker {
         let written = self.counters.records_written.load(Relaxed) + st.records_in_batch + 1;
         let dropped = self.counters.records_dropped.load(Relaxed);
         let last = self.chain.next_seq();
-        self.own_record(st, "audit_stopped", &Level::INFO, "audit trail stopped", |c| {
-            c.detail_u64("records_written", written);
-            c.detail_u64("records_dropped", dropped);
-            c.detail_u64("last_seq", last);
-        });
+        self.own_record(
+            st,
+            "audit_stopped",
+            &Level::INFO,
+            "audit trail stopped",
+            |c| {
+                c.detail_u64("records_written", written);
+                c.detail_u64("records_dropped", dropped);
+                c.detail_u64("last_seq", last);
+            },
+        );
     }
 
     /// Writes the batch; on failure keeps the unwritten part for a retry.
@@ -237,7 +285,10 @@ impl Worker {
         }
         if let Some(file) = &mut self.file {
             if let Err((done, e)) = file.write(&st.batch) {
-                self.counters.error(&self.counters.write_errors, format!("audit file write failed: {e}"));
+                self.counters.error(
+                    &self.counters.write_errors,
+                    format!("audit file write failed: {e}"),
+                );
                 // Drop the part that did reach the file; keep the rest.
                 self.forward(&st.batch[..done], &st.ends);
                 st.batch.drain(..done);
@@ -263,8 +314,12 @@ impl Worker {
         let batch = std::mem::take(&mut st.batch);
         self.forward(&batch, &st.ends);
         st.batch = batch;
-        self.counters.records_written.fetch_add(st.records_in_batch, Relaxed);
-        self.counters.bytes_written.fetch_add(st.batch.len() as u64, Relaxed);
+        self.counters
+            .records_written
+            .fetch_add(st.records_in_batch, Relaxed);
+        self.counters
+            .bytes_written
+            .fetch_add(st.batch.len() as u64, Relaxed);
         st.unsynced_since.get_or_insert_with(Instant::now);
         st.batch.clear();
         st.ends.clear();
@@ -291,14 +346,19 @@ impl Worker {
 
     fn sync(&mut self, st: &mut State) -> bool {
         st.unsynced_since = None;
-        let Some(file) = &mut self.file else { return true };
+        let Some(file) = &mut self.file else {
+            return true;
+        };
         match file.sync() {
             Ok(()) => {
                 self.counters.syncs.fetch_add(1, Relaxed);
                 true
             }
             Err(e) => {
-                self.counters.error(&self.counters.write_errors, format!("audit file sync failed: {e}"));
+                self.counters.error(
+                    &self.counters.write_errors,
+                    format!("audit file sync failed: {e}"),
+                );
                 false
             }
         }

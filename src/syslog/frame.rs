@@ -158,7 +158,12 @@ impl Header {
     /// without `\n`; `max` caps the message length (UDP), cutting MSG at a
     /// character boundary while keeping the header and structured data.
     /// Returns the message and whether it was cut.
-    pub(crate) fn build(&self, line: &[u8], keys: Option<&Keys>, max: Option<usize>) -> (Vec<u8>, bool) {
+    pub(crate) fn build(
+        &self,
+        line: &[u8],
+        keys: Option<&Keys>,
+        max: Option<usize>,
+    ) -> (Vec<u8>, bool) {
         match self.format {
             Format::Rfc5424 => self.build_5424(line, keys, max),
             Format::Rfc3164 => self.build_3164(line, keys, max),
@@ -175,7 +180,11 @@ impl Header {
             Some(k) => out.extend_from_slice(header_field(&k.timestamp, 32).as_bytes()),
             None => out.push(b'-'),
         }
-        for (v, n) in [(&self.hostname, 255), (&self.app_name, 48), (&self.procid, 128)] {
+        for (v, n) in [
+            (&self.hostname, 255),
+            (&self.app_name, 48),
+            (&self.procid, 128),
+        ] {
             out.push(b' ');
             out.extend_from_slice(header_field(v, n).as_bytes());
         }
@@ -241,8 +250,9 @@ impl Header {
             .and_then(|k| DateTime::parse_from_rfc3339(&k.timestamp).ok())
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_else(Utc::now);
-        const MONTHS: [&str; 12] =
-            ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
         let stamp = format!(
             "{} {:>2} {:02}:{:02}:{:02} ",
             MONTHS[ts.month0() as usize],
@@ -254,8 +264,17 @@ impl Header {
         out.extend_from_slice(stamp.as_bytes());
         out.extend_from_slice(header_field(&self.hostname, 255).as_bytes());
         out.push(b' ');
-        let tag: String = self.app_name.chars().filter(char::is_ascii_alphanumeric).take(32).collect();
-        out.extend_from_slice(if tag.is_empty() { b"audit" } else { tag.as_bytes() });
+        let tag: String = self
+            .app_name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(32)
+            .collect();
+        out.extend_from_slice(if tag.is_empty() {
+            b"audit"
+        } else {
+            tag.as_bytes()
+        });
         out.push(b'[');
         out.extend_from_slice(header_field(&self.procid, 16).as_bytes());
         out.extend_from_slice(b"]: ");
@@ -316,7 +335,13 @@ mod tests {
         assert!(cut && msg.len() <= 300);
         let text = String::from_utf8(msg).unwrap();
         let parsed = syslog_rfc5424::parse_message(&text).unwrap();
-        assert_eq!(parsed.sd.find_tuple("audit@32473", "seq").map(|s| s.as_str()), Some("7"));
+        assert_eq!(
+            parsed
+                .sd
+                .find_tuple("audit@32473", "seq")
+                .map(|s| s.as_str()),
+            Some("7")
+        );
     }
 
     #[test]
@@ -324,6 +349,9 @@ mod tests {
         let keys = Keys::parse(LINE.as_bytes()).unwrap();
         let (msg, _) = header(Format::Rfc3164).build(LINE.as_bytes(), Some(&keys), None);
         let text = String::from_utf8(msg).unwrap();
-        assert!(text.starts_with("<188>Nov 22 10:00:00 host_name_ billingapi[42]: {"), "{text}");
+        assert!(
+            text.starts_with("<188>Nov 22 10:00:00 host_name_ billingapi[42]: {"),
+            "{text}"
+        );
     }
 }

@@ -197,7 +197,11 @@ impl SyslogSink {
 
     /// Starts the sink's thread; the first connection is made there (a
     /// server that is down at start is retried like any outage).
-    pub(crate) fn start(self, counters: Arc<Counters>, host: Option<&str>) -> Result<(Forwarder, JoinHandle<()>), Error> {
+    pub(crate) fn start(
+        self,
+        counters: Arc<Counters>,
+        host: Option<&str>,
+    ) -> Result<(Forwarder, JoinHandle<()>), Error> {
         let header = Header {
             facility: self.facility,
             format: self.format,
@@ -209,12 +213,25 @@ impl SyslogSink {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(self.capacity);
         let what = format!("syslog sink {:?}", self.target);
         let mode = self.mode;
-        let sender = Sender { cfg: self, header, counters: counters.clone(), conn: None, recent: VecDeque::new() };
+        let sender = Sender {
+            cfg: self,
+            header,
+            counters: counters.clone(),
+            conn: None,
+            recent: VecDeque::new(),
+        };
         let thread = std::thread::Builder::new()
             .name("tracing-audit-syslog".into())
             .spawn(move || sender.run(rx))
             .map_err(|source| Error::Network { what, source })?;
-        Ok((Forwarder { tx: Some(tx), mode, counters }, thread))
+        Ok((
+            Forwarder {
+                tx: Some(tx),
+                mode,
+                counters,
+            },
+            thread,
+        ))
     }
 }
 
@@ -286,7 +303,9 @@ impl Sender {
                 match rx.try_recv() {
                     Ok(line) => pending.push_back(self.message(&line)),
                     Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => deadline = Some(Instant::now() + SHUTDOWN_GRACE),
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        deadline = Some(Instant::now() + SHUTDOWN_GRACE)
+                    }
                 }
             }
             while let Some(msg) = pending.front() {
@@ -304,8 +323,10 @@ impl Sender {
                         }
                     }
                     Err(e) => {
-                        self.counters
-                            .error(&self.counters.syslog_errors, format!("syslog {:?}: {e}", self.cfg.target));
+                        self.counters.error(
+                            &self.counters.syslog_errors,
+                            format!("syslog {:?}: {e}", self.cfg.target),
+                        );
                         if let Some(c) = self.conn.take() {
                             c.close();
                             // The stream died: what went into it lately may not have arrived.
@@ -335,7 +356,11 @@ impl Sender {
 
     fn message(&self, line: &[u8]) -> Vec<u8> {
         let keys = Keys::parse(line);
-        let max = self.cfg.target.is_datagram().then_some(self.cfg.max_datagram);
+        let max = self
+            .cfg
+            .target
+            .is_datagram()
+            .then_some(self.cfg.max_datagram);
         let (msg, cut) = self.header.build(line, keys.as_ref(), max);
         if cut {
             self.counters.syslog_truncated.fetch_add(1, Relaxed);
@@ -345,16 +370,24 @@ impl Sender {
 
     fn send(&mut self, msg: &[u8], scratch: &mut Vec<u8>) -> std::io::Result<()> {
         if self.conn.as_ref().is_some_and(Conn::peer_closed) {
-            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the server closed the connection"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the server closed the connection",
+            ));
         }
         if self.conn.is_none() {
             let c = Conn::open(&self.cfg.target)?;
-            if self.counters.syslog_sent.load(Relaxed) > 0 || self.counters.syslog_errors.load(Relaxed) > 0 {
+            if self.counters.syslog_sent.load(Relaxed) > 0
+                || self.counters.syslog_errors.load(Relaxed) > 0
+            {
                 self.counters.syslog_reconnects.fetch_add(1, Relaxed);
             }
             self.conn = Some(c);
         }
-        let conn = self.conn.as_mut().ok_or_else(|| std::io::Error::other("no connection"))?;
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no connection"))?;
         conn.send(msg, self.cfg.framing, scratch)
     }
 }

@@ -26,7 +26,11 @@ pub(crate) enum Target {
     Udp(String),
     Tcp(String),
     #[cfg(feature = "tls")]
-    Tls(String, Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>),
+    Tls(
+        String,
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
     Unix(PathBuf),
 }
 
@@ -73,9 +77,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn resolve(addr: &str) -> io::Result<SocketAddr> {
-    addr.to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to nothing")))
+    addr.to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{addr} resolves to nothing"),
+        )
+    })
 }
 
 fn tcp(addr: &str) -> io::Result<TcpStream> {
@@ -90,8 +97,12 @@ impl Conn {
         Ok(match target {
             Target::Udp(addr) => {
                 let to = resolve(addr)?;
-                let bind: SocketAddr = if to.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let bind: SocketAddr = if to.is_ipv6() {
+                    "[::]:0".parse()
+                } else {
+                    "0.0.0.0:0".parse()
+                }
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 let s = UdpSocket::bind(bind)?;
                 s.connect(to)?;
                 Conn::Udp(s)
@@ -140,7 +151,12 @@ impl Conn {
     }
 
     /// Sends one message with the framing the transport needs.
-    pub(crate) fn send(&mut self, msg: &[u8], framing: Framing, scratch: &mut Vec<u8>) -> io::Result<()> {
+    pub(crate) fn send(
+        &mut self,
+        msg: &[u8],
+        framing: Framing,
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<()> {
         match self {
             Conn::Udp(s) => s.send(msg).map(|_| ()),
             Conn::Unix(s) => s.send(msg).map(|_| ()),

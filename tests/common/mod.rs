@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests: real temp dirs, reading trails back.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Every line of every audit file in `dir`, in file-name order, parsed.
+pub fn read_trail(dir: &Path) -> Vec<Value> {
+    raw_lines(dir)
+        .into_iter()
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+/// Every line of every audit file, unparsed.
+pub fn raw_lines(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in audit_files(dir) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{} does not end with a newline",
+            f.display()
+        );
+        out.extend(text.lines().map(str::to_owned));
+    }
+    out
+}
+
+/// The audit files in `dir` (regular `audit*.jsonl` files), sorted.
+pub fn audit_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("audit")
+                && n.ends_with("jsonl")
+                && p.symlink_metadata().unwrap().is_file()
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Records written by the application (not the crate's own bookkeeping).
+pub fn app_records(dir: &Path) -> Vec<Value> {
+    read_trail(dir)
+        .into_iter()
+        .filter(|r| {
+            !matches!(
+                r["event_type"].as_str(),
+                Some("audit_started" | "audit_stopped" | "records_lost")
+            )
+        })
+        .collect()
+}

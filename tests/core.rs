@@ -1,0 +1,495 @@
+//! The core layer end to end: real subscriber stacks, real files in temp dirs.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::{app_records, audit_files, raw_lines, read_trail};
+use serde_json::Value;
+use tracing::instrument::WithSubscriber;
+use tracing::Instrument;
+use tracing_audit::{AuditLayer, Error, FileSink, QueueMode, Risk};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+const KEYS: [&str; 22] = [
+    "schema",
+    "audit_id",
+    "seq",
+    "timestamp",
+    "event_type",
+    "actor",
+    "resource",
+    "action",
+    "outcome",
+    "risk_level",
+    "session_id",
+    "ip_address",
+    "message",
+    "details",
+    "service",
+    "version",
+    "environment",
+    "host",
+    "source",
+    "prev_hash",
+    "hash",
+    "",
+];
+
+/// Counts every event it sees; knows nothing of audit.
+struct CountAll(Arc<AtomicUsize>);
+impl<S: tracing::Subscriber> Layer<S> for CountAll {
+    fn on_event(&self, _: &tracing::Event<'_>, _: Context<'_, S>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn records_follow_the_schema_and_other_layers_see_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (audit, guard) = AuditLayer::builder()
+        .service("billing-api")
+        .version("1.2.3")
+        .environment("test")
+        .host("test-host")
+        .file(dir.path())
+        .build()
+        .unwrap();
+    let sub = tracing_subscriber::registry()
+        .with(CountAll(seen.clone()))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+        .with(audit);
+    tracing::subscriber::with_default(sub, || {
+        tracing::info!("plain event");
+        let span = tracing::info_span!(
+            "request",
+            audit.actor = "key_42",
+            audit.ip = "203.0.113.9",
+            audit.session = "s-1"
+        );
+        let _e = span.enter();
+        tracing::warn!(
+            audit.event = "auth_failure",
+            audit.resource = "/login",
+            audit.outcome = "failure",
+            reason = "bad password",
+            attempts = 3u64,
+            delta = -2i64,
+            ratio = 0.5,
+            locked = true,
+            "authentication failed"
+        );
+        tracing::debug!(count = 1, "another plain event");
+    });
+    drop(guard);
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        3,
+        "the other layer saw every event"
+    );
+
+    let lines = raw_lines(dir.path());
+    let all = read_trail(dir.path());
+    for (line, rec) in lines.iter().zip(&all) {
+        // Every key, in order.
+        let mut at = 0;
+        for k in KEYS.iter().filter(|k| !k.is_empty()) {
+            let needle = format!("\"{k}\":");
+            let pos = line[at..]
+                .find(&needle)
+                .unwrap_or_else(|| panic!("{k} missing or out of order in {line}"));
+            at += pos;
+        }
+        assert_eq!(rec.as_object().unwrap().len(), 21);
+        let id = uuid::Uuid::parse_str(rec["audit_id"].as_str().unwrap()).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        let ts = rec["timestamp"].as_str().unwrap();
+        assert!(ts.ends_with('Z') && ts.len() == 27, "{ts}");
+    }
+    let seqs: Vec<u64> = all.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (0..all.len() as u64).collect::<Vec<_>>(),
+        "seq is contiguous from 0"
+    );
+
+    let app = app_records(dir.path());
+    assert_eq!(app.len(), 1);
+    let r = &app[0];
+    assert_eq!(r["event_type"], "auth_failure");
+    assert_eq!(r["actor"], "key_42");
+    assert_eq!(r["ip_address"], "203.0.113.9");
+    assert_eq!(r["session_id"], "s-1");
+    assert_eq!(r["resource"], "/login");
+    assert_eq!(r["action"], Value::Null);
+    assert_eq!(r["outcome"], "failure");
+    assert_eq!(r["risk_level"], "medium", "WARN defaults to medium");
+    assert_eq!(r["message"], "authentication failed");
+    assert_eq!(r["details"]["reason"], "bad password");
+    assert_eq!(r["details"]["attempts"], 3);
+    assert_eq!(r["details"]["delta"], -2);
+    assert_eq!(r["details"]["ratio"], 0.5);
+    assert_eq!(r["details"]["locked"], true);
+    assert_eq!(r["service"], "billing-api");
+    assert_eq!(r["version"], "1.2.3");
+    assert_eq!(r["environment"], "test");
+    assert_eq!(r["host"], "test-host");
+    assert_eq!(r["source"]["level"], "WARN");
+    assert_eq!(r["source"]["span"], "request");
+    assert_eq!(r["source"]["target"], "core");
+    assert_eq!(all.first().unwrap()["event_type"], "audit_started");
+    assert_eq!(all.last().unwrap()["event_type"], "audit_stopped");
+}
+
+#[test]
+fn span_context_inner_wins_event_wins_and_record_later_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    let sub = tracing_subscriber::registry().with(audit);
+    tracing::subscriber::with_default(sub, || {
+        let outer = tracing::info_span!(
+            "outer",
+            audit.actor = "outer-actor",
+            audit.session = "sess",
+            audit.resource = tracing::field::Empty
+        );
+        let _o = outer.enter();
+        outer.record("audit.resource", "recorded-later");
+        let plain = tracing::info_span!("plain", user = "not taken");
+        let _p = plain.enter();
+        let inner = tracing::info_span!("inner", audit.actor = "inner-actor");
+        let _i = inner.enter();
+        tracing::info!(audit.event = "a");
+        tracing::info!(audit.event = "b", audit.actor = "event-actor");
+    });
+    drop(guard);
+    let app = app_records(dir.path());
+    assert_eq!(app[0]["actor"], "inner-actor");
+    assert_eq!(app[0]["session_id"], "sess");
+    assert_eq!(app[0]["resource"], "recorded-later");
+    assert_eq!(
+        app[0]["source"]["span"], "outer>inner",
+        "only audit spans are named"
+    );
+    assert!(
+        app[0]["details"].get("user").is_none(),
+        "non-audit span fields are never taken"
+    );
+    assert_eq!(app[1]["actor"], "event-actor");
+}
+
+#[test]
+fn instrumented_futures_on_multithread_runtime_keep_their_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let d = dispatch.clone();
+            let span = tracing::dispatcher::with_default(&d, || {
+                tracing::info_span!(
+                    "task",
+                    audit.actor = format!("user-{i}").as_str(),
+                    audit.session = i
+                )
+            });
+            tasks.push(tokio::spawn(
+                async move {
+                    for step in 0..4 {
+                        tokio::task::yield_now().await;
+                        tokio::time::sleep(std::time::Duration::from_micros(50)).await;
+                        tracing::info!(audit.event = "step", step, task = i);
+                    }
+                }
+                .instrument(span)
+                .with_subscriber(d),
+            ));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    drop(guard);
+    let app = app_records(dir.path());
+    assert_eq!(app.len(), 200);
+    for r in &app {
+        let task = r["details"]["task"].as_u64().unwrap();
+        assert_eq!(
+            r["actor"],
+            format!("user-{task}"),
+            "context crossed tasks: {r}"
+        );
+        assert_eq!(r["session_id"], task.to_string());
+    }
+}
+
+#[test]
+fn bad_values_are_kept_and_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::error!(
+            audit.event = "x",
+            audit.risk = "severe",
+            audit.outcome = "maybe",
+            audit.colour = "blue",
+            nan = f64::NAN
+        );
+        tracing::info!(audit.event = "y", audit.risk = "CRITICAL");
+    });
+    drop(guard);
+    let app = app_records(dir.path());
+    let d = &app[0]["details"];
+    assert_eq!(
+        app[0]["risk_level"], "high",
+        "ERROR default when audit.risk is bad"
+    );
+    assert_eq!(app[0]["outcome"], "unknown");
+    assert_eq!(d["audit.risk"], "severe");
+    assert_eq!(d["audit.outcome"], "maybe");
+    assert_eq!(d["audit.colour"], "blue");
+    assert_eq!(d["nan"], "NaN");
+    let flagged: Vec<&str> = d["audit.invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for f in ["audit.risk", "audit.outcome", "audit.colour", "nan"] {
+        assert!(flagged.contains(&f), "{f} not flagged: {flagged:?}");
+    }
+    assert_eq!(app[1]["risk_level"], "critical");
+}
+
+#[test]
+fn hostile_values_stay_on_one_valid_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, guard) = AuditLayer::builder()
+        .file(dir.path())
+        .max_value_len(64 * 1024)
+        .build()
+        .unwrap();
+    let huge = "A".repeat(1 << 20);
+    let hostile = "evil\r\n{\"forged\":true}\n\u{1b}[2J\"quote\\ \u{0} \u{85} \u{2028} end";
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::info!(
+            audit.event = "inject",
+            audit.actor = hostile,
+            note = hostile,
+            "{hostile}"
+        );
+        tracing::info!(audit.event = "big", blob = huge.as_str());
+        tracing::info!(audit.event = hostile);
+    });
+    drop(guard);
+    let raw = raw_lines(dir.path());
+    for l in &raw {
+        assert!(
+            l.bytes().all(|b| b >= 0x20 && b != 0x7f),
+            "raw control byte in line"
+        );
+        assert!(!l.contains('\u{85}') && !l.contains('\u{2028}'));
+    }
+    let app = app_records(dir.path());
+    assert_eq!(app.len(), 3);
+    assert_eq!(app[0]["actor"], hostile);
+    assert_eq!(app[0]["details"]["note"], hostile);
+    assert_eq!(app[0]["message"], hostile);
+    let blob = app[1]["details"]["blob"].as_str().unwrap();
+    assert!(
+        blob.len() < 70 * 1024 && blob.ends_with("...[truncated 983040 bytes]"),
+        "{}",
+        &blob[blob.len() - 40..]
+    );
+    assert_eq!(
+        app[1]["details"]["audit.truncated"],
+        serde_json::json!(["blob"])
+    );
+    assert_eq!(app[2]["event_type"], hostile);
+}
+
+#[test]
+fn files_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("nested/audit");
+    let (audit, guard) = AuditLayer::builder().file(&trail).build().unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::info!(audit.event = "x");
+    });
+    drop(guard);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&trail), 0o700);
+    let files = audit_files(&trail);
+    assert_eq!(files.len(), 1);
+    assert_eq!(mode(&files[0]), 0o600);
+}
+
+#[test]
+fn broken_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = AuditLayer::builder()
+        .file(file.join("audit"))
+        .build::<tracing_subscriber::Registry>()
+        .unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("a-file/audit"), "{err}");
+
+    let err = AuditLayer::builder()
+        .build::<tracing_subscriber::Registry>()
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)));
+}
+
+#[test]
+fn a_second_writer_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_a, guard) = AuditLayer::builder()
+        .file(dir.path())
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let err = AuditLayer::builder()
+        .file(dir.path())
+        .build::<tracing_subscriber::Registry>()
+        .unwrap_err();
+    assert!(matches!(err, Error::DirectoryInUse { .. }), "{err:?}");
+    drop(guard);
+    // Free again once the first is gone.
+    let (_b, _g) = AuditLayer::builder()
+        .file(dir.path())
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+}
+
+#[test]
+fn durable_records_are_synced_with_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    // An hour-long interval: only the durability rule can make this sync now.
+    let (audit, guard) = AuditLayer::builder()
+        .file(dir.path())
+        .durable_at(Risk::High)
+        .sync_interval(std::time::Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let handle = guard.handle();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dispatch.clone();
+    std::thread::spawn(move || {
+        tracing::dispatcher::with_default(&d, || tracing::error!(audit.event = "one"));
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("a durable record waited for the interval");
+    // On disk (and synced) before the macro returned.
+    assert_eq!(app_records(dir.path()).len(), 1);
+    assert!(handle.stats().syncs >= 1);
+
+    let before = handle.stats().syncs;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let d = dispatch.clone();
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&d, || {
+                    for i in 0..40 {
+                        tracing::info!(audit.event = "export", audit.risk = "critical", t, i);
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let syncs = handle.stats().syncs - before;
+    assert_eq!(app_records(dir.path()).len(), 321);
+    assert!(
+        syncs < 320,
+        "group commit: {syncs} syncs for 320 durable records"
+    );
+    drop(guard);
+}
+
+#[test]
+fn lossy_mode_counts_exactly_what_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, guard) = AuditLayer::builder()
+        .file(dir.path())
+        .queue_mode(QueueMode::Lossy)
+        .queue_capacity(1)
+        .build()
+        .unwrap();
+    let handle = guard.handle();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let d = dispatch.clone();
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&d, || {
+                    for i in 0..20_000u32 {
+                        tracing::info!(audit.event = "burst", i);
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(guard);
+    let dropped = handle.stats().records_dropped;
+    let trail = read_trail(dir.path());
+    let kept = trail.iter().filter(|r| r["event_type"] == "burst").count() as u64;
+    let reported: u64 = trail
+        .iter()
+        .filter(|r| r["event_type"] == "records_lost")
+        .map(|r| r["details"]["count"].as_u64().unwrap())
+        .sum();
+    assert!(
+        dropped > 0,
+        "a queue of one should overflow under two producers"
+    );
+    assert_eq!(
+        kept + dropped,
+        40_000,
+        "every record is either written or counted"
+    );
+    assert_eq!(
+        reported, dropped,
+        "records_lost records carry the exact count"
+    );
+}
+
+#[test]
+fn restart_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    for run in 0..3 {
+        let (audit, guard) = AuditLayer::builder()
+            .file(FileSink::new(dir.path()))
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+            tracing::info!(audit.event = "x", run);
+        });
+        drop(guard);
+    }
+    let all = read_trail(dir.path());
+    assert_eq!(all.len(), 9);
+    for (i, pair) in all.windows(2).enumerate() {
+        assert_eq!(pair[1]["seq"].as_u64().unwrap(), i as u64 + 1);
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
+    }
+    assert_eq!(all[3]["event_type"], "audit_started");
+    assert_eq!(all[3]["details"]["resumed_after_seq"], 2);
+}
