@@ -53,8 +53,10 @@ mod filter;
 mod guard;
 mod layer;
 mod pipeline;
+mod reader;
 mod record;
 mod syslog;
+mod verify;
 mod worker;
 
 pub use builder::{AuditLayerBuilder, CHAIN_KEY_ENV};
@@ -65,5 +67,7 @@ pub use file::FileSink;
 pub use guard::{AuditGuard, AuditHandle, AuditStats};
 pub use layer::AuditLayer;
 pub use pipeline::QueueMode;
+pub use reader::{AuditTrail, Follower, Query, ReadError, Records, TrailStats, TOP_ACTORS};
 pub use record::{AuditRecord, RecordSource, SCHEMA_VERSION};
 pub use syslog::{severity, Facility, Format, Framing, SyslogSink};
+pub use verify::{verify, verify_with, Failure, FailureKind, VerifyReport};

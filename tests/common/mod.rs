@@ -56,3 +56,11 @@ pub fn app_records(dir: &Path) -> Vec<Value> {
         })
         .collect()
 }
+
+/// Like [`read_trail`] but skips lines that are not JSON (torn fragments).
+pub fn read_trail_lenient(dir: &Path) -> Vec<Value> {
+    raw_lines(dir)
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
