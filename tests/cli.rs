@@ -1,0 +1,234 @@
+//! The `tracing-audit` command on real trails: exit codes and output.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::process::{Command, Output};
+
+use tracing_audit::AuditLayer;
+use tracing_subscriber::layer::SubscriberExt;
+
+fn bin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn sample(dir: &std::path::Path, key: Option<&str>) {
+    let mut b = AuditLayer::builder().file(dir);
+    if let Some(k) = key {
+        b = b.chain_key(k.as_bytes().to_vec());
+    }
+    let (audit, guard) = b.build().unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        for i in 0..12 {
+            let actor = if i % 3 == 0 { "alice" } else { "bob" };
+            tracing::info!(
+                audit.event = "login",
+                audit.actor = actor,
+                audit.outcome = "success",
+                i
+            );
+        }
+        tracing::warn!(
+            audit.event = "auth_failure",
+            audit.actor = "mallory",
+            audit.outcome = "failure",
+            audit.session = "s9"
+        );
+        tracing::error!(
+            audit.event = "data_export",
+            audit.actor = "bob",
+            audit.resource = "/export",
+            audit.risk = "critical"
+        );
+    });
+    drop(guard);
+}
+
+#[test]
+fn verify_exit_codes_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    sample(dir.path(), None);
+    let ok = bin(&["verify", d]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert!(
+        text(&ok).starts_with("OK: 16 records in 1 files, seq 0..15"),
+        "{}",
+        text(&ok)
+    );
+
+    let json = bin(&["verify", d, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["records"], 16);
+    assert_eq!(v["failure"], serde_json::Value::Null);
+
+    let f = common::audit_files(dir.path()).pop().unwrap();
+    let s = std::fs::read_to_string(&f)
+        .unwrap()
+        .replacen("mallory", "nobody1", 1);
+    std::fs::write(&f, s).unwrap();
+    let bad = bin(&["verify", d]);
+    assert_eq!(bad.status.code(), Some(1));
+    let out = text(&bad);
+    assert!(
+        out.contains("FAILED:") && out.contains(":14: Modified"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&bin(&["verify", d, "--json"]).stdout).unwrap();
+    assert_eq!(v["failure"]["kind"], "modified");
+    assert_eq!(v["failure"]["line"], 14);
+
+    assert_eq!(
+        bin(&["verify", "/nonexistent/trail"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(bin(&["verify"]).status.code(), Some(2));
+}
+
+#[test]
+fn verify_with_key_from_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    sample(dir.path(), Some("cli-test-key-0123456789abcdef"));
+    let no_key = bin(&["verify", d]);
+    assert_eq!(no_key.status.code(), Some(2), "{}", text(&no_key));
+    assert!(text(&no_key).contains("KeyRequired"));
+    let o = Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
+        .args(["verify", d, "--key-env", "AUDIT_TEST_KEY"])
+        .env("AUDIT_TEST_KEY", "cli-test-key-0123456789abcdef")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("hmac-sha256"));
+    let o = bin(&["verify", d, "--key-env", "AUDIT_TEST_KEY_UNSET"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn query_filters_limit_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    sample(dir.path(), None);
+    let o = bin(&[
+        "query",
+        d,
+        "--actor",
+        "bob",
+        "--event-type",
+        "login",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 8);
+    assert!(rows
+        .iter()
+        .all(|r| r["actor"] == "bob" && r["event_type"] == "login"));
+
+    let o = bin(&["query", d, "--min-risk", "high", "--json"]);
+    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["event_type"], "data_export");
+
+    let o = bin(&["query", d, "--limit", "2"]);
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "header and the newest two: {out}");
+    assert!(
+        lines[0].contains("SEQ")
+            && lines[1].contains("data_export")
+            && lines[2].contains("audit_stopped"),
+        "{out}"
+    );
+
+    let o = bin(&[
+        "query",
+        d,
+        "--outcome",
+        "failure",
+        "--session",
+        "s9",
+        "--json",
+    ]);
+    assert_eq!(String::from_utf8(o.stdout).unwrap().lines().count(), 1);
+    assert_eq!(
+        bin(&["query", d, "--min-risk", "extreme"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn stats_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    sample(dir.path(), None);
+    let o = bin(&["stats", d, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["total"], 16);
+    assert_eq!(v["by_event_type"]["login"], 12);
+    assert_eq!(v["by_actor"]["bob"], 9);
+    assert_eq!(v["by_outcome"]["failure"], 1);
+    assert_eq!(v["by_risk"]["critical"], 1);
+    assert_eq!(
+        v["by_day"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>(),
+        16
+    );
+    let human = text(&bin(&["stats", d]));
+    assert!(
+        human.contains("records: 16") && human.contains("login"),
+        "{human}"
+    );
+}
+
+#[test]
+fn tail_follows_new_records() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    sample(dir.path(), None);
+    let o = bin(&["tail", d, "-n", "3", "--json"]);
+    assert_eq!(String::from_utf8(o.stdout).unwrap().lines().count(), 3);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
+        .args(["tail", d, "-n", "0", "-f", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::info!(audit.event = "followed", n = 1);
+    });
+    drop(guard);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let l = lines.next().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        kinds.push(v["event_type"].as_str().unwrap().to_owned());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(kinds, ["audit_started", "followed", "audit_stopped"]);
+}
