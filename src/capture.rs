@@ -37,6 +37,9 @@ pub(crate) struct Capture {
     scratch: String,
     /// Longest value kept, in bytes.
     limit: usize,
+    /// Whether non-audit fields are encoded into `details` (policy
+    /// counting only needs the `audit.*` slots).
+    keep_details: bool,
 }
 
 impl Capture {
@@ -51,7 +54,15 @@ impl Capture {
             truncated: Vec::new(),
             scratch: String::new(),
             limit,
+            keep_details: true,
         }
+    }
+
+    /// A capture that reads only the `audit.*` slots and skips `details`.
+    pub(crate) fn audit_only() -> Self {
+        let mut c = Capture::new(usize::MAX);
+        c.keep_details = false;
+        c
     }
 
     /// Empties the capture for the next event, keeping its allocations.
@@ -115,6 +126,9 @@ impl Capture {
     }
 
     fn detail_key(&mut self, name: &str) {
+        if !self.keep_details {
+            return;
+        }
         if !self.details.is_empty() {
             self.details.push(b',');
         }
@@ -124,6 +138,9 @@ impl Capture {
 
     /// Adds a string value to `details`, truncating to the limit.
     pub(crate) fn detail_str(&mut self, name: &'static str, v: &str) {
+        if !self.keep_details {
+            return;
+        }
         self.detail_key(name);
         if encode::write_str(&mut self.details, v, self.limit) {
             self.truncated.push(name);
@@ -132,17 +149,26 @@ impl Capture {
 
     /// Adds an unsigned number to `details`.
     pub(crate) fn detail_u64(&mut self, name: &'static str, v: u64) {
+        if !self.keep_details {
+            return;
+        }
         self.detail_key(name);
         encode::write_u64(&mut self.details, v);
     }
 
     /// Adds an already-encoded JSON value to `details`.
     pub(crate) fn detail_raw(&mut self, name: &str, json: &[u8]) {
+        if !self.keep_details {
+            return;
+        }
         self.detail_key(name);
         self.details.extend_from_slice(json);
     }
 
     fn detail_debug(&mut self, name: &'static str, v: &dyn fmt::Debug) {
+        if !self.keep_details {
+            return;
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let _ = write!(scratch, "{v:?}");
@@ -209,6 +235,7 @@ impl Capture {
                 self.detail_str(name, v);
                 self.invalid.push(name);
             }
+            None if name == "message" && !self.keep_details => {}
             None if name == "message" => self.message = Some(self.push_arena(v)),
             None => self.detail_str(name.strip_prefix("r#").unwrap_or(name), v),
         }
@@ -220,8 +247,12 @@ impl Capture {
         match classify(name) {
             Some(AuditName::Event) => self.event = Some(self.push_arena_fmt(v)),
             Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena_fmt(v)),
+            None if name == "message" && !self.keep_details => {}
             None if name == "message" => self.message = Some(self.push_arena_fmt(v)),
             other => {
+                if !self.keep_details {
+                    return;
+                }
                 let key = name.strip_prefix("r#").unwrap_or(name);
                 self.detail_key(key);
                 json(&mut self.details);
@@ -243,6 +274,7 @@ impl Visit for Capture {
         match classify(name) {
             Some(AuditName::Event) => self.event = Some(self.push_arena_fmt(value)),
             Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena_fmt(value)),
+            None if name == "message" && !self.keep_details => {}
             None if name == "message" => self.message = Some(self.push_arena_fmt(value)),
             Some(AuditName::Unknown) => {
                 self.detail_debug(name, value);

@@ -53,6 +53,7 @@ mod filter;
 mod guard;
 mod layer;
 mod pipeline;
+mod policy;
 mod reader;
 mod record;
 mod syslog;
@@ -67,6 +68,10 @@ pub use file::FileSink;
 pub use guard::{AuditGuard, AuditHandle, AuditStats};
 pub use layer::AuditLayer;
 pub use pipeline::QueueMode;
+pub use policy::{
+    Alert, AlertHandler, Clock, Compliance, ComplianceReport, ComplianceStats, Policy, PolicyLayer,
+    PolicyLayerBuilder, PolicyStatus, Status,
+};
 pub use reader::{AuditTrail, Follower, Query, ReadError, Records, TrailStats, TOP_ACTORS};
 pub use record::{AuditRecord, RecordSource, SCHEMA_VERSION};
 pub use syslog::{severity, Facility, Format, Framing, SyslogSink};

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use tracing_audit::{AuditRecord, AuditTrail, FileSink, Follower, Outcome, Query, Risk};
+use tracing_audit::{
+    AuditRecord, AuditTrail, Compliance, FileSink, Follower, Outcome, Policy, Query, Risk,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -122,6 +124,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Compliance reports computed from the trail's files.
+    Report {
+        #[command(flatten)]
+        trail: Trail,
+        /// Policies from a TOML or JSON file.
+        #[arg(long, required_unless_present = "defaults")]
+        policies: Option<PathBuf>,
+        /// The three default policies (added to --policies if both are given).
+        #[arg(long)]
+        defaults: bool,
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The newest records; with -f, keep printing new ones.
     Tail {
         #[command(flatten)]
@@ -175,6 +194,19 @@ fn run(cli: Cli) -> Res {
             follow,
             json,
         } => tail(&trail, lines, follow, json),
+        Cmd::Report {
+            trail,
+            policies,
+            defaults,
+            policy,
+            json,
+        } => report(
+            &trail,
+            policies.as_deref(),
+            defaults,
+            policy.as_deref(),
+            json,
+        ),
     }
 }
 
@@ -281,6 +313,52 @@ fn stats(trail: &Trail, filters: &Filters, json: bool) -> Res {
         "by day",
         s.by_day.iter().map(|(k, n)| (k.as_str(), *n)).collect(),
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(
+    trail: &Trail,
+    file: Option<&std::path::Path>,
+    defaults: bool,
+    only: Option<&str>,
+    json: bool,
+) -> Res {
+    let mut policies = if defaults {
+        Policy::defaults()
+    } else {
+        Vec::new()
+    };
+    if let Some(f) = file {
+        policies.extend(Policy::load(f)?);
+    }
+    let t = AuditTrail::open_with(&trail.sink())?;
+    let (compliance, unreadable) = Compliance::from_trail(&t, policies);
+    if unreadable > 0 {
+        eprintln!("warning: {unreadable} unreadable lines skipped (run `tracing-audit verify`)");
+    }
+    let reports = match only {
+        Some(name) => vec![compliance.report(name)?],
+        None => compliance.reports(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &reports {
+        println!("{} ({}): {:?}", r.policy_name, r.policy, r.status);
+        println!("  {}", r.description);
+        println!(
+            "  events within {:.0} days: {}",
+            r.retention_days, r.total_events
+        );
+        for (kind, n) in &r.events_by_type {
+            println!("    {n:>8}  {kind}");
+        }
+        for v in &r.violations {
+            println!("  violation: {v}");
+        }
+        println!();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

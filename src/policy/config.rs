@@ -1,0 +1,349 @@
+//! What a compliance policy says: which events it counts, its alert
+//! threshold and window, its retention. Loadable from TOML or JSON.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::fields::{Outcome, Risk};
+
+/// A compliance policy.
+///
+/// It counts audit events whose type is one of its required kinds (any
+/// kind when none are given) and that pass its optional outcome, risk,
+/// actor and resource filters. It raises an alert when `threshold` of them
+/// fall within `window`, and its report flags each required kind with no
+/// event within `retention`.
+///
+/// | setting | default |
+/// |---|---|
+/// | `threshold` | 1 |
+/// | `window` | 24 h (the seed monitor's window) |
+/// | `retention` | 30 days |
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Key used by `report(name)` (e.g. `authentication_monitoring`).
+    pub name: String,
+    /// Human title (e.g. `Authentication Monitoring`); defaults to `name`.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// What the policy is for.
+    #[serde(default)]
+    pub description: String,
+    /// Event kinds counted and required within retention.
+    #[serde(default)]
+    pub require: Vec<String>,
+    /// Only events with this outcome.
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    /// Only events at or above this risk.
+    #[serde(default)]
+    pub min_risk: Option<Risk>,
+    /// Only events by this actor.
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// Only events on this resource.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Events within `window` that raise an alert.
+    #[serde(default = "one")]
+    pub threshold: u64,
+    /// The sliding window, e.g. `"5m"`, `"24h"` or seconds as a number.
+    #[serde(default = "day", with = "duration")]
+    pub window: Duration,
+    /// How long counts are kept for reports, e.g. `"90d"`.
+    #[serde(default = "month", with = "duration")]
+    pub retention: Duration,
+}
+
+fn one() -> u64 {
+    1
+}
+fn day() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn month() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+impl Policy {
+    /// A policy named `name` with the defaults above.
+    pub fn new(name: impl Into<String>) -> Self {
+        Policy {
+            name: name.into(),
+            title: None,
+            description: String::new(),
+            require: Vec::new(),
+            outcome: None,
+            min_risk: None,
+            actor: None,
+            resource: None,
+            threshold: 1,
+            window: day(),
+            retention: month(),
+        }
+    }
+
+    /// The human title.
+    #[must_use]
+    pub fn title(mut self, t: impl Into<String>) -> Self {
+        self.title = Some(t.into());
+        self
+    }
+
+    /// What the policy is for.
+    #[must_use]
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.description = d.into();
+        self
+    }
+
+    /// Event kinds counted and required.
+    #[must_use]
+    pub fn require<I, S>(mut self, kinds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.require = kinds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Only events with this outcome.
+    #[must_use]
+    pub fn outcome(mut self, o: Outcome) -> Self {
+        self.outcome = Some(o);
+        self
+    }
+
+    /// Only events at or above this risk.
+    #[must_use]
+    pub fn min_risk(mut self, r: Risk) -> Self {
+        self.min_risk = Some(r);
+        self
+    }
+
+    /// Only events by this actor.
+    #[must_use]
+    pub fn actor(mut self, a: impl Into<String>) -> Self {
+        self.actor = Some(a.into());
+        self
+    }
+
+    /// Only events on this resource.
+    #[must_use]
+    pub fn resource(mut self, r: impl Into<String>) -> Self {
+        self.resource = Some(r.into());
+        self
+    }
+
+    /// Events within the window that raise an alert (at least 1).
+    #[must_use]
+    pub fn threshold(mut self, n: u64) -> Self {
+        self.threshold = n.max(1);
+        self
+    }
+
+    /// The sliding window.
+    #[must_use]
+    pub fn window(mut self, d: Duration) -> Self {
+        self.window = d;
+        self
+    }
+
+    /// How long counts are kept for reports.
+    #[must_use]
+    pub fn retention(mut self, d: Duration) -> Self {
+        self.retention = d;
+        self
+    }
+
+    /// The three policies of the seed monitor, with its names and numbers:
+    /// `data_access_tracking` (5 in 24 h, 90 days), `authentication_monitoring`
+    /// (3 in 24 h, 30 days), `security_compliance` (1 in 24 h, 365 days).
+    pub fn defaults() -> Vec<Policy> {
+        let days = |n: u64| Duration::from_secs(n * 86_400);
+        vec![
+            Policy::new("data_access_tracking")
+                .title("Data Access Tracking")
+                .description("Track all data access events")
+                .require(["data_access", "data_modification", "data_deletion"])
+                .retention(days(90))
+                .threshold(5),
+            Policy::new("authentication_monitoring")
+                .title("Authentication Monitoring")
+                .description("Monitor authentication events")
+                .require(["login", "logout", "auth_failure"])
+                .retention(days(30))
+                .threshold(3),
+            Policy::new("security_compliance")
+                .title("Security Compliance")
+                .description("Monitor security-related events")
+                .require(["security_alert", "prompt_injection", "data_breach"])
+                .retention(days(365))
+                .threshold(1),
+        ]
+    }
+
+    /// Checks that the policy can be counted.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("a policy needs a name".into());
+        }
+        if self.window.is_zero() {
+            return Err(format!("policy {}: window must be > 0", self.name));
+        }
+        if self.threshold == 0 {
+            return Err(format!("policy {}: threshold must be >= 1", self.name));
+        }
+        if self.threshold > 1_000_000 {
+            return Err(format!(
+                "policy {}: threshold above 1 000 000 is not supported",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads policies from a TOML (`[[policy]]` tables) or JSON (an array,
+    /// or `{"policy": [...]}`) file, chosen by extension (`.json` or else TOML).
+    ///
+    /// ```toml
+    /// [[policy]]
+    /// name = "failed_logins"
+    /// require = ["auth_failure"]
+    /// outcome = "failure"
+    /// threshold = 5
+    /// window = "5m"
+    /// retention = "30d"
+    /// ```
+    pub fn load(path: impl AsRef<Path>) -> Result<Vec<Policy>, Error> {
+        let path = path.as_ref();
+        let err = |message: String| Error::Policy {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            policy: Vec<Policy>,
+        }
+        let policies = if path.extension().is_some_and(|e| e == "json") {
+            #[derive(Deserialize)]
+            #[serde(untagged)]
+            enum Json {
+                List(Vec<Policy>),
+                Wrapped(File),
+            }
+            match serde_json::from_str::<Json>(&text).map_err(|e| err(e.to_string()))? {
+                Json::List(l) => l,
+                Json::Wrapped(f) => f.policy,
+            }
+        } else {
+            toml::from_str::<File>(&text)
+                .map_err(|e| err(e.to_string()))?
+                .policy
+        };
+        for p in &policies {
+            p.validate().map_err(err)?;
+        }
+        Ok(policies)
+    }
+}
+
+/// Durations as `"90s"`, `"5m"`, `"24h"`, `"30d"`, `"2w"` or whole seconds.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        let secs = d.as_secs();
+        let text = match secs {
+            s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+            s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+            s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+            s => format!("{s}s"),
+        };
+        s.serialize_str(&text)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => parse(&t).ok_or_else(|| {
+                de::Error::custom(format!("bad duration {t:?} (use e.g. 90s, 5m, 24h, 30d)"))
+            }),
+        }
+    }
+
+    pub(super) fn parse(t: &str) -> Option<Duration> {
+        let t = t.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit())?;
+        let (n, unit) = t.split_at(split);
+        let n: u64 = n.parse().ok()?;
+        let mult = match unit.trim() {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            _ => return None,
+        };
+        Some(Duration::from_secs(n.checked_mul(mult)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(duration::parse("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(
+            duration::parse("30d"),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(duration::parse("5 parsecs"), None);
+    }
+
+    #[test]
+    fn loads_toml_and_json_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("p.toml");
+        std::fs::write(
+            &toml_path,
+            "[[policy]]\nname = \"failed_logins\"\nrequire = [\"auth_failure\"]\noutcome = \"failure\"\nthreshold = 5\nwindow = \"5m\"\nretention = 2592000\n",
+        )
+        .unwrap();
+        let p = Policy::load(&toml_path).unwrap();
+        assert_eq!(p[0].window, Duration::from_secs(300));
+        assert_eq!(p[0].retention, Duration::from_secs(2_592_000));
+        assert_eq!(p[0].outcome, Some(Outcome::Failure));
+
+        let json_path = dir.path().join("p.json");
+        std::fs::write(
+            &json_path,
+            serde_json::to_string(&Policy::defaults()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(Policy::load(&json_path).unwrap(), Policy::defaults());
+
+        std::fs::write(&toml_path, "[[policy]]\nname = \"x\"\nthreshhold = 5\n").unwrap();
+        let e = Policy::load(&toml_path).unwrap_err().to_string();
+        assert!(e.contains("threshhold"), "{e}");
+        std::fs::write(&toml_path, "[[policy]]\nname = \"x\"\nwindow = \"soon\"\n").unwrap();
+        assert!(Policy::load(&toml_path).is_err());
+    }
+}

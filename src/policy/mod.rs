@@ -1,0 +1,621 @@
+//! `PolicyLayer`: compliance policies counted over audit events as they
+//! happen, alerts, reports and statistics; and the same reports computed
+//! offline from a trail's files.
+//!
+//! The layer recognises audit events with the same per-layer filter and the
+//! same field reading as `AuditLayer` (span context included), and works
+//! with or without an `AuditLayer` in the stack. Counting is in
+//! [`engine`]: O(1) per event per matching policy, bounded memory.
+//!
+//! Alerts leave the hot path: a crossing is queued to an alert thread that
+//! runs the callback and emits a `policy_threshold_exceeded` audit event
+//! through the subscriber the layer is part of. Events emitted by that
+//! thread are counted but can never raise an alert, so an alert record that
+//! matches a policy cannot loop.
+
+mod config;
+mod engine;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tracing_core::span::{Attributes, Id, Record};
+use tracing_core::{Event, Subscriber};
+use tracing_subscriber::filter::Filtered;
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::LookupSpan;
+
+pub use config::Policy;
+use engine::{Crossing, Engine, Nanos, Observed};
+
+use crate::capture::{Capture, SpanContext};
+use crate::error::Error;
+use crate::fields::ContextField;
+use crate::filter::{delegate_layer, AuditFilter};
+use crate::reader::AuditTrail;
+
+/// A clock for the layer (tests inject one).
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// A callback run on the alert thread.
+pub type AlertHandler = Arc<dyn Fn(&Alert) + Send + Sync>;
+
+fn nanos(t: SystemTime) -> Nanos {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn time(n: Nanos) -> DateTime<Utc> {
+    DateTime::<Utc>::from(UNIX_EPOCH + Duration::from_nanos(n))
+}
+
+/// A policy's window count reached its threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    /// The policy's name.
+    pub policy: String,
+    /// Events in the window when it fired (= the threshold).
+    pub count: u64,
+    /// The threshold.
+    pub threshold: u64,
+    /// The window.
+    pub window: Duration,
+    /// When the triggering event was counted.
+    pub at: DateTime<Utc>,
+    /// The actor of the triggering event.
+    pub actor: Option<String>,
+    /// The kind of the triggering event.
+    pub event_type: String,
+}
+
+/// Configures a [`PolicyLayer`]. Start from [`PolicyLayer::builder`].
+///
+/// | setting | default |
+/// |---|---|
+/// | policies | none |
+/// | alert callback | none (alerts are still counted and written) |
+/// | `policy_threshold_exceeded` records | emitted |
+/// | top actors kept for stats | 100 |
+/// | clock | the system clock |
+pub struct PolicyLayerBuilder {
+    policies: Vec<Policy>,
+    on_alert: Option<AlertHandler>,
+    clock: Option<Clock>,
+    emit_records: bool,
+    top_k: usize,
+}
+
+impl std::fmt::Debug for PolicyLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyLayerBuilder")
+            .field("policies", &self.policies)
+            .field("on_alert", &self.on_alert.is_some())
+            .field("emit_records", &self.emit_records)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyLayerBuilder {
+    /// Adds policies (a later policy with the same name replaces an earlier one).
+    #[must_use]
+    pub fn policies(mut self, p: impl IntoIterator<Item = Policy>) -> Self {
+        self.policies.extend(p);
+        self
+    }
+
+    /// Adds one policy.
+    #[must_use]
+    pub fn policy(mut self, p: Policy) -> Self {
+        self.policies.push(p);
+        self
+    }
+
+    /// Runs `f` on the alert thread for every threshold crossing.
+    #[must_use]
+    pub fn on_alert(mut self, f: impl Fn(&Alert) + Send + Sync + 'static) -> Self {
+        self.on_alert = Some(Arc::new(f));
+        self
+    }
+
+    /// Whether crossings are written into the audit stream as
+    /// `policy_threshold_exceeded` events (default yes).
+    #[must_use]
+    pub fn emit_records(mut self, yes: bool) -> Self {
+        self.emit_records = yes;
+        self
+    }
+
+    /// How many actors (and 4× as many event types) statistics keep.
+    #[must_use]
+    pub fn top_k(mut self, k: usize) -> Self {
+        self.top_k = k.max(1);
+        self
+    }
+
+    /// Replaces the system clock (for tests and replays).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Builds the layer and its [`Compliance`] handle.
+    pub fn build<S>(self) -> (PolicyLayer<S>, Compliance) {
+        let policies: Vec<Policy> = self
+            .policies
+            .into_iter()
+            .map(|mut p| {
+                p.window = p.window.max(Duration::from_millis(1));
+                p.retention = p.retention.max(Duration::from_secs(1));
+                p.threshold = p.threshold.clamp(1, 1_000_000);
+                p
+            })
+            .collect();
+        let shared = Arc::new(PolicyShared {
+            engine: Mutex::new(Engine::new(policies, self.top_k)),
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemTime::now)),
+            alerts: OnceLock::new(),
+            on_alert: self.on_alert,
+            emit_records: self.emit_records,
+            dispatch: OnceLock::new(),
+            alerts_dropped: AtomicU64::new(0),
+            callback_errors: AtomicU64::new(0),
+        });
+        let layer = PolicyLayer {
+            inner: Filtered::new(
+                PolicyCore {
+                    shared: shared.clone(),
+                },
+                AuditFilter,
+            ),
+        };
+        (layer, Compliance { shared })
+    }
+}
+
+/// State shared by the layer, the alert thread and [`Compliance`].
+struct PolicyShared {
+    engine: Mutex<Engine>,
+    clock: Clock,
+    /// Started on the first crossing.
+    alerts: OnceLock<SyncSender<Alert>>,
+    on_alert: Option<AlertHandler>,
+    emit_records: bool,
+    dispatch: OnceLock<tracing_core::dispatcher::WeakDispatch>,
+    alerts_dropped: AtomicU64,
+    callback_errors: AtomicU64,
+}
+
+thread_local! {
+    /// Set on the alert thread: events it emits never raise alerts.
+    static IN_ALERT: Cell<bool> = const { Cell::new(false) };
+    static CAPTURE: RefCell<Capture> = RefCell::new(Capture::audit_only());
+}
+
+impl PolicyShared {
+    fn observe(&self, c: &mut Capture, level: &tracing_core::Level) {
+        let risk = c.resolve_risk(level);
+        let outcome = c.resolve_outcome();
+        let Some(event_type) = c.event_type() else {
+            return;
+        };
+        let e = Observed {
+            event_type,
+            actor: c.context(ContextField::Actor),
+            resource: c.context(ContextField::Resource),
+            outcome,
+            risk,
+            at: nanos((self.clock)()),
+        };
+        let quiet = IN_ALERT.try_with(Cell::get).unwrap_or(true);
+        let mut crossings = Vec::new();
+        let alerts: Vec<Alert> = {
+            let Ok(mut engine) = self.engine.lock() else {
+                return;
+            };
+            engine.observe(&e, quiet, &mut crossings);
+            crossings.into_iter().map(|c| alert(&engine, c)).collect()
+        };
+        for a in alerts {
+            self.raise(a);
+        }
+    }
+
+    fn raise(self: &PolicyShared, a: Alert) {
+        let Some(tx) = self.alerts.get() else {
+            self.alerts_dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(a) {
+            self.alerts_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn alert(engine: &Engine, c: Crossing) -> Alert {
+    let p = &engine.policies[c.policy].policy;
+    Alert {
+        policy: p.name.clone(),
+        count: c.count,
+        threshold: p.threshold,
+        window: p.window,
+        at: time(c.at),
+        actor: c.actor,
+        event_type: c.event_type,
+    }
+}
+
+/// Starts the alert thread (once per layer).
+fn start_alert_thread(shared: &Arc<PolicyShared>) {
+    let weak = Arc::downgrade(shared);
+    let (tx, rx) = mpsc::sync_channel::<Alert>(1024);
+    if shared.alerts.set(tx).is_err() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("tracing-audit-alerts".into())
+        .spawn(move || {
+            let _ = IN_ALERT.try_with(|f| f.set(true));
+            for a in rx {
+                let Some(shared) = weak.upgrade() else { return };
+                if let Some(cb) = &shared.on_alert {
+                    let cb = cb.clone();
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&a))).is_err() {
+                        shared.callback_errors.fetch_add(1, Relaxed);
+                    }
+                }
+                if shared.emit_records {
+                    if let Some(d) = shared.dispatch.get().and_then(|w| w.upgrade()) {
+                        tracing::dispatcher::with_default(&d, || emit(&a));
+                    }
+                }
+            }
+        });
+}
+
+/// The `policy_threshold_exceeded` audit event.
+fn emit(a: &Alert) {
+    let window_secs = a.window.as_secs();
+    let msg = "compliance policy threshold exceeded";
+    match a.actor.as_deref() {
+        Some(actor) => tracing::warn!(
+            audit.event = "policy_threshold_exceeded",
+            audit.actor = actor,
+            audit.risk = "high",
+            policy = a.policy.as_str(),
+            count = a.count,
+            threshold = a.threshold,
+            window_secs,
+            trigger_event = a.event_type.as_str(),
+            "{msg}"
+        ),
+        None => tracing::warn!(
+            audit.event = "policy_threshold_exceeded",
+            audit.risk = "high",
+            policy = a.policy.as_str(),
+            count = a.count,
+            threshold = a.threshold,
+            window_secs,
+            trigger_event = a.event_type.as_str(),
+            "{msg}"
+        ),
+    }
+}
+
+/// The layer behind the per-layer filter.
+struct PolicyCore {
+    shared: Arc<PolicyShared>,
+}
+
+impl<S> Layer<S> for PolicyCore
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing_core::Dispatch) {
+        let _ = self.shared.dispatch.set(subscriber.downgrade());
+        start_alert_thread(&self.shared);
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            SpanContext::on_new_span(attrs, &span);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            SpanContext::on_record(values, &span);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let run = |c: &mut Capture| {
+            c.reset(usize::MAX);
+            event.record(c);
+            if let Some(scope) = ctx.event_scope(event) {
+                for span in scope {
+                    c.merge_span(&span);
+                }
+            }
+            self.shared.observe(c, event.metadata().level());
+        };
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let done = CAPTURE
+                .try_with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut c) => {
+                        run(&mut c);
+                        true
+                    }
+                    Err(_) => false,
+                })
+                .unwrap_or(false);
+            if !done {
+                run(&mut Capture::audit_only());
+            }
+        }));
+        if ok.is_err() {
+            self.shared.callback_errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A [`Layer`] that counts audit events against compliance policies.
+pub struct PolicyLayer<S> {
+    inner: Filtered<PolicyCore, AuditFilter, S>,
+}
+
+impl PolicyLayer<()> {
+    /// Starts configuring a policy layer.
+    pub fn builder() -> PolicyLayerBuilder {
+        PolicyLayerBuilder {
+            policies: Vec::new(),
+            on_alert: None,
+            clock: None,
+            emit_records: true,
+            top_k: 100,
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for PolicyLayer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyLayer").finish_non_exhaustive()
+    }
+}
+
+delegate_layer!(PolicyLayer);
+
+/// Compliant or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Every required kind occurred within retention, and the window count is below the threshold.
+    Compliant,
+    /// A required kind is missing, or the threshold is reached.
+    Violation,
+}
+
+/// A compliance report for one policy (the seed monitor's fields, plus status).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComplianceReport {
+    /// The policy's key.
+    pub policy: String,
+    /// The policy's title.
+    pub policy_name: String,
+    /// What it is for.
+    pub description: String,
+    /// When the report was made.
+    pub generated_at: DateTime<Utc>,
+    /// Matching events within retention.
+    pub total_events: u64,
+    /// Matching events within retention, per required kind (zeros included).
+    pub events_by_type: BTreeMap<String, u64>,
+    /// Why it is not compliant: missing required kinds, a reached threshold.
+    pub violations: Vec<String>,
+    /// Compliant or violation.
+    pub status: Status,
+    /// Matching events in the current window (1/64-window resolution).
+    pub window_events: u64,
+    /// The alert threshold.
+    pub threshold: u64,
+    /// Retention in days.
+    pub retention_days: f64,
+    /// Alerts raised since start.
+    pub alerts: u64,
+}
+
+/// One policy in [`ComplianceStats`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyStatus {
+    /// Matching events within retention.
+    pub total_events: u64,
+    /// Matching events in the window (1/64-window resolution).
+    pub recent_events: u64,
+    /// The threshold.
+    pub violation_threshold: u64,
+    /// Compliant or violation.
+    pub status: Status,
+    /// Alerts raised since start.
+    pub alerts: u64,
+}
+
+/// Statistics over everything the layer has counted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComplianceStats {
+    /// Audit events counted.
+    pub total_events: u64,
+    /// By event type (bounded top-k).
+    pub events_by_type: BTreeMap<String, u64>,
+    /// By actor (bounded top-k; counts of evicted actors are in `actors_evicted`).
+    pub events_by_actor: BTreeMap<String, u64>,
+    /// Events whose actor fell out of the top-k.
+    pub actors_evicted: u64,
+    /// Every policy's status.
+    pub policy_status: BTreeMap<String, PolicyStatus>,
+    /// Alerts not delivered because the alert queue was full.
+    pub alerts_dropped: u64,
+    /// Panics caught in callbacks.
+    pub callback_errors: u64,
+}
+
+/// The handle for reports and statistics. Cheap to clone.
+#[derive(Clone)]
+pub struct Compliance {
+    shared: Arc<PolicyShared>,
+}
+
+impl std::fmt::Debug for Compliance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compliance").finish_non_exhaustive()
+    }
+}
+
+impl Compliance {
+    /// The report for policy `name`.
+    pub fn report(&self, name: &str) -> Result<ComplianceReport, Error> {
+        let now = nanos((self.shared.clock)());
+        let mut engine = self
+            .shared
+            .engine
+            .lock()
+            .map_err(|_| Error::UnknownPolicy(name.into()))?;
+        let i = engine
+            .index(name)
+            .ok_or_else(|| Error::UnknownPolicy(name.into()))?;
+        Ok(report(&mut engine, i, now))
+    }
+
+    /// Reports for every policy, in the order they were given.
+    pub fn reports(&self) -> Vec<ComplianceReport> {
+        let now = nanos((self.shared.clock)());
+        let Ok(mut engine) = self.shared.engine.lock() else {
+            return Vec::new();
+        };
+        (0..engine.policies.len())
+            .map(|i| report(&mut engine, i, now))
+            .collect()
+    }
+
+    /// Totals, top actors and every policy's status.
+    pub fn stats(&self) -> ComplianceStats {
+        let now = nanos((self.shared.clock)());
+        let mut stats = ComplianceStats {
+            total_events: 0,
+            events_by_type: BTreeMap::new(),
+            events_by_actor: BTreeMap::new(),
+            actors_evicted: 0,
+            policy_status: BTreeMap::new(),
+            alerts_dropped: self.shared.alerts_dropped.load(Relaxed),
+            callback_errors: self.shared.callback_errors.load(Relaxed),
+        };
+        let Ok(mut engine) = self.shared.engine.lock() else {
+            return stats;
+        };
+        stats.total_events = engine.total;
+        stats.events_by_type = engine.by_type.to_map();
+        stats.events_by_actor = engine.by_actor.to_map();
+        stats.actors_evicted = engine.by_actor.evicted;
+        for s in engine.policies.iter_mut() {
+            let total = s.retained(now).iter().sum();
+            let over = s.over_threshold(now);
+            stats.policy_status.insert(
+                s.policy.name.clone(),
+                PolicyStatus {
+                    total_events: total,
+                    recent_events: s.recent(now),
+                    violation_threshold: s.policy.threshold,
+                    status: if over {
+                        Status::Violation
+                    } else {
+                        Status::Compliant
+                    },
+                    alerts: s.alerts,
+                },
+            );
+        }
+        stats
+    }
+
+    /// Replays a trail's records (their own timestamps) through `policies`,
+    /// without alerts: the report `tracing-audit report` prints. Returns the
+    /// handle and the number of unreadable lines skipped.
+    pub fn from_trail(trail: &AuditTrail, policies: Vec<Policy>) -> (Compliance, u64) {
+        let (_, compliance) = PolicyLayer::builder()
+            .policies(policies)
+            .emit_records(false)
+            .build::<()>();
+        let mut unreadable = 0;
+        let mut engine = match compliance.shared.engine.lock() {
+            Ok(e) => e,
+            Err(_) => return (compliance.clone(), 0),
+        };
+        let mut sink = Vec::new();
+        for r in trail.records() {
+            let Ok(r) = r else {
+                unreadable += 1;
+                continue;
+            };
+            let Some(kind) = r.event_type.as_deref() else {
+                continue;
+            };
+            let at = r.timestamp.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+            let e = Observed {
+                event_type: kind,
+                actor: r.actor.as_deref(),
+                resource: r.resource.as_deref(),
+                outcome: r.outcome,
+                risk: r.risk_level,
+                at,
+            };
+            engine.observe(&e, true, &mut sink);
+        }
+        drop(engine);
+        (compliance, unreadable)
+    }
+}
+
+fn report(engine: &mut Engine, i: usize, now: Nanos) -> ComplianceReport {
+    let s = &mut engine.policies[i];
+    let counts = s.retained(now);
+    let mut events_by_type = BTreeMap::new();
+    let mut violations = Vec::new();
+    for (kind, n) in s.policy.require.iter().zip(&counts) {
+        events_by_type.insert(kind.clone(), *n);
+        if *n == 0 {
+            violations.push(format!("Missing required event type: {kind}"));
+        }
+    }
+    let window_events = s.recent(now);
+    if s.over_threshold(now) {
+        violations.push(format!(
+            "Threshold reached: at least {} events within {}s",
+            s.policy.threshold,
+            s.policy.window.as_secs()
+        ));
+    }
+    let p = &s.policy;
+    ComplianceReport {
+        policy: p.name.clone(),
+        policy_name: p.title.clone().unwrap_or_else(|| p.name.clone()),
+        description: p.description.clone(),
+        generated_at: time(now),
+        total_events: counts.iter().sum(),
+        events_by_type,
+        status: if violations.is_empty() {
+            Status::Compliant
+        } else {
+            Status::Violation
+        },
+        violations,
+        window_events,
+        threshold: p.threshold,
+        retention_days: p.retention.as_secs_f64() / 86_400.0,
+        alerts: s.alerts,
+    }
+}
