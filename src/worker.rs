@@ -62,6 +62,9 @@ struct State {
     lost_reported: u64,
     capture: Capture,
     body: Vec<u8>,
+    /// An application record has arrived (so a subscriber is installed).
+    saw_app: bool,
+    level_checked: bool,
 }
 
 impl Worker {
@@ -76,6 +79,8 @@ impl Worker {
             lost_reported: 0,
             capture: Capture::new(self.limit),
             body: Vec::new(),
+            saw_app: false,
+            level_checked: false,
         };
         self.started(&mut st);
         let mut want_sync = true;
@@ -110,11 +115,12 @@ impl Worker {
                     let mut ignore = false;
                     self.take(&mut st, m, &mut want_sync, &mut ignore);
                 }
-                self.report_lost(&mut st);
+            }
+            self.report_lost(&mut st);
+            self.check_max_level(&mut st);
+            if stop {
                 self.stopped(&mut st);
                 want_sync = true;
-            } else {
-                self.report_lost(&mut st);
             }
             let written = self.write_batch(&mut st);
             let due = st
@@ -139,6 +145,7 @@ impl Worker {
     fn take(&mut self, st: &mut State, m: Msg, want_sync: &mut bool, stop: &mut bool) {
         match m {
             Msg::Record(p) => {
+                st.saw_app = true;
                 // A durable record is synced with this batch (group commit).
                 *want_sync |= p.done.is_some();
                 self.seal(st, p);
@@ -259,6 +266,29 @@ impl Worker {
                 },
             );
         }
+    }
+
+    /// A global filter (an `EnvFilter` added with `.with(..)`, say) caps
+    /// the level of every layer, audit included: events below it never reach
+    /// this crate. Say so once, in the trail and on stderr.
+    fn check_max_level(&mut self, st: &mut State) {
+        use tracing_core::LevelFilter;
+        if st.level_checked || !st.saw_app {
+            return;
+        }
+        st.level_checked = true;
+        let max = LevelFilter::current();
+        if max == LevelFilter::TRACE {
+            return;
+        }
+        let msg = format!(
+            "a global filter caps tracing at {max}: audit events less severe than that are discarded before they reach the audit layer; give that filter to the fmt layer with .with_filter(..) instead"
+        );
+        eprintln!("tracing-audit: {msg}");
+        let shown = max.to_string();
+        self.own_record(st, "audit_config_warning", &Level::WARN, &msg, |c| {
+            c.detail_str("max_level", &shown);
+        });
     }
 
     fn stopped(&mut self, st: &mut State) {
