@@ -47,6 +47,7 @@ use transport::{Conn, Target};
 /// | queue | 65 536 messages, [`QueueMode::Lossless`] |
 /// | reconnect backoff | 100 ms doubling to 30 s, ±25 % jitter |
 /// | resent after a dead stream | last 256 messages |
+/// | shutdown grace for an unreachable server | 10 s |
 ///
 /// ```no_run
 /// use tracing_audit::{AuditLayer, SyslogSink, Facility};
@@ -70,6 +71,7 @@ pub struct SyslogSink {
     backoff_min: Duration,
     backoff_max: Duration,
     replay: usize,
+    shutdown_grace: Duration,
 }
 
 impl SyslogSink {
@@ -87,6 +89,7 @@ impl SyslogSink {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             replay: 256,
+            shutdown_grace: SHUTDOWN_GRACE,
         }
     }
 
@@ -195,6 +198,14 @@ impl SyslogSink {
         self
     }
 
+    /// How long a stopping sink keeps trying an unreachable server before
+    /// it counts what is left as dropped (default 10 s).
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// Starts the sink's thread; the first connection is made there (a
     /// server that is down at start is retried like any outage).
     pub(crate) fn start(
@@ -264,7 +275,7 @@ impl LineSink for Forwarder {
     }
 }
 
-/// How long a closing sink keeps trying an unreachable server.
+/// Default for [`SyslogSink::shutdown_grace`].
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The sink's thread state.
@@ -294,7 +305,7 @@ impl Sender {
                     Ok(line) => pending.push_back(self.message(&line)),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => {
-                        deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+                        deadline = Some(Instant::now() + self.cfg.shutdown_grace);
                         continue;
                     }
                 }
@@ -304,7 +315,7 @@ impl Sender {
                     Ok(line) => pending.push_back(self.message(&line)),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
-                        deadline = Some(Instant::now() + SHUTDOWN_GRACE)
+                        deadline = Some(Instant::now() + self.cfg.shutdown_grace)
                     }
                 }
             }
@@ -343,7 +354,25 @@ impl Sender {
                             );
                             return;
                         }
-                        std::thread::sleep(jitter(backoff));
+                        // While retrying, keep taking the queue (in order) so
+                        // a closed one starts the shutdown grace.
+                        while deadline.is_none() {
+                            match rx.try_recv() {
+                                Ok(line) => pending.push_back(self.message(&line)),
+                                Err(mpsc::TryRecvError::Empty) => break,
+                                Err(mpsc::TryRecvError::Disconnected) => {
+                                    deadline = Some(Instant::now() + self.cfg.shutdown_grace)
+                                }
+                            }
+                            if pending.len() >= self.cfg.capacity {
+                                break;
+                            }
+                        }
+                        let mut pause = jitter(backoff);
+                        if let Some(d) = deadline {
+                            pause = pause.min(d.saturating_duration_since(Instant::now()));
+                        }
+                        std::thread::sleep(pause);
                         backoff = (backoff * 2).min(self.cfg.backoff_max);
                     }
                 }
