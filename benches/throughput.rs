@@ -1,1 +1,365 @@
-fn main() {}
+//! `cargo bench`: what the README's performance figures come from.
+//!
+//! 1. End-to-end audit records/s into a real file, 1 and 2 emitting threads,
+//!    against `tracing_subscriber::fmt().json()` into a lossless
+//!    `tracing_appender::non_blocking` writer on the same events; nothing lost
+//!    is checked on both sides.
+//! 2. The cost of a non-audit event with and without `AuditLayer` installed.
+//! 3. `verify` throughput on a 1 M-record trail, and its peak memory (in a
+//!    child process that only verifies).
+//! 4. `PolicyLayer` per-event cost with 3 default + 5 custom policies, at
+//!    10 k and 10 M events.
+//!
+//! `BENCH_QUICK=1` runs smaller sizes (for a smoke run).
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing_audit::{AuditLayer, Outcome, Policy, PolicyLayer};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+fn quick() -> bool {
+    std::env::var_os("BENCH_QUICK").is_some()
+}
+
+/// The event every end-to-end run emits: context from a span, four fields.
+fn emit(i: u64) {
+    tracing::info!(
+        audit.event = "data_access",
+        audit.resource = "invoice/2026-0042",
+        audit.action = "read",
+        audit.outcome = "success",
+        rows = i,
+        table = "invoices",
+        "invoice viewed"
+    );
+}
+
+fn run_threads(threads: u64, per_thread: u64, dispatch: &tracing::Dispatch) {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let d = dispatch.clone();
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&d, || {
+                    let span = tracing::info_span!(
+                        "request",
+                        audit.actor = "key_42",
+                        audit.ip = "203.0.113.9",
+                        audit.session = t
+                    );
+                    let _e = span.enter();
+                    for i in 0..per_thread {
+                        emit(i);
+                    }
+                })
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+fn audit_run(threads: u64, per_thread: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, guard) = AuditLayer::builder()
+        .service("bench")
+        .file(dir.path())
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let start = Instant::now();
+    run_threads(threads, per_thread, &dispatch);
+    let caller = start.elapsed().as_nanos() as f64 / per_thread as f64;
+    CALLER_NS.with(|c| c.set(c.get().min(caller)));
+    let h = guard.handle();
+    drop(guard); // everything written and synced
+    let secs = start.elapsed().as_secs_f64();
+    let s = h.stats();
+    assert_eq!(s.records_dropped, 0);
+    assert_eq!(
+        s.records_written,
+        threads * per_thread + 2,
+        "audit lost records"
+    );
+    (threads * per_thread) as f64 / secs
+}
+
+fn peer_run(threads: u64, per_thread: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let appender = tracing_appender::rolling::never(dir.path(), "peer.log");
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(appender);
+    let sub = tracing_subscriber::fmt()
+        .json()
+        .with_writer(writer)
+        .with_current_span(true)
+        .finish();
+    let dispatch = tracing::Dispatch::new(sub);
+    let start = Instant::now();
+    run_threads(threads, per_thread, &dispatch);
+    drop(guard);
+    let secs = start.elapsed().as_secs_f64();
+    let lines = std::fs::read_to_string(dir.path().join("peer.log"))
+        .unwrap()
+        .lines()
+        .count() as u64;
+    assert_eq!(lines, threads * per_thread, "peer lost lines");
+    (threads * per_thread) as f64 / secs
+}
+
+thread_local! {
+    /// Best caller-side ns per event seen by `audit_run` (per thread).
+    static CALLER_NS: std::cell::Cell<f64> = const { std::cell::Cell::new(f64::MAX) };
+}
+
+fn best<F: FnMut() -> f64>(runs: usize, mut f: F) -> f64 {
+    (0..runs).map(|_| f()).fold(0.0, f64::max)
+}
+
+struct Count(Arc<AtomicU64>);
+impl<S: tracing::Subscriber> Layer<S> for Count {
+    fn on_event(&self, _: &tracing::Event<'_>, _: Context<'_, S>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn ns_per_plain_event(dispatch: &tracing::Dispatch, n: u64) -> f64 {
+    tracing::dispatcher::with_default(dispatch, || {
+        let start = Instant::now();
+        for i in 0..n {
+            tracing::info!(user = black_box(i), "plain event");
+        }
+        start.elapsed().as_nanos() as f64 / n as f64
+    })
+}
+
+fn non_audit_overhead() {
+    let n = if quick() { 200_000 } else { 20_000_000 };
+    let dir = tempfile::tempdir().unwrap();
+    let base = tracing::Dispatch::new(tracing_subscriber::registry().with(Count(Arc::default())));
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    let with = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(Count(Arc::default()))
+            .with(audit),
+    );
+    // Interleave runs; keep each side's best.
+    let (mut b, mut w) = (f64::MAX, f64::MAX);
+    for _ in 0..5 {
+        b = b.min(ns_per_plain_event(&base, n));
+        w = w.min(ns_per_plain_event(&with, n));
+    }
+    drop(guard);
+    println!("non-audit event, stack = registry + counting layer:");
+    println!("  without AuditLayer  {b:>7.2} ns/event");
+    println!(
+        "  with AuditLayer     {w:>7.2} ns/event   (+{:.2} ns)",
+        w - b
+    );
+}
+
+fn write_trail(dir: &Path, n: u64) {
+    let (audit, guard) = AuditLayer::builder()
+        .service("bench")
+        .file(dir)
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    run_threads(1, n, &dispatch);
+    drop(guard);
+}
+
+fn verify_bench() {
+    let n = if quick() { 20_000 } else { 1_000_000 };
+    let dir = tempfile::tempdir().unwrap();
+    write_trail(dir.path(), n);
+    let bytes: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let mut best_rate = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let r = tracing_audit::verify(dir.path(), None).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        assert!(r.is_ok());
+        assert_eq!(r.records, n + 2);
+        best_rate = best_rate.max(r.records as f64 / secs);
+    }
+    // Peak memory of a process that only verifies.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--verify-only")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let rss = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    println!(
+        "verify (one core, {} records, {:.0} MB):",
+        n + 2,
+        bytes as f64 / 1e6
+    );
+    println!(
+        "  {:>10.0} records/s  {:>6.0} MB/s   peak RSS of a verify-only process: {rss}",
+        best_rate,
+        best_rate * bytes as f64 / (n as f64) / 1e6
+    );
+}
+
+fn policy_bench() {
+    let mut policies = Policy::defaults();
+    policies.push(
+        Policy::new("failed_logins")
+            .require(["auth_failure"])
+            .outcome(Outcome::Failure)
+            .threshold(5)
+            .window(Duration::from_secs(300)),
+    );
+    policies.push(
+        Policy::new("exports")
+            .require(["data_export"])
+            .threshold(10)
+            .window(Duration::from_secs(3600)),
+    );
+    policies.push(
+        Policy::new("admin")
+            .require(["permission_change", "config_change"])
+            .threshold(3),
+    );
+    policies.push(
+        Policy::new("access_denied")
+            .require(["access_denied"])
+            .threshold(20)
+            .window(Duration::from_secs(60)),
+    );
+    policies.push(
+        Policy::new("bob")
+            .require(["data_access"])
+            .actor("bob")
+            .threshold(1000),
+    );
+    let kinds = [
+        "data_access",
+        "login",
+        "auth_failure",
+        "data_export",
+        "access_denied",
+        "logout",
+        "config_change",
+        "page_view",
+    ];
+    let sizes: &[u64] = if quick() {
+        &[10_000, 100_000]
+    } else {
+        &[10_000, 10_000_000]
+    };
+    println!("PolicyLayer, 3 default + 5 custom policies (registry + PolicyLayer, one thread):");
+    for &n in sizes {
+        let (layer, compliance) = PolicyLayer::builder()
+            .policies(policies.clone())
+            .emit_records(false)
+            .build();
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+        let ns = tracing::dispatcher::with_default(&dispatch, || {
+            let start = Instant::now();
+            for i in 0..n {
+                let kind = kinds[(i % kinds.len() as u64) as usize];
+                tracing::info!(
+                    audit.event = kind,
+                    audit.actor = "alice",
+                    audit.outcome = "failure"
+                );
+            }
+            start.elapsed().as_nanos() as f64 / n as f64
+        });
+        assert_eq!(compliance.stats().total_events, n);
+        println!("  {n:>10} events  {ns:>7.1} ns/event");
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--verify-only") {
+        let r = tracing_audit::verify(&args[i + 1], None).unwrap();
+        assert!(r.is_ok());
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let hwm = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .unwrap_or("VmHWM: ?");
+        println!("{}", hwm.trim_start_matches("VmHWM:").trim());
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for a list
+    }
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args[i + 1].clone());
+    match only.as_deref() {
+        Some("policy") => return policy_bench(),
+        Some("verify") => return verify_bench(),
+        Some("plain") => return non_audit_overhead(),
+        Some("e2e1") => {
+            println!("{:.0}/s", audit_run(1, 50_000));
+            return;
+        }
+        Some("split") => {
+            // Caller cost without backpressure vs the worker's rate.
+            let dir = tempfile::tempdir().unwrap();
+            let (audit, guard) = AuditLayer::builder()
+                .file(dir.path())
+                .queue_capacity(1 << 21)
+                .build()
+                .unwrap();
+            let d = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+            let n = 400_000;
+            let start = Instant::now();
+            run_threads(1, n, &d);
+            let caller = start.elapsed();
+            let h = guard.handle();
+            drop(guard);
+            let total = start.elapsed();
+            let st = h.stats();
+            println!(
+                "caller {:.0} ns/event; worker done at {:.0} records/s; {:.1} records per write",
+                caller.as_nanos() as f64 / n as f64,
+                n as f64 / total.as_secs_f64(),
+                st.records_written as f64 / st.writes as f64
+            );
+            return;
+        }
+        Some("e2e") => {
+            for threads in [1u64, 2] {
+                CALLER_NS.with(|c| c.set(f64::MAX));
+                let a = best(3, || audit_run(threads, 400_000 / threads));
+                let caller = CALLER_NS.with(|c| c.get());
+                println!("  {threads} thread(s): tracing-audit {a:>10.0}/s (caller {caller:.0} ns/event)");
+            }
+            return;
+        }
+        _ => {}
+    }
+    let per = if quick() { 20_000 } else { 400_000 };
+    println!("end-to-end, records/s into a real file (best of 3; span context + 4 fields):");
+    for threads in [1u64, 2] {
+        let per_thread = per / threads;
+        CALLER_NS.with(|c| c.set(f64::MAX));
+        let a = best(3, || audit_run(threads, per_thread));
+        let p = best(3, || peer_run(threads, per_thread));
+        let caller = CALLER_NS.with(|c| c.get());
+        println!(
+            "  {threads} thread(s): tracing-audit {a:>10.0}/s   fmt().json()+non_blocking(lossless) {p:>10.0}/s   ratio {:.2}x   (caller: {caller:.0} ns/event per thread)",
+            a / p
+        );
+    }
+    non_audit_overhead();
+    verify_bench();
+    policy_bench();
+}

@@ -217,7 +217,11 @@ impl AuditLayerBuilder {
             self.durable_at,
             counters.clone(),
         );
-        let handle = AuditHandle::new(counters.clone(), submitter.sender());
+        let handle = AuditHandle::new(
+            counters.clone(),
+            submitter.sender(),
+            submitter.waker.clone(),
+        );
         let statics = Statics::new(
             self.service.as_deref(),
             self.version.as_deref(),
@@ -246,6 +250,7 @@ impl AuditLayerBuilder {
                     e,
                 )
             })?;
+        submitter.waker.set(main.thread().clone());
         // The pipeline worker must stop first (it closes the syslog queues).
         threads.insert(0, main);
 

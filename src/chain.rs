@@ -1,9 +1,11 @@
 //! The hash chain: sealing a record body into a line, and checking a line.
 //!
 //! A sealed line ends with `,"prev_hash":"<64 hex>","hash":"<64 hex>"}`.
-//! `hash` is SHA-256 — or HMAC-SHA-256 under a secret key — over the ASCII
-//! hex of `prev_hash` followed by the line's exact bytes up to and including
-//! the comma before `"hash"`. Checking never re-serialises JSON: the hashed
+//! `hash` is SHA-256 — or HMAC-SHA-256 under a secret key — over the line's
+//! exact bytes up to and including the comma before `"hash"`. Those bytes
+//! contain `prev_hash`, so each hash covers the previous one (hashing the
+//! previous hash a second time, outside the line, would add a block of work
+//! per record and no protection). Checking never re-serialises JSON: the hashed
 //! range is a fixed offset from the end of the line. The first record of a
 //! chain links to [`GENESIS`]. Sealing and checking share [`Hasher`], so
 //! writer and verifier cannot drift apart.
@@ -55,17 +57,15 @@ impl Hasher {
         }
     }
 
-    pub(crate) fn digest(&self, prev_hex: &[u8], hashed: &[u8]) -> [u8; 32] {
+    pub(crate) fn digest(&self, hashed: &[u8]) -> [u8; 32] {
         match self {
             Hasher::Plain => {
                 let mut h = Sha256::new();
-                h.update(prev_hex);
                 h.update(hashed);
                 h.finalize().into()
             }
             Hasher::Keyed(mac) => {
                 let mut m = mac.clone();
-                m.update(prev_hex);
                 m.update(hashed);
                 m.finalize().into_bytes().into()
             }
@@ -123,9 +123,9 @@ impl Chain {
         out.extend_from_slice(b",\"prev_hash\":\"");
         out.extend_from_slice(&self.prev_hex);
         out.extend_from_slice(b"\",");
-        let digest = self.hasher.digest(&self.prev_hex, &out[start..]);
-        let mut hex = Vec::with_capacity(64);
-        encode::write_hex(&mut hex, &digest);
+        let digest = self.hasher.digest(&out[start..]);
+        let mut hex = [0u8; 64];
+        encode::hex_into(&mut hex, &digest);
         out.extend_from_slice(b"\"hash\":\"");
         out.extend_from_slice(&hex);
         out.extend_from_slice(b"\"}\n");
@@ -187,10 +187,10 @@ pub(crate) fn check_line<'a>(hasher: &Hasher, line: &'a [u8]) -> Result<Link<'a>
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .ok_or(LinkError::Malformed)?;
-    let digest = hasher.digest(prev_hash, &line[..n - HASH_SUFFIX_LEN]);
-    let mut hex = Vec::with_capacity(64);
-    encode::write_hex(&mut hex, &digest);
-    if hex != hash {
+    let digest = hasher.digest(&line[..n - HASH_SUFFIX_LEN]);
+    let mut hex = [0u8; 64];
+    encode::hex_into(&mut hex, &digest);
+    if hex[..] != *hash {
         return Err(LinkError::HashMismatch);
     }
     // Both checked to be ASCII hex above.

@@ -10,8 +10,6 @@
 
 use std::time::SystemTime;
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
-
 /// Bytes that may start a sequence that needs escaping.
 static MAY_ESCAPE: [bool; 256] = {
     let mut t = [false; 256];
@@ -30,9 +28,42 @@ static MAY_ESCAPE: [bool; 256] = {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Whether no byte of `b` needs escaping: printable ASCII other than `"`
+/// and `\\`. Checks eight bytes at a time.
+#[inline]
+fn plain_ascii(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    #[inline]
+    fn has_zero(v: u64) -> u64 {
+        v.wrapping_sub(ONES) & !v & HIGH
+    }
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // Any byte >= 0x80, < 0x20, == 0x7f, == '"' or == '\\'.
+        let bad = (w & HIGH)
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | has_zero(w ^ (ONES * 0x7f))
+            | has_zero(w ^ (ONES * b'"' as u64))
+            | has_zero(w ^ (ONES * b'\\' as u64));
+        if bad != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+}
+
 /// Writes `s` escaped, without surrounding quotes.
 pub(crate) fn escape_into(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    if plain_ascii(bytes) {
+        buf.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -155,52 +186,60 @@ pub(crate) fn write_f64(buf: &mut Vec<u8>, f: f64) -> bool {
     }
 }
 
-/// Writes lowercase hex of `bytes`.
-pub(crate) fn write_hex(buf: &mut Vec<u8>, bytes: &[u8]) {
-    for b in bytes {
-        buf.push(HEX[(b >> 4) as usize]);
-        buf.push(HEX[(b & 0xf) as usize]);
+/// Lowercase hex of a digest into a fixed buffer.
+pub(crate) fn hex_into(out: &mut [u8; 64], digest: &[u8; 32]) {
+    for (i, b) in digest.iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 0xf) as usize];
     }
 }
 
-fn two(buf: &mut Vec<u8>, n: u32) {
-    buf.push(b'0' + (n / 10) as u8);
-    buf.push(b'0' + (n % 10) as u8);
+/// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian;
+/// Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// Writes `t` as RFC 3339 UTC with microseconds and `Z`, e.g.
-/// `2026-11-22T10:30:38.123456Z` (no quotes).
+/// `2026-11-22T10:30:38.123456Z` (no quotes). Times before 1970 are written
+/// as 1970-01-01T00:00:00.000000Z.
 pub(crate) fn write_timestamp(buf: &mut Vec<u8>, t: SystemTime) {
-    let dt: DateTime<Utc> = t.into();
-    let year = dt.year().clamp(0, 9999) as u32;
-    two(buf, year / 100);
-    two(buf, year % 100);
-    buf.push(b'-');
-    two(buf, dt.month());
-    buf.push(b'-');
-    two(buf, dt.day());
-    buf.push(b'T');
-    two(buf, dt.hour());
-    buf.push(b':');
-    two(buf, dt.minute());
-    buf.push(b':');
-    // A leap second shows as nanosecond >= 1e9; fold it into :59.999999.
-    let micros = (dt.nanosecond() / 1000).min(999_999);
-    two(buf, dt.second());
-    buf.push(b'.');
-    let mut m = micros;
-    let mut digits = [0u8; 6];
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (m % 10) as u8;
-        m /= 10;
-    }
-    buf.extend_from_slice(&digits);
-    buf.push(b'Z');
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (y, mo, day) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400) as u32;
+    let year = y.clamp(0, 9999) as u32;
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, v: u32, width: usize| {
+        let mut v = v;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, mo, 2);
+    put(8, day, 2);
+    put(11, sod / 3600, 2);
+    put(14, sod / 60 % 60, 2);
+    put(17, sod % 60, 2);
+    put(20, d.subsec_micros(), 6);
+    buf.extend_from_slice(&out);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
     use std::time::{Duration, UNIX_EPOCH};
 
     fn esc(s: &str) -> String {
@@ -223,6 +262,60 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_agrees_with_slow_path() {
+        for s in [
+            "",
+            "plain text of some length",
+            "tab\there",
+            "quote\"",
+            "back\\slash",
+            "del\u{7f}",
+            "é",
+            "12345678\n",
+            "1234567\u{1f}",
+        ] {
+            let expect = serde_json::to_string(s).unwrap();
+            let mut b = Vec::new();
+            write_plain_str(&mut b, s);
+            let back: String = serde_json::from_slice(&b).unwrap();
+            assert_eq!(back, s, "{expect}");
+            assert_eq!(
+                plain_ascii(s.as_bytes()),
+                s.bytes()
+                    .all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\'),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn swar_check_matches_its_definition_on_random_bytes() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| {
+                    let r = (x >> (i % 56)) as u8;
+                    // Mostly printable, sometimes a special byte.
+                    if r % 11 == 0 {
+                        [0x00, 0x1f, 0x22, 0x5c, 0x7f, 0x80, 0xff, 0x20, 0x7e]
+                            [(r as usize / 11) % 9]
+                    } else {
+                        0x20 + r % 0x5f
+                    }
+                })
+                .collect();
+            let def = bytes
+                .iter()
+                .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\');
+            assert_eq!(plain_ascii(&bytes), def, "{bytes:?}");
+        }
+    }
+
+    #[test]
     fn truncates_at_char_boundary_with_marker() {
         let mut b = Vec::new();
         assert!(write_str(&mut b, "ééé", 3));
@@ -234,7 +327,22 @@ mod tests {
 
     #[test]
     fn timestamp_matches_chrono() {
-        for secs in [0u64, 951_782_400, 1_700_000_000, 4_102_444_799] {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut samples = vec![
+            0u64,
+            951_782_400,
+            951_868_799,
+            1_700_000_000,
+            4_102_444_799,
+            253_402_300_799,
+        ];
+        for _ in 0..2000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            samples.push(rng % 253_402_300_800);
+        }
+        for secs in samples {
             let t = UNIX_EPOCH + Duration::from_micros(secs * 1_000_000 + 123_456);
             let mut b = Vec::new();
             write_timestamp(&mut b, t);

@@ -155,11 +155,13 @@ pub struct ParseValueError {
 impl FromStr for Risk {
     type Err = ParseValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "low" => Risk::Low,
-            "medium" => Risk::Medium,
-            "high" => Risk::High,
-            "critical" => Risk::Critical,
+        let t = s.trim();
+        let is = |w: &str| t.eq_ignore_ascii_case(w);
+        Ok(match () {
+            _ if is("low") => Risk::Low,
+            _ if is("medium") => Risk::Medium,
+            _ if is("high") => Risk::High,
+            _ if is("critical") => Risk::Critical,
             _ => {
                 return Err(ParseValueError {
                     value: s.to_owned(),
@@ -202,10 +204,12 @@ impl fmt::Display for Outcome {
 impl FromStr for Outcome {
     type Err = ParseValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "success" => Outcome::Success,
-            "failure" => Outcome::Failure,
-            "unknown" => Outcome::Unknown,
+        let t = s.trim();
+        let is = |w: &str| t.eq_ignore_ascii_case(w);
+        Ok(match () {
+            _ if is("success") => Outcome::Success,
+            _ if is("failure") => Outcome::Failure,
+            _ if is("unknown") => Outcome::Unknown,
             _ => {
                 return Err(ParseValueError {
                     value: s.to_owned(),

@@ -29,6 +29,9 @@ use crate::error::Error;
 
 /// Name of the symlink to the file being written.
 pub(crate) const CURRENT_LINK: &str = ".current";
+/// How often the writer looks for a rotation between syncs.
+const TRACK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Name of the lock file held while a process writes the directory.
 pub(crate) const LOCK_FILE: &str = ".lock";
 
@@ -275,6 +278,7 @@ pub(crate) struct FileWriter {
     /// A file rotated away from that still has unsynced data.
     rotated_unsynced: Option<File>,
     warning: Option<String>,
+    last_track: std::time::Instant,
     _lock: File,
 }
 
@@ -304,6 +308,7 @@ impl FileWriter {
             current: None,
             rotated_unsynced: None,
             warning: None,
+            last_track: std::time::Instant::now(),
             _lock: lock,
         };
         w.track_current()
@@ -349,8 +354,10 @@ impl FileWriter {
                 Err(e) => return Err((done, e)),
             }
         }
-        if let Err(e) = self.track_current() {
-            self.warning = Some(format!("cannot follow the current audit file: {e}"));
+        // New files get their 0600 soon after they appear; the 0700
+        // directory keeps everyone else out meanwhile.
+        if self.last_track.elapsed() >= TRACK_EVERY {
+            self.follow();
         }
         Ok(())
     }
@@ -361,8 +368,17 @@ impl FileWriter {
         self.warning.take()
     }
 
-    /// `fdatasync` of everything written so far.
+    fn follow(&mut self) {
+        self.last_track = std::time::Instant::now();
+        if let Err(e) = self.track_current() {
+            self.warning = Some(format!("cannot follow the current audit file: {e}"));
+        }
+    }
+
+    /// `fdatasync` of everything written so far (in the current file and
+    /// any file rotated away from since the last sync).
     pub(crate) fn sync(&mut self) -> io::Result<()> {
+        self.follow();
         if let Some(old) = self.rotated_unsynced.take() {
             old.sync_data()?;
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::pipeline::{self, Counters, Msg};
+use crate::pipeline::{self, Counters, Msg, Waker};
 
 /// A snapshot of the pipeline's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -24,6 +24,8 @@ pub struct AuditStats {
     pub write_errors: u64,
     /// Bytes written to the file.
     pub bytes_written: u64,
+    /// Write calls to the file (records per write shows the batching).
+    pub writes: u64,
     /// `fdatasync` calls made.
     pub syncs: u64,
     /// Panics caught inside a layer callback (e.g. from a field's `Debug`).
@@ -47,11 +49,16 @@ pub struct AuditStats {
 pub struct AuditHandle {
     counters: Arc<Counters>,
     tx: SyncSender<Msg>,
+    waker: Waker,
 }
 
 impl AuditHandle {
-    pub(crate) fn new(counters: Arc<Counters>, tx: SyncSender<Msg>) -> Self {
-        AuditHandle { counters, tx }
+    pub(crate) fn new(counters: Arc<Counters>, tx: SyncSender<Msg>, waker: Waker) -> Self {
+        AuditHandle {
+            counters,
+            tx,
+            waker,
+        }
     }
 
     /// The counters now.
@@ -62,6 +69,7 @@ impl AuditHandle {
             records_dropped: c.records_dropped.load(Relaxed),
             write_errors: c.write_errors.load(Relaxed),
             bytes_written: c.bytes_written.load(Relaxed),
+            writes: c.writes.load(Relaxed),
             syncs: c.syncs.load(Relaxed),
             callback_errors: c.callback_errors.load(Relaxed),
             syslog_sent: c.syslog_sent.load(Relaxed),
@@ -76,12 +84,12 @@ impl AuditHandle {
     /// Writes and syncs every record emitted before this call. Returns
     /// `false` if the pipeline has stopped or the sync failed.
     pub fn flush(&self) -> bool {
-        pipeline::flush(&self.tx, None)
+        pipeline::flush(&self.tx, &self.waker, None)
     }
 
     /// Like [`flush`](Self::flush), giving up after `timeout`.
     pub fn flush_timeout(&self, timeout: Duration) -> bool {
-        pipeline::flush(&self.tx, Some(timeout))
+        pipeline::flush(&self.tx, &self.waker, Some(timeout))
     }
 
     /// Installs a panic hook that flushes the trail (waiting up to 5 s)
@@ -134,6 +142,7 @@ impl AuditGuard {
 impl Drop for AuditGuard {
     fn drop(&mut self) {
         let _ = self.handle.tx.send(Msg::Shutdown);
+        self.handle.waker.wake();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

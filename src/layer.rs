@@ -89,8 +89,16 @@ impl AuditCore {
         );
         self.shared
             .submitter
-            .submit(uuid::Uuid::now_v7(), s.body.clone(), risk);
+            .submit(uuid_at(at), s.body.clone(), risk);
     }
+}
+
+/// A UUID v7 for the record's own timestamp (one clock read per event;
+/// the random bits make ids unique, `seq` orders them).
+pub(crate) fn uuid_at(at: SystemTime) -> uuid::Uuid {
+    let d = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
+    uuid::Uuid::new_v7(ts)
 }
 
 impl<S> Layer<S> for AuditCore

@@ -3,7 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
 use std::time::Duration;
 
 use crate::fields::Risk;
@@ -34,6 +35,7 @@ pub(crate) struct Counters {
     pub(crate) records_dropped: AtomicU64,
     pub(crate) write_errors: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
+    pub(crate) writes: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) callback_errors: AtomicU64,
     pub(crate) syslog_sent: AtomicU64,
@@ -49,6 +51,24 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(msg);
+        }
+    }
+}
+
+/// Wakes the worker when it is polling (see `worker.rs`): callers that wait
+/// for it (durable records, flushes, shutdown) use this; ordinary records
+/// never do, so they cost no system call.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Waker(Arc<OnceLock<Thread>>);
+
+impl Waker {
+    pub(crate) fn set(&self, t: Thread) {
+        let _ = self.0.set(t);
+    }
+
+    pub(crate) fn wake(&self) {
+        if let Some(t) = self.0.get() {
+            t.unpark();
         }
     }
 }
@@ -72,6 +92,7 @@ pub(crate) struct Submitter {
     mode: QueueMode,
     durable_at: Risk,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) waker: Waker,
 }
 
 impl Submitter {
@@ -88,6 +109,7 @@ impl Submitter {
                 mode,
                 durable_at,
                 counters,
+                waker: Waker::default(),
             },
             rx,
         )
@@ -110,6 +132,7 @@ impl Submitter {
                 self.counters.records_dropped.fetch_add(1, Relaxed);
                 return;
             }
+            self.waker.wake();
             // `Err` means the worker is gone; it counted what it lost.
             let _ = done_rx.recv();
             return;
@@ -133,11 +156,12 @@ impl Submitter {
 }
 
 /// Sends a flush and waits up to `timeout` for it.
-pub(crate) fn flush(tx: &SyncSender<Msg>, timeout: Option<Duration>) -> bool {
+pub(crate) fn flush(tx: &SyncSender<Msg>, waker: &Waker, timeout: Option<Duration>) -> bool {
     let (done_tx, done_rx) = mpsc::sync_channel(1);
     if tx.send(Msg::Flush(done_tx)).is_err() {
         return false;
     }
+    waker.wake();
     match timeout {
         Some(t) => done_rx.recv_timeout(t).unwrap_or(false),
         None => done_rx.recv().unwrap_or(false),

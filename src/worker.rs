@@ -8,12 +8,18 @@
 //!   `fdatasync` answers every waiter of the batch (group commit);
 //! - otherwise at most `sync_interval` after the first unsynced write.
 //!
+//! While records keep coming, the worker polls the queue (a short
+//! `park_timeout`) instead of blocking on it, so an ordinary `send` from the
+//! application never has to wake it with a system call; callers that wait
+//! (durable records, flushes, shutdown) unpark it. After 5 ms without work
+//! it blocks on the queue again.
+//!
 //! It also writes the trail's own records: `audit_started` (with how the
 //! chain was resumed and any torn line it found), `records_lost` (exact
 //! count of lossy drops) and `audit_stopped`.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,6 +34,10 @@ use crate::record::{encode_body, Source, Statics};
 
 /// Largest batch written in one call.
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// After the last message, how long the worker polls before it blocks.
+const POLL_FOR: Duration = Duration::from_millis(5);
+/// How often it looks while polling.
+const POLL_EVERY: Duration = Duration::from_micros(200);
 
 /// Somewhere sealed lines go besides the file (the syslog sinks).
 pub(crate) trait LineSink: Send + std::fmt::Debug {
@@ -85,29 +95,37 @@ impl Worker {
         self.started(&mut st);
         let mut want_sync = true;
         let mut stop = false;
+        let mut last_busy = Instant::now();
         loop {
-            if !stop {
+            // Only take more when the last batch went out (a failing disk
+            // stops intake, so the queue applies backpressure).
+            if !stop && st.batch.is_empty() {
                 let timeout = match st.unsynced_since {
                     Some(t) => self.sync_interval.saturating_sub(t.elapsed()),
-                    None => self.sync_interval.max(Duration::from_millis(1)),
+                    None => self.sync_interval,
                 };
-                // Only take more when the last batch went out (a failing
-                // disk stops intake so the queue applies backpressure).
-                if st.batch.is_empty() {
-                    match self.rx.recv_timeout(timeout) {
-                        Ok(m) => self.take(&mut st, m, &mut want_sync, &mut stop),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => stop = true,
-                    }
-                    while !stop && st.batch.len() < MAX_BATCH_BYTES {
-                        match self.rx.try_recv() {
-                            Ok(m) => self.take(&mut st, m, &mut want_sync, &mut stop),
-                            Err(_) => break,
+                let mut n = self.drain(&mut st, &mut want_sync, &mut stop);
+                if n == 0 && !stop {
+                    if last_busy.elapsed() < POLL_FOR {
+                        // Recently busy: poll, so senders never pay for a wake-up.
+                        std::thread::park_timeout(POLL_EVERY.min(timeout));
+                    } else {
+                        match self.rx.recv_timeout(timeout) {
+                            Ok(m) => {
+                                n += 1;
+                                self.take(&mut st, m, &mut want_sync, &mut stop)
+                            }
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => stop = true,
                         }
                     }
-                } else {
-                    std::thread::sleep(Duration::from_millis(50));
+                    n += self.drain(&mut st, &mut want_sync, &mut stop);
                 }
+                if n > 0 {
+                    last_busy = Instant::now();
+                }
+            } else if !stop {
+                std::thread::sleep(Duration::from_millis(50));
             }
             if stop {
                 // Whatever is still queued was sent before the shutdown.
@@ -140,6 +158,22 @@ impl Worker {
         for f in &mut self.forwards {
             f.close();
         }
+    }
+
+    /// Takes what is queued, without blocking; returns how many messages.
+    fn drain(&mut self, st: &mut State, want_sync: &mut bool, stop: &mut bool) -> usize {
+        let mut n = 0;
+        while !*stop && st.batch.len() < MAX_BATCH_BYTES {
+            match self.rx.try_recv() {
+                Ok(m) => {
+                    n += 1;
+                    self.take(st, m, want_sync, stop);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => *stop = true,
+            }
+        }
+        n
     }
 
     fn take(&mut self, st: &mut State, m: Msg, want_sync: &mut bool, stop: &mut bool) {
@@ -188,10 +222,11 @@ impl Worker {
             level,
             spans: &[],
         };
+        let now = SystemTime::now();
         encode_body(
             &mut st.body,
             &mut st.capture,
-            SystemTime::now(),
+            now,
             &self.statics,
             source,
             self.limit,
@@ -200,7 +235,7 @@ impl Worker {
         self.seal(
             st,
             Pending {
-                id: uuid::Uuid::now_v7(),
+                id: crate::layer::uuid_at(now),
                 body,
                 done: None,
             },
@@ -314,6 +349,7 @@ impl Worker {
             return true;
         }
         if let Some(file) = &mut self.file {
+            self.counters.writes.fetch_add(1, Relaxed);
             if let Err((done, e)) = file.write(&st.batch) {
                 self.counters.error(
                     &self.counters.write_errors,

@@ -114,12 +114,16 @@ impl Rsyslog {
         let _ = self.child.wait();
     }
 
-    /// Received lines, once `n` of them with seq are there (or a timeout).
+    /// Received lines, once `n` distinct records are there (or a timeout).
     fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let got = self.received();
-            if got.len() >= n || Instant::now() > deadline {
+            let distinct: std::collections::BTreeSet<&str> = got
+                .iter()
+                .filter_map(|r| r.record["audit_id"].as_str())
+                .collect();
+            if distinct.len() >= n || Instant::now() > deadline {
                 return got;
             }
             std::thread::sleep(Duration::from_millis(100));
