@@ -300,7 +300,7 @@ mod tests {
                 .map(|i| {
                     let r = (x >> (i % 56)) as u8;
                     // Mostly printable, sometimes a special byte.
-                    if r % 11 == 0 {
+                    if r.is_multiple_of(11) {
                         [0x00, 0x1f, 0x22, 0x5c, 0x7f, 0x80, 0xff, 0x20, 0x7e]
                             [(r as usize / 11) % 9]
                     } else {

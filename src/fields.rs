@@ -155,6 +155,14 @@ pub struct ParseValueError {
 impl FromStr for Risk {
     type Err = ParseValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The exact lowercase words first: the common case, no scanning.
+        match s {
+            "low" => return Ok(Risk::Low),
+            "medium" => return Ok(Risk::Medium),
+            "high" => return Ok(Risk::High),
+            "critical" => return Ok(Risk::Critical),
+            _ => {}
+        }
         let t = s.trim();
         let is = |w: &str| t.eq_ignore_ascii_case(w);
         Ok(match () {
@@ -204,6 +212,12 @@ impl fmt::Display for Outcome {
 impl FromStr for Outcome {
     type Err = ParseValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "success" => return Ok(Outcome::Success),
+            "failure" => return Ok(Outcome::Failure),
+            "unknown" => return Ok(Outcome::Unknown),
+            _ => {}
+        }
         let t = s.trim();
         let is = |w: &str| t.eq_ignore_ascii_case(w);
         Ok(match () {

@@ -243,7 +243,7 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<PathBuf, Error> {
         return Err(Error::io(
             "use audit directory",
             dir,
-            io::Error::new(io::ErrorKind::Other, "not a directory"),
+            io::Error::other("not a directory"),
         ));
     }
     Ok(abs)

@@ -116,6 +116,7 @@ pub fn verify_with(sink: &FileSink, key: Option<&[u8]>) -> Result<VerifyReport, 
         expect: None,
         torn: None,
         later: Vec::new(),
+        last_ts: None,
     };
     v.report.files = trail.files().len();
     let n = trail.files().len();
@@ -137,6 +138,7 @@ pub fn verify_with(sink: &FileSink, key: Option<&[u8]>) -> Result<VerifyReport, 
             );
         }
     }
+    v.report.last_time = v.last_ts.map(|t| String::from_utf8_lossy(&t).into_owned());
     Ok(v.report)
 }
 
@@ -144,7 +146,9 @@ struct Verifier {
     hasher: Hasher,
     report: VerifyReport,
     /// Next expected seq and the hash it must link to.
-    expect: Option<(u64, String)>,
+    expect: Option<(u64, [u8; 64])>,
+    /// The last record's timestamp (kept as bytes; no allocation per record).
+    last_ts: Option<[u8; 27]>,
     /// An unreadable line awaiting an `audit_started` that acknowledges it:
     /// (file, line number, byte offset).
     torn: Option<(PathBuf, u64, u64)>,
@@ -269,7 +273,7 @@ impl Verifier {
                     }
                 }
                 Some((seq, prev)) => {
-                    let (seq, ok_link) = (*seq, link.prev_hash == prev.as_str());
+                    let (seq, ok_link) = (*seq, link.prev_hash.as_bytes() == &prev[..]);
                     if link.seq != seq || !ok_link {
                         let found = if link.seq > seq {
                             self.find_seq(seq, path, offset)
@@ -323,15 +327,19 @@ impl Verifier {
                 }
             }
             first_in_file = false;
-            self.expect = Some((link.seq + 1, link.hash.to_owned()));
+            let mut next = [0u8; 64];
+            next.copy_from_slice(link.hash.as_bytes());
+            self.expect = Some((link.seq + 1, next));
             self.report.records += 1;
             self.report.first_seq.get_or_insert(link.seq);
             self.report.last_seq = Some(link.seq);
             if let Some(ts) = timestamp(line) {
                 if self.report.first_time.is_none() {
-                    self.report.first_time = Some(ts.to_owned());
+                    self.report.first_time = Some(String::from_utf8_lossy(ts).into_owned());
                 }
-                self.report.last_time = Some(ts.to_owned());
+                let mut t = [0u8; 27];
+                t.copy_from_slice(ts);
+                self.last_ts = Some(t);
             }
         }
     }
@@ -379,11 +387,20 @@ fn count_lines(path: &Path, upto: u64) -> Option<u64> {
     }
 }
 
-/// The `timestamp` value, found at its fixed place after `seq`.
-fn timestamp(line: &[u8]) -> Option<&str> {
+/// The `timestamp` value, at its fixed place right after `seq`'s digits.
+fn timestamp(line: &[u8]) -> Option<&[u8]> {
     const KEY: &[u8] = b",\"timestamp\":\"";
-    let start = line.windows(KEY.len()).take(128).position(|w| w == KEY)? + KEY.len();
-    std::str::from_utf8(line.get(start..start + 27)?).ok()
+    // `{"schema":1,"audit_id":"<36>","seq":` is 68 bytes.
+    let digits = line
+        .get(68..)?
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let start = 68 + digits;
+    if line.get(start..start + KEY.len())? != KEY {
+        return None;
+    }
+    line.get(start + KEY.len()..start + KEY.len() + 27)
 }
 
 /// The chain algorithm an `audit_started` line declares.

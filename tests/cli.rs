@@ -26,8 +26,8 @@ fn sample(dir: &std::path::Path, key: Option<&str>) {
     }
     let (audit, guard) = b.build().unwrap();
     tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
-        for i in 0..12 {
-            let actor = if i % 3 == 0 { "alice" } else { "bob" };
+        for i in 0..12u32 {
+            let actor = if i.is_multiple_of(3) { "alice" } else { "bob" };
             tracing::info!(
                 audit.event = "login",
                 audit.actor = actor,

@@ -35,7 +35,7 @@ fn rotation_splits_between_records() {
         while start.elapsed() < Duration::from_secs(4) {
             tracing::info!(audit.event = "tick", n, pad = "x".repeat(200).as_str());
             n += 1;
-            if n % 100 == 0 {
+            if n.is_multiple_of(100) {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }

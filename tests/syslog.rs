@@ -484,7 +484,7 @@ fn relay_restart_mid_stream_loses_nothing() {
                     audit.outcome = "success",
                     i
                 );
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }

@@ -261,16 +261,26 @@ impl PolicyState {
     }
 }
 
+/// One event kind: the policies that count it (index, slot in `require`),
+/// and how many events of it were seen.
+#[derive(Debug, Default)]
+struct Kind {
+    hits: Vec<(usize, usize)>,
+    seen: u64,
+}
+
 /// All policies and the global statistics.
 #[derive(Debug)]
 pub(crate) struct Engine {
     pub(crate) policies: Vec<PolicyState>,
-    /// kind → (policy index, slot in its required list)
-    by_kind: FnvMap<String, Vec<(usize, usize)>>,
+    /// kind → which policies count it, and how often it was seen.
+    kinds: FnvMap<String, Kind>,
+    /// Events of kinds beyond the bound on distinct kinds.
+    pub(crate) other_kinds: u64,
+    max_kinds: usize,
     /// Policies with no required kinds (they count every event).
     any_kind: Vec<usize>,
     pub(crate) total: u64,
-    pub(crate) by_type: TopK,
     pub(crate) by_actor: TopK,
     /// Latest time seen, so the clock never goes backwards for a window.
     last_at: Nanos,
@@ -280,10 +290,11 @@ impl Engine {
     pub(crate) fn new(policies: Vec<Policy>, top_k: usize) -> Self {
         let mut e = Engine {
             policies: Vec::new(),
-            by_kind: FnvMap::default(),
+            kinds: FnvMap::default(),
+            other_kinds: 0,
+            max_kinds: top_k.max(16) * 4,
             any_kind: Vec::new(),
             total: 0,
-            by_type: TopK::new(top_k.max(16) * 4),
             by_actor: TopK::new(top_k),
             last_at: 0,
         };
@@ -299,7 +310,11 @@ impl Engine {
                 e.any_kind.push(i);
             }
             for (slot, kind) in s.policy.require.iter().enumerate() {
-                e.by_kind.entry(kind.clone()).or_default().push((i, slot));
+                e.kinds
+                    .entry(kind.clone())
+                    .or_default()
+                    .hits
+                    .push((i, slot));
             }
         }
         e
@@ -310,21 +325,49 @@ impl Engine {
         let at = e.at.max(self.last_at);
         self.last_at = at;
         self.total += 1;
-        self.by_type.add(e.event_type);
         self.by_actor.add(e.actor.unwrap_or("(none)"));
         let Engine {
             policies,
-            by_kind,
+            kinds,
             any_kind,
+            other_kinds,
+            max_kinds,
             ..
         } = self;
-        let hits = by_kind.get(e.event_type).map(Vec::as_slice).unwrap_or(&[]);
+        let known = kinds.len();
+        let hits: &[(usize, usize)] = match kinds.get_mut(e.event_type) {
+            Some(k) => {
+                k.seen += 1;
+                &k.hits
+            }
+            None if known < *max_kinds => {
+                let k = Kind {
+                    hits: Vec::new(),
+                    seen: 1,
+                };
+                kinds.insert(e.event_type.to_owned(), k);
+                &[]
+            }
+            None => {
+                *other_kinds += 1;
+                &[]
+            }
+        };
         for &(i, slot) in hits {
             count(&mut policies[i], i, slot, e, at, quiet, out);
         }
         for &i in any_kind.iter() {
             count(&mut policies[i], i, 0, e, at, quiet, out);
         }
+    }
+
+    /// Events seen per kind (kinds only named by policies, never seen, are left out).
+    pub(crate) fn by_type(&self) -> BTreeMap<String, u64> {
+        self.kinds
+            .iter()
+            .filter(|(_, k)| k.seen > 0)
+            .map(|(n, k)| (n.clone(), k.seen))
+            .collect()
     }
 
     pub(crate) fn index(&self, name: &str) -> Option<usize> {
