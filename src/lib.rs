@@ -1,40 +1,4 @@
-//! A tamper-evident, lossless audit trail for services that already use
-//! [`tracing`](https://docs.rs/tracing).
-//!
-//! Add one layer to the subscriber you have, then write ordinary tracing
-//! macros with `audit.*` fields:
-//!
-//! ```no_run
-//! use tracing_audit::{AuditLayer, FileSink, Risk};
-//! use tracing_subscriber::prelude::*;
-//!
-//! # fn main() -> Result<(), tracing_audit::Error> {
-//! let (audit, _guard) = AuditLayer::builder()
-//!     .service("billing-api")
-//!     .file(FileSink::new("./audit").max_files(90))
-//!     .durable_at(Risk::High)
-//!     .build()?;
-//! tracing_subscriber::registry().with(audit).init();
-//!
-//! let span = tracing::info_span!("request", audit.actor = "key_42", audit.ip = "203.0.113.9");
-//! let _e = span.enter();
-//! tracing::warn!(audit.event = "auth_failure", audit.resource = "/login",
-//!                audit.outcome = "failure", reason = "bad password", "authentication failed");
-//! # Ok(()) }
-//! ```
-//!
-//! Each audit event becomes one JSON line with a `seq` and a hash chained
-//! to the previous record; `tracing-audit verify DIR` proves the files were
-//! not edited. See the README for the field convention, the record schema,
-//! the guarantees and what they cost.
-//!
-//! # Feature flags
-//!
-//! | feature | what it adds |
-//! |---|---|
-//! | `cli` | the `tracing-audit` command (verify, query, stats, tail, report) |
-//! | `tls` | [`SyslogSink::tls`] with rustls |
-//! | `valuable` | `audit.details` as a structured `valuable` value; needs `RUSTFLAGS="--cfg tracing_unstable"` |
+#![doc = include_str!("../README.md")]
 #![warn(
     missing_docs,
     missing_debug_implementations,

@@ -11,6 +11,48 @@ use tracing_audit::{verify, AuditLayer};
 use tracing_subscriber::layer::SubscriberExt;
 
 const CHILD_ENV: &str = "TRACING_AUDIT_CRASH_CHILD_DIR";
+const PANIC_ENV: &str = "TRACING_AUDIT_PANIC_CHILD_DIR";
+
+/// The child for the panic hook: emits ordinary records, never drops its
+/// guard, and panics at once. Only the hook can get them to disk in time.
+#[test]
+fn panic_child() {
+    let Ok(dir) = std::env::var(PANIC_ENV) else {
+        return;
+    };
+    let (audit, guard) = AuditLayer::builder()
+        .file(&dir)
+        .sync_interval(std::time::Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    guard.handle().install_panic_hook();
+    std::mem::forget(guard);
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(audit)).unwrap();
+    for i in 0..20_000u64 {
+        tracing::info!(audit.event = "page_view", i);
+    }
+    panic!("boom");
+}
+
+#[test]
+fn panic_hook_flushes_what_was_emitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["panic_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(PANIC_ENV, dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!out.success(), "the child panicked");
+    let views = common::read_trail(dir.path())
+        .iter()
+        .filter(|r| r["event_type"] == "page_view")
+        .count();
+    assert_eq!(views, 20_000, "records emitted before the panic");
+    let r = verify(dir.path(), None).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+}
 
 /// The child: emits forever, printing `acked N` after each durable record
 /// returned. Does nothing unless started by the parent test.
