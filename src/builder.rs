@@ -43,7 +43,8 @@ pub struct AuditLayerBuilder {
     queue_capacity: usize,
     queue_mode: QueueMode,
     max_value_len: usize,
-    chain_key: Option<Result<Vec<u8>, String>>,
+    /// The keyed hasher (its `Debug` never shows the key), or why not.
+    chain_key: Option<Result<Hasher, String>>,
 }
 
 impl Default for AuditLayerBuilder {
@@ -156,7 +157,7 @@ impl AuditLayerBuilder {
         self.chain_key = Some(if key.is_empty() {
             Err("the chain key is empty".into())
         } else {
-            Ok(key)
+            Ok(Hasher::new(Some(&key)))
         });
         self
     }
@@ -167,7 +168,7 @@ impl AuditLayerBuilder {
     #[must_use]
     pub fn chain_key_env(mut self, var: &str) -> Self {
         self.chain_key = Some(match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Ok(v.into_bytes()),
+            Ok(v) if !v.is_empty() => Ok(Hasher::new(Some(v.as_bytes()))),
             _ => Err(format!("environment variable {var} is unset or empty")),
         });
         self
@@ -181,12 +182,11 @@ impl AuditLayerBuilder {
                 "no sink: call .file(..) and/or .syslog(..)".into(),
             ));
         }
-        let key = match self.chain_key {
-            None => None,
-            Some(Ok(k)) => Some(k),
+        let hasher = match self.chain_key {
+            None => Hasher::Plain,
+            Some(Ok(h)) => h,
             Some(Err(e)) => return Err(Error::Config(e)),
         };
-        let hasher = Hasher::new(key.as_deref());
 
         let (file, resume) = match &self.file {
             Some(sink) => {

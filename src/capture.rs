@@ -19,6 +19,33 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 use crate::encode;
 use crate::fields::{classify, AuditName, ContextField, Outcome, Risk, CONTEXT_SLOTS};
 
+/// Runs `f` on this thread's reusable `T`, or on a fresh one when that is
+/// already borrowed (an event emitted while another is being recorded, say
+/// from a field's `Debug` impl) or destroyed (thread exit). Returns `false`
+/// if `f` panicked: user code runs inside, and no panic may escape a layer
+/// callback.
+pub(crate) fn with_reused<T>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+    fresh: impl FnOnce() -> T,
+    f: impl Fn(&mut T),
+) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let done = key
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut v) => {
+                    f(&mut v);
+                    true
+                }
+                Err(_) => false,
+            })
+            .unwrap_or(false);
+        if !done {
+            f(&mut fresh());
+        }
+    }))
+    .is_ok()
+}
+
 /// Everything one audit event says, before it is encoded.
 #[derive(Debug)]
 pub(crate) struct Capture {

@@ -7,7 +7,6 @@
 //! buffer, and submit it. Sequencing, hashing and I/O happen on the worker.
 
 use std::cell::RefCell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,7 +17,7 @@ use tracing_subscriber::filter::Filtered;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::capture::{Capture, SpanContext};
+use crate::capture::{with_reused, Capture, SpanContext};
 use crate::filter::{delegate_layer, AuditFilter};
 use crate::pipeline::Submitter;
 use crate::record::{encode_body, Source, Statics};
@@ -118,28 +117,11 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        // A field's Debug impl is user code and may panic, or may itself
-        // emit an audit event (re-entering here while the scratch is
-        // borrowed: then a fresh one is used). Nothing escapes.
-        let done = catch_unwind(AssertUnwindSafe(|| {
-            let used_tls = SCRATCH
-                .try_with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut s) => {
-                        self.record(&mut s, event, &ctx);
-                        true
-                    }
-                    Err(_) => false,
-                })
-                .unwrap_or(false);
-            if !used_tls {
-                let mut s = Scratch {
-                    capture: Capture::new(self.shared.limit),
-                    body: Vec::new(),
-                };
-                self.record(&mut s, event, &ctx);
-            }
-        }));
-        if done.is_err() {
+        let fresh = || Scratch {
+            capture: Capture::new(self.shared.limit),
+            body: Vec::new(),
+        };
+        if !with_reused(&SCRATCH, fresh, |s| self.record(s, event, &ctx)) {
             let c = &self.shared.submitter.counters;
             c.error(
                 &c.callback_errors,

@@ -497,3 +497,16 @@ fn restart_continues_the_chain() {
     assert_eq!(all[3]["event_type"], "audit_started");
     assert_eq!(all[3]["details"]["resumed_after_seq"], 2);
 }
+
+#[test]
+fn debug_output_never_shows_the_chain_key() {
+    let b = AuditLayer::builder()
+        .file("./unused")
+        .chain_key(b"super-secret-key-material".to_vec());
+    let shown = format!("{b:?}");
+    assert!(
+        !shown.contains("super-secret") && !shown.contains("115, 117, 112"),
+        "{shown}"
+    );
+    assert!(shown.contains("hmac-sha256"), "{shown}");
+}

@@ -39,6 +39,18 @@ fn available() -> bool {
     ok
 }
 
+/// rsyslog config pieces (WORK is replaced by the work directory).
+const GLOBAL: &str = r#"global(workDirectory="WORK/spool" maxMessageSize="256k")"#;
+/// TCP on a port the kernel picks, written to WORK/tcp.port.
+const TCP: &str = r#"module(load="imtcp") input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="WORK/tcp.port")"#;
+/// A TCP listener used only to know rsyslog is up (WORK/ready.port).
+const READY: &str = r#"module(load="imtcp") input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="WORK/ready.port")"#;
+const UNIX: &str = r#"module(load="imuxsock" SysSock.Use="off") input(type="imuxsock" Socket="WORK/log.sock" UseSpecialParser="off" ParseHostname="on")"#;
+
+fn udp(port: u16) -> String {
+    format!(r#"module(load="imudp") input(type="imudp" address="127.0.0.1" port="{port}")"#)
+}
+
 const TEMPLATE: &str = r#"template(name="parsed" type="string" string="%app-name%|%msgid%|%structured-data%|%msg%\n")"#;
 
 impl Rsyslog {
@@ -270,10 +282,7 @@ fn tcp_octet_counting_and_lf_framing() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let rs = Rsyslog::start(
-        work.path(),
-        "global(workDirectory=\"WORK/spool\" maxMessageSize=\"256k\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"0\" listenPortFileName=\"WORK/tcp.port\")",
-    );
+    let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{TCP}"));
     let port = rs.port("tcp.port");
     let audit_dir = tempfile::tempdir().unwrap();
     let stats = send(
@@ -294,10 +303,7 @@ fn tcp_octet_counting_and_lf_framing() {
     }
 
     let work2 = tempfile::tempdir().unwrap();
-    let rs2 = Rsyslog::start(
-        work2.path(),
-        "global(workDirectory=\"WORK/spool\" maxMessageSize=\"256k\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"0\" listenPortFileName=\"WORK/tcp.port\")",
-    );
+    let rs2 = Rsyslog::start(work2.path(), &format!("{GLOBAL}\n{TCP}"));
     let port = rs2.port("tcp.port");
     send(
         SyslogSink::tcp(format!("127.0.0.1:{port}")).framing(Framing::Lf),
@@ -314,10 +320,7 @@ fn udp_datagrams() {
     }
     let work = tempfile::tempdir().unwrap();
     let port = free_udp_port();
-    let rs = Rsyslog::start(
-        work.path(),
-        &format!("global(workDirectory=\"WORK/spool\" maxMessageSize=\"256k\")\nmodule(load=\"imudp\")\ninput(type=\"imudp\" address=\"127.0.0.1\" port=\"{port}\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"0\" listenPortFileName=\"WORK/ready.port\")"),
-    );
+    let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{}\n{READY}", udp(port)));
     rs.port("ready.port"); // started
                            // UDP has no flow control: paced so the receiver's socket buffer never fills.
     let stats = send_paced(
@@ -336,10 +339,7 @@ fn unix_datagram_socket() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let rs = Rsyslog::start(
-        work.path(),
-        "global(workDirectory=\"WORK/spool\" maxMessageSize=\"256k\")\nmodule(load=\"imuxsock\" SysSock.Use=\"off\")\ninput(type=\"imuxsock\" Socket=\"WORK/log.sock\" UseSpecialParser=\"off\" ParseHostname=\"on\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"0\" listenPortFileName=\"WORK/ready.port\")",
-    );
+    let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{UNIX}\n{READY}"));
     rs.port("ready.port");
     let sock = work.path().join("log.sock");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -357,10 +357,7 @@ fn hostile_values_never_break_framing() {
     }
     let work = tempfile::tempdir().unwrap();
     let port = free_udp_port();
-    let rs = Rsyslog::start(
-        work.path(),
-        &format!("global(workDirectory=\"WORK/spool\" maxMessageSize=\"256k\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"0\" listenPortFileName=\"WORK/tcp.port\")\nmodule(load=\"imudp\")\ninput(type=\"imudp\" address=\"127.0.0.1\" port=\"{port}\")"),
-    );
+    let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{TCP}\n{}", udp(port)));
     let tcp = rs.port("tcp.port");
     let hostile = "a]b\"c\\d\r\ne\u{0}f é 日本 \u{1b}[31m";
     let big = "x".repeat(100 * 1024);
@@ -420,10 +417,7 @@ fn rfc3164_format_is_accepted() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let rs = Rsyslog::start(
-        work.path(),
-        "global(workDirectory=\"WORK/spool\" maxMessageSize=\"256k\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"0\" listenPortFileName=\"WORK/tcp.port\")",
-    );
+    let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{TCP}"));
     let port = rs.port("tcp.port");
     send(
         SyslogSink::tcp(format!("127.0.0.1:{port}"))
@@ -459,10 +453,7 @@ fn relay_restart_mid_stream_loses_nothing() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let mut rs = Rsyslog::start(
-        work.path(),
-        "global(workDirectory=\"WORK/spool\" maxMessageSize=\"256k\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"0\" listenPortFileName=\"WORK/tcp.port\")",
-    );
+    let mut rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{TCP}"));
     let port = rs.port("tcp.port");
     let (audit, guard) = AuditLayer::builder()
         .syslog(

@@ -34,7 +34,7 @@ use tracing_subscriber::registry::LookupSpan;
 pub use config::Policy;
 use engine::{Crossing, Engine, Nanos, Observed};
 
-use crate::capture::{Capture, SpanContext};
+use crate::capture::{with_reused, Capture, SpanContext};
 use crate::error::Error;
 use crate::fields::ContextField;
 use crate::filter::{delegate_layer, AuditFilter};
@@ -365,21 +365,7 @@ where
             }
             self.shared.observe(c, event.metadata().level());
         };
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let done = CAPTURE
-                .try_with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut c) => {
-                        run(&mut c);
-                        true
-                    }
-                    Err(_) => false,
-                })
-                .unwrap_or(false);
-            if !done {
-                run(&mut Capture::audit_only());
-            }
-        }));
-        if ok.is_err() {
+        if !with_reused(&CAPTURE, Capture::audit_only, run) {
             self.shared.callback_errors.fetch_add(1, Relaxed);
         }
     }
