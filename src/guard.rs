@@ -123,7 +123,7 @@ impl AuditGuard {
         AuditGuard { handle, threads }
     }
 
-    /// A handle that outlives nothing: counters and flush.
+    /// A cloneable handle for reading counters and flushing at run time.
     pub fn handle(&self) -> AuditHandle {
         self.handle.clone()
     }
