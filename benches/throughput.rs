@@ -10,7 +10,10 @@
 //! 4. `PolicyLayer` per-event cost with 3 default + 5 custom policies, at
 //!    10 k and 10 M events.
 //!
-//! `BENCH_QUICK=1` runs smaller sizes (for a smoke run).
+//! `BENCH_QUICK=1` runs smaller sizes (for a smoke run). `-- --only X` runs
+//! one part: `policy`, `verify`, `plain` (non-audit overhead), `split` (caller
+//! cost without backpressure vs worker rate), `e2e1` (one small end-to-end
+//! run, for profiling under callgrind).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -370,15 +373,6 @@ fn main() {
                 n as f64 / total.as_secs_f64(),
                 st.records_written as f64 / st.writes as f64
             );
-            return;
-        }
-        Some("e2e") => {
-            for threads in [1u64, 2] {
-                CALLER_NS.with(|c| c.set(f64::MAX));
-                let a = best(3, || audit_run(threads, 400_000 / threads));
-                let caller = CALLER_NS.with(|c| c.get());
-                println!("  {threads} thread(s): tracing-audit {a:>10.0}/s (caller {caller:.0} ns/event)");
-            }
             return;
         }
         _ => {}
