@@ -27,6 +27,7 @@ pub const CHAIN_KEY_ENV: &str = "TRACING_AUDIT_CHAIN_KEY";
 /// | [`queue_capacity`](Self::queue_capacity) | 16 384 records |
 /// | [`queue_mode`](Self::queue_mode) | [`QueueMode::Lossless`]: the caller waits when the queue is full |
 /// | [`max_value_len`](Self::max_value_len) | 8 KiB per value, longer values truncated with a marker |
+/// | [`shutdown_grace`](Self::shutdown_grace) | 10 s: the longest dropping the guard takes |
 /// | chain | SHA-256; HMAC-SHA-256 with [`chain_key`](Self::chain_key) |
 /// | `host` | the machine's host name |
 /// | `service`, `version`, `environment` | `null` |
@@ -43,6 +44,7 @@ pub struct AuditLayerBuilder {
     queue_capacity: usize,
     queue_mode: QueueMode,
     max_value_len: usize,
+    shutdown_grace: Duration,
     /// The keyed hasher (its `Debug` never shows the key), or why not.
     chain_key: Option<Result<Hasher, String>>,
 }
@@ -61,6 +63,7 @@ impl Default for AuditLayerBuilder {
             queue_capacity: 16 * 1024,
             queue_mode: QueueMode::Lossless,
             max_value_len: 8 * 1024,
+            shutdown_grace: Duration::from_secs(10),
             chain_key: None,
         }
     }
@@ -149,6 +152,25 @@ impl AuditLayerBuilder {
         self
     }
 
+    /// The longest dropping the [`AuditGuard`] may take. Shutdown refuses
+    /// new records at once (counting them), writes what is queued and
+    /// `audit_stopped`, and syncs; whatever a failing disk or a stuck relay
+    /// keeps from finishing within the grace is counted as dropped and said
+    /// on stderr, and the drop returns.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = tracing_audit::AuditLayer::builder()
+    ///     .file("./audit")
+    ///     .shutdown_grace(Duration::from_secs(3));
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// Keys the chain with HMAC-SHA-256, so whoever can edit the files but
     /// does not hold the key cannot recompute it. Use at least 32 random bytes.
     #[must_use]
@@ -188,15 +210,22 @@ impl AuditLayerBuilder {
             Some(Err(e)) => return Err(Error::Config(e)),
         };
 
+        let mut config_warnings = Vec::new();
         let (file, resume) = match &self.file {
             Some(sink) => {
+                sink.check_names()?;
                 let dir = file::prepare_dir(&sink.dir)?;
-                let lock = file::lock_dir(&dir)?;
-                let resume = file::find_resume(sink, &dir, &hasher)?;
-                (Some(FileWriter::open(sink, dir, lock)?), resume)
+                config_warnings.extend(dir.warning);
+                let lock = file::lock_dir(&dir.path)?;
+                let resume = file::find_resume(sink, &dir.path, &hasher)?;
+                (Some(FileWriter::new(sink, dir.path, lock)), resume)
             }
             None => (None, Resume::default()),
         };
+        let retention = self
+            .file
+            .as_ref()
+            .map_or_else(|| "null".to_owned(), FileSink::retention_json);
         let chain = match &resume.last {
             Some((seq, hash)) => Chain::resume(hasher, *seq, hash),
             None => Chain::new(hasher),
@@ -235,9 +264,12 @@ impl AuditLayerBuilder {
             forwards,
             counters,
             sync_interval: self.sync_interval,
+            shutdown_grace: self.shutdown_grace,
             statics: statics.clone(),
-            limit: self.max_value_len,
+            value_limit: self.max_value_len,
             resume,
+            retention,
+            config_warnings,
             pid: std::process::id(),
         };
         let main = std::thread::Builder::new()
@@ -259,6 +291,9 @@ impl AuditLayerBuilder {
             statics,
             limit: self.max_value_len,
         });
-        Ok((AuditLayer::new(shared), AuditGuard::new(handle, threads)))
+        Ok((
+            AuditLayer::new(shared),
+            AuditGuard::new(handle, threads, self.shutdown_grace),
+        ))
     }
 }

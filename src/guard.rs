@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -17,11 +17,24 @@ use crate::pipeline::{self, Counters, Msg, Waker};
 pub struct AuditStats {
     /// Records written to the trail (including the crate's own records).
     pub records_written: u64,
-    /// Records lost: dropped by a full queue in lossy mode, sent after
-    /// shutdown, or unwritable at shutdown.
+    /// Records lost, all causes: the sum of the four `dropped_*` counts.
     pub records_dropped: u64,
+    /// Dropped because the queue was full (lossy mode only).
+    pub dropped_queue_full: u64,
+    /// Refused because they were emitted after shutdown began.
+    pub dropped_after_shutdown: u64,
+    /// Still unwritten when the shutdown grace ran out.
+    pub dropped_unwritten: u64,
+    /// Lost to a panic while recording the event (a field's `Debug`, say).
+    pub dropped_panic: u64,
     /// Failed writes or syncs (each retried; see `last_error`).
     pub write_errors: u64,
+    /// Failed `fdatasync` calls (each repaired by a rewrite; see the
+    /// file writer's rules in the README's guarantees).
+    pub sync_errors: u64,
+    /// Whether the storage is failing now: a write or sync failed and none
+    /// has succeeded since. Durable callers wait while this is `true`.
+    pub storage_failing: bool,
     /// Bytes written to the file.
     pub bytes_written: u64,
     /// Write calls to the file (records per write shows the batching).
@@ -40,8 +53,11 @@ pub struct AuditStats {
     pub syslog_reconnects: u64,
     /// Syslog send or connect errors.
     pub syslog_errors: u64,
-    /// The most recent error, if any.
+    /// The most recent error, if any (see `storage_failing` for whether
+    /// it is over).
     pub last_error: Option<String>,
+    /// When the most recent error happened (RFC 3339, UTC).
+    pub last_error_at: Option<String>,
 }
 
 /// A cloneable handle for reading counters and flushing at run time.
@@ -64,10 +80,17 @@ impl AuditHandle {
     /// The counters now.
     pub fn stats(&self) -> AuditStats {
         let c = &self.counters;
+        let last = c.last_error.lock().ok().and_then(|e| e.clone());
         AuditStats {
             records_written: c.records_written.load(Relaxed),
             records_dropped: c.records_dropped.load(Relaxed),
+            dropped_queue_full: c.dropped_queue_full.load(Relaxed),
+            dropped_after_shutdown: c.dropped_closed.load(Relaxed),
+            dropped_unwritten: c.dropped_unwritten.load(Relaxed),
+            dropped_panic: c.dropped_panic.load(Relaxed),
             write_errors: c.write_errors.load(Relaxed),
+            sync_errors: c.sync_errors.load(Relaxed),
+            storage_failing: c.storage_failing.load(Relaxed),
             bytes_written: c.bytes_written.load(Relaxed),
             writes: c.writes.load(Relaxed),
             syncs: c.syncs.load(Relaxed),
@@ -77,7 +100,11 @@ impl AuditHandle {
             syslog_truncated: c.syslog_truncated.load(Relaxed),
             syslog_reconnects: c.syslog_reconnects.load(Relaxed),
             syslog_errors: c.syslog_errors.load(Relaxed),
-            last_error: c.last_error.lock().ok().and_then(|e| e.clone()),
+            last_error: last.as_ref().map(|e| e.message.clone()),
+            last_error_at: last.map(|e| {
+                chrono::DateTime::<chrono::Utc>::from(e.at)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            }),
         }
     }
 
@@ -116,11 +143,16 @@ impl AuditHandle {
 pub struct AuditGuard {
     handle: AuditHandle,
     threads: Vec<JoinHandle<()>>,
+    grace: Duration,
 }
 
 impl AuditGuard {
-    pub(crate) fn new(handle: AuditHandle, threads: Vec<JoinHandle<()>>) -> Self {
-        AuditGuard { handle, threads }
+    pub(crate) fn new(handle: AuditHandle, threads: Vec<JoinHandle<()>>, grace: Duration) -> Self {
+        AuditGuard {
+            handle,
+            threads,
+            grace,
+        }
     }
 
     /// A cloneable handle for reading counters and flushing at run time.
@@ -141,10 +173,25 @@ impl AuditGuard {
 
 impl Drop for AuditGuard {
     fn drop(&mut self) {
-        let _ = self.handle.tx.send(Msg::Shutdown);
+        let c = &self.handle.counters;
+        c.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.handle.tx.try_send(Msg::Wake);
         self.handle.waker.wake();
+        // The worker bounds itself by the grace; the margin covers its last
+        // count of what was still queued and the syslog sinks' close.
+        let until = Instant::now() + self.grace + Duration::from_secs(2);
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            while !t.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                let name = t.thread().name().unwrap_or("tracing-audit").to_owned();
+                eprintln!(
+                    "tracing-audit: thread {name} did not stop within the shutdown grace; leaving it behind"
+                );
+            }
         }
     }
 }

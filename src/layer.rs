@@ -7,7 +7,6 @@
 //! buffer, and submit it. Sequencing, hashing and I/O happen on the worker.
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -20,7 +19,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::capture::{with_reused, Capture, SpanContext};
 use crate::filter::{delegate_layer, AuditFilter};
 use crate::pipeline::Submitter;
-use crate::record::{encode_body, Source, Statics};
+use crate::record::{encode_body, uuid_at, Source, Statics};
 
 /// Most span names kept for `source.span`.
 const MAX_SPANS: usize = 32;
@@ -92,14 +91,6 @@ impl AuditCore {
     }
 }
 
-/// A UUID v7 for the record's own timestamp (one clock read per event;
-/// the random bits make ids unique, `seq` orders them).
-pub(crate) fn uuid_at(at: SystemTime) -> uuid::Uuid {
-    let d = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
-    uuid::Uuid::new_v7(ts)
-}
-
 impl<S> Layer<S> for AuditCore
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -127,7 +118,7 @@ where
                 &c.callback_errors,
                 "a panic while recording an audit event was caught".into(),
             );
-            c.records_dropped.fetch_add(1, Relaxed);
+            c.dropped(crate::pipeline::DropCause::Panic, 1);
         }
     }
 }

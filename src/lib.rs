@@ -39,4 +39,6 @@ pub use policy::{
 pub use reader::{AuditTrail, Follower, Query, ReadError, Records, TrailStats, TOP_ACTORS};
 pub use record::{AuditRecord, RecordSource, SCHEMA_VERSION};
 pub use syslog::{severity, Facility, Format, Framing, SyslogSink};
-pub use verify::{verify, verify_with, Failure, FailureKind, VerifyReport};
+pub use verify::{
+    verify, verify_opts, verify_with, Failure, FailureKind, VerifyOptions, VerifyReport,
+};

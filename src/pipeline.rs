@@ -1,11 +1,25 @@
 //! The caller's side of the pipeline: the bounded queue into the worker,
-//! lossless/lossy submission, durability waits, and the shared counters.
+//! lossless/lossy submission, durability waits, shutdown refusal, and the
+//! shared counters.
+//!
+//! Every record handed to [`Submitter::submit`] ends in exactly one place:
+//! the trail, or one of the dropped counters with its cause. Once shutdown
+//! has begun ([`Counters::closed`]), new records are refused and counted;
+//! the worker waits for submissions already under way (`inflight`) before
+//! its last look at the queue, so none slips past uncounted.
+//!
+//! A caller that must wait (a full queue in lossless mode, a durable record
+//! waiting for its sync) blocks its thread. On a worker thread of a tokio
+//! multi-thread runtime that wait goes through `tokio::task::block_in_place`
+//! (feature `tokio`, on by default), so the runtime moves its other tasks
+//! to another thread and keeps serving them. A current-thread runtime has no
+//! other thread to move them to: there, the wait blocks the runtime.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::fields::Risk;
 
@@ -14,7 +28,7 @@ use crate::fields::Risk;
 pub(crate) struct Pending {
     pub(crate) id: uuid::Uuid,
     pub(crate) body: Vec<u8>,
-    /// Answered once the record is synced (`true`) or could not be (`false`).
+    /// Answered once the record is synced (`true`) or given up (`false`).
     pub(crate) done: Option<SyncSender<bool>>,
 }
 
@@ -24,8 +38,28 @@ pub(crate) enum Msg {
     Record(Pending),
     /// Write and sync everything before this, then answer.
     Flush(SyncSender<bool>),
-    /// Finish: write what is queued, write `audit_stopped`, sync, exit.
-    Shutdown,
+    /// Look at the shutdown flag now (sent when shutdown begins).
+    Wake,
+}
+
+/// Why a record was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropCause {
+    /// Lossy mode, queue full.
+    QueueFull,
+    /// Sent after shutdown began (or after the worker stopped).
+    Closed,
+    /// Still unwritten when the shutdown grace ran out.
+    Unwritten,
+    /// A panic while recording the event (a field's `Debug`, say).
+    Panic,
+}
+
+/// The most recent error and when it happened.
+#[derive(Debug, Clone)]
+pub(crate) struct LastError {
+    pub(crate) message: String,
+    pub(crate) at: SystemTime,
 }
 
 /// Counters shared by the layer, the worker and the handles.
@@ -33,7 +67,12 @@ pub(crate) enum Msg {
 pub(crate) struct Counters {
     pub(crate) records_written: AtomicU64,
     pub(crate) records_dropped: AtomicU64,
+    pub(crate) dropped_queue_full: AtomicU64,
+    pub(crate) dropped_closed: AtomicU64,
+    pub(crate) dropped_unwritten: AtomicU64,
+    pub(crate) dropped_panic: AtomicU64,
     pub(crate) write_errors: AtomicU64,
+    pub(crate) sync_errors: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) syncs: AtomicU64,
@@ -43,15 +82,40 @@ pub(crate) struct Counters {
     pub(crate) syslog_truncated: AtomicU64,
     pub(crate) syslog_reconnects: AtomicU64,
     pub(crate) syslog_errors: AtomicU64,
-    pub(crate) last_error: Mutex<Option<String>>,
+    /// The storage is failing now (a write or sync failed and none has
+    /// succeeded since).
+    pub(crate) storage_failing: AtomicBool,
+    /// Shutdown has begun: new records are refused.
+    pub(crate) closed: AtomicBool,
+    /// Submissions under way.
+    pub(crate) inflight: AtomicUsize,
+    pub(crate) last_error: Mutex<Option<LastError>>,
 }
 
 impl Counters {
     pub(crate) fn error(&self, counter: &AtomicU64, msg: String) {
         counter.fetch_add(1, Relaxed);
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(msg);
+            *last = Some(LastError {
+                message: msg,
+                at: SystemTime::now(),
+            });
         }
+    }
+
+    /// Counts `n` dropped records with their cause.
+    pub(crate) fn dropped(&self, cause: DropCause, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let c = match cause {
+            DropCause::QueueFull => &self.dropped_queue_full,
+            DropCause::Closed => &self.dropped_closed,
+            DropCause::Unwritten => &self.dropped_unwritten,
+            DropCause::Panic => &self.dropped_panic,
+        };
+        c.fetch_add(n, Relaxed);
+        self.records_dropped.fetch_add(n, Relaxed);
     }
 }
 
@@ -74,6 +138,12 @@ impl Waker {
 }
 
 /// Whether a full queue makes the caller wait or drops the record.
+///
+/// ```
+/// use tracing_audit::{AuditLayer, QueueMode};
+/// let builder = AuditLayer::builder().file("./audit").queue_mode(QueueMode::Lossy);
+/// # let _ = builder;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum QueueMode {
     /// The caller waits for room: nothing is lost (default).
@@ -85,6 +155,21 @@ pub enum QueueMode {
     Lossy,
 }
 
+/// Runs a blocking wait so that it cannot freeze an async runtime: on a
+/// worker thread of a tokio multi-thread runtime, through `block_in_place`.
+pub(crate) fn wait<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(feature = "tokio")]
+    {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if let Ok(h) = Handle::try_current() {
+            if h.runtime_flavor() == RuntimeFlavor::MultiThread {
+                return tokio::task::block_in_place(f);
+            }
+        }
+    }
+    f()
+}
+
 /// The handle the layer submits through.
 #[derive(Debug)]
 pub(crate) struct Submitter {
@@ -93,6 +178,15 @@ pub(crate) struct Submitter {
     durable_at: Risk,
     pub(crate) counters: Arc<Counters>,
     pub(crate) waker: Waker,
+}
+
+/// Decrements `inflight` when a submission ends, however it ends.
+struct Inflight<'a>(&'a AtomicUsize);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 impl Submitter {
@@ -121,49 +215,71 @@ impl Submitter {
 
     /// Queues a record; for a durable one, waits until it is synced.
     pub(crate) fn submit(&self, id: uuid::Uuid, body: Vec<u8>, risk: Risk) {
-        if risk >= self.durable_at {
-            let (done_tx, done_rx) = mpsc::sync_channel(1);
-            let msg = Msg::Record(Pending {
-                id,
-                body,
-                done: Some(done_tx),
-            });
-            if self.tx.send(msg).is_err() {
-                self.counters.records_dropped.fetch_add(1, Relaxed);
-                return;
-            }
-            self.waker.wake();
-            // `Err` means the worker is gone; it counted what it lost.
-            let _ = done_rx.recv();
+        let durable = risk >= self.durable_at;
+        let (done, done_rx) = if durable {
+            let (t, r) = mpsc::sync_channel(1);
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        if !self.enqueue(Msg::Record(Pending { id, body, done }), durable) {
             return;
         }
-        let msg = Msg::Record(Pending {
-            id,
-            body,
-            done: None,
-        });
-        let sent = match self.mode {
-            QueueMode::Lossless => self.tx.send(msg).is_ok(),
-            QueueMode::Lossy => match self.tx.try_send(msg) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-            },
+        if let Some(rx) = done_rx {
+            self.waker.wake();
+            // `false` or `Err`: the worker gave up at shutdown and counted it.
+            let _ = wait(|| rx.recv());
+        }
+    }
+}
+
+impl Submitter {
+    /// Puts `msg` on the queue unless shutdown has begun; counts a refusal
+    /// or a lossy drop. Returns whether it was queued.
+    fn enqueue(&self, msg: Msg, durable: bool) -> bool {
+        self.counters.inflight.fetch_add(1, SeqCst);
+        let _inflight = Inflight(&self.counters.inflight);
+        if self.counters.closed.load(SeqCst) {
+            self.counters.dropped(DropCause::Closed, 1);
+            return false;
+        }
+        let sent = match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(msg)) => {
+                if self.mode == QueueMode::Lossy && !durable {
+                    self.counters.dropped(DropCause::QueueFull, 1);
+                    return false;
+                }
+                self.waker.wake();
+                wait(|| self.tx.send(msg).is_ok())
+            }
         };
         if !sent {
-            self.counters.records_dropped.fetch_add(1, Relaxed);
+            self.counters.dropped(DropCause::Closed, 1);
         }
+        sent
     }
 }
 
 /// Sends a flush and waits up to `timeout` for it.
 pub(crate) fn flush(tx: &SyncSender<Msg>, waker: &Waker, timeout: Option<Duration>) -> bool {
     let (done_tx, done_rx) = mpsc::sync_channel(1);
-    if tx.send(Msg::Flush(done_tx)).is_err() {
+    let msg = Msg::Flush(done_tx);
+    let sent = match tx.try_send(msg) {
+        Ok(()) => true,
+        Err(TrySendError::Disconnected(_)) => false,
+        Err(TrySendError::Full(msg)) => {
+            waker.wake();
+            wait(|| tx.send(msg).is_ok())
+        }
+    };
+    if !sent {
         return false;
     }
     waker.wake();
-    match timeout {
+    wait(|| match timeout {
         Some(t) => done_rx.recv_timeout(t).unwrap_or(false),
         None => done_rx.recv().unwrap_or(false),
-    }
+    })
 }

@@ -1,15 +1,24 @@
 //! Reading a trail back: records in order across rotated files, filters,
 //! the newest `n`, and summary statistics. Everything streams line by line;
 //! no file is ever loaded whole.
+//!
+//! Only sealed records are records: a line is yielded as a record when it
+//! is complete, its hash checks and it parses strictly as a record of the
+//! schema. On a keyed trail, give the key ([`AuditTrail::with_key`]);
+//! without it the HMAC cannot be checked, and every record counts as
+//! unverified ([`Records::unverified`], [`TrailStats::unverified`]). Torn
+//! lines and other bytes that are not records are reported as errors with
+//! their place, never as records.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::chain::{check_line, Hasher, LinkError};
 use crate::error::Error;
 use crate::fields::{Outcome, Risk};
 use crate::file::{list_files, FileSink};
@@ -20,6 +29,11 @@ use crate::record::AuditRecord;
 pub struct AuditTrail {
     dir: PathBuf,
     files: Vec<PathBuf>,
+    hasher: Hasher,
+    /// A key was given.
+    keyed: bool,
+    /// The trail declares HMAC (from its first record).
+    declares_keyed: bool,
 }
 
 impl AuditTrail {
@@ -32,10 +46,40 @@ impl AuditTrail {
     pub fn open_with(sink: &FileSink) -> Result<Self, Error> {
         let files = list_files(&sink.dir, &sink.prefix, &sink.suffix)
             .map_err(|e| Error::io("read audit directory", &sink.dir, e))?;
+        let declares_keyed = match files.first() {
+            Some(f) => {
+                first_line_declares_keyed(f).map_err(|e| Error::io("read audit file", f, e))?
+            }
+            None => false,
+        };
         Ok(AuditTrail {
             dir: sink.dir.clone(),
             files,
+            hasher: Hasher::Plain,
+            keyed: false,
+            declares_keyed,
         })
+    }
+
+    /// Checks each record's HMAC with `key` (a keyed trail); a line whose
+    /// HMAC does not check is not a record.
+    ///
+    /// ```no_run
+    /// let trail = tracing_audit::AuditTrail::open("./audit")?.with_key(b"the chain key");
+    /// # let _ = trail;
+    /// # Ok::<(), tracing_audit::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_key(mut self, key: &[u8]) -> Self {
+        self.hasher = Hasher::new(Some(key));
+        self.keyed = true;
+        self
+    }
+
+    /// Whether the trail is keyed and no key was given: its records cannot
+    /// be authenticated, only read.
+    pub fn unverified(&self) -> bool {
+        self.declares_keyed && !self.keyed
     }
 
     /// The directory.
@@ -55,6 +99,10 @@ impl AuditTrail {
             files: self.files.clone().into(),
             current: None,
             buf: Vec::new(),
+            hasher: self.hasher.clone(),
+            accept_unverified: self.unverified(),
+            unverified: 0,
+            offset: 0,
         }
     }
 
@@ -92,12 +140,15 @@ impl AuditTrail {
     /// Counts by event type, actor, outcome, risk and day.
     pub fn stats(&self, query: &Query) -> TrailStats {
         let mut s = TrailStats::default();
-        for r in self.query(query) {
+        let mut records = self.records();
+        for r in records.by_ref() {
             match r {
-                Ok(r) => s.add(&r),
+                Ok(r) if query.matches(&r) => s.add(&r),
+                Ok(_) => {}
                 Err(_) => s.unreadable += 1,
             }
         }
+        s.unverified = records.unverified();
         s
     }
 }
@@ -120,6 +171,37 @@ pub struct Records {
     files: VecDeque<PathBuf>,
     current: Option<(PathBuf, BufReader<File>, u64)>,
     buf: Vec<u8>,
+    hasher: Hasher,
+    /// Keyed trail, no key: yield well-formed sealed lines, counted.
+    accept_unverified: bool,
+    unverified: u64,
+    /// Byte offset of the next line in the current file.
+    offset: u64,
+}
+
+impl Records {
+    /// Records yielded whose HMAC could not be checked (keyed trail, no key).
+    pub fn unverified(&self) -> u64 {
+        self.unverified
+    }
+
+    /// Whether `line` (complete, without its newline) is a record.
+    fn record(&mut self, line: &[u8]) -> Result<AuditRecord, String> {
+        match check_line(&self.hasher, line) {
+            Ok(_) => {}
+            Err(LinkError::HashMismatch) if self.accept_unverified => self.unverified += 1,
+            Err(LinkError::HashMismatch) => {
+                return Err("not a record: its hash does not check (edited, or a wrong key)".into())
+            }
+            Err(LinkError::Malformed) => {
+                return Err(format!(
+                "not a record ({} bytes): a torn line from a crash, or bytes someone else wrote",
+                line.len()
+            ))
+            }
+        }
+        AuditRecord::parse(line).map_err(|e| format!("not a record of the schema: {e}"))
+    }
 }
 
 impl Iterator for Records {
@@ -145,26 +227,27 @@ impl Iterator for Records {
             match reader.read_until(b'\n', &mut self.buf) {
                 Ok(0) => {
                     self.current = None;
+                    self.offset = 0;
                     continue;
                 }
-                Ok(_) => {
+                Ok(n) => {
                     *line_no += 1;
+                    let (file, line_no, at) = (path.clone(), *line_no, self.offset);
+                    self.offset += n as u64;
                     let complete = self.buf.last() == Some(&b'\n');
-                    let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+                    let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf).to_vec();
                     if line.is_empty() {
                         continue;
                     }
                     let err = |message: String| ReadError {
-                        file: path.clone(),
-                        line: *line_no,
-                        message,
+                        file,
+                        line: line_no,
+                        message: format!("{message} (offset {at})"),
                     };
                     if !complete {
-                        return Some(Err(err("torn last line (no newline)".into())));
+                        return Some(Err(err("torn last line (no newline): not a record".into())));
                     }
-                    return Some(
-                        serde_json::from_slice(line).map_err(|e| err(format!("not a record: {e}"))),
-                    );
+                    return Some(self.record(&line).map_err(err));
                 }
                 Err(e) => {
                     let e = ReadError {
@@ -173,11 +256,24 @@ impl Iterator for Records {
                         message: format!("read error: {e}"),
                     };
                     self.current = None;
+                    self.offset = 0;
                     return Some(Err(e));
                 }
             }
         }
     }
+}
+
+/// Whether the first line of `path` declares an HMAC chain.
+fn first_line_declares_keyed(path: &Path) -> io::Result<bool> {
+    let mut line = Vec::new();
+    BufReader::new(File::open(path)?)
+        .take(crate::file::resume::MAX_LINE)
+        .read_until(b'\n', &mut line)?;
+    let declared = serde_json::from_slice::<serde_json::Value>(line.trim_ascii_end())
+        .ok()
+        .and_then(|v| v["details"]["chain"].as_str().map(str::to_owned));
+    Ok(declared.as_deref() == Some("hmac-sha256"))
 }
 
 /// A filter over records; every field that is set must match.
@@ -229,6 +325,9 @@ pub struct TrailStats {
     pub total: u64,
     /// Lines that were not readable records.
     pub unreadable: u64,
+    /// Records whose HMAC could not be checked (a keyed trail read without
+    /// its key).
+    pub unverified: u64,
     /// By event type.
     pub by_event_type: BTreeMap<String, u64>,
     /// By actor: the [`TOP_ACTORS`] most frequent (see [`TrailStats::top_actors`]).
@@ -285,32 +384,64 @@ impl TrailStats {
     }
 }
 
-/// Reads lines appended to a trail since the last call, following rotation
-/// (the basis of `tracing-audit tail -f`).
+/// Reads records appended to a trail since the last call, following
+/// rotation (the basis of `tracing-audit tail -f`). Like [`Records`], it
+/// yields only sealed records; a line still being written is kept until
+/// its newline arrives.
 #[derive(Debug)]
 pub struct Follower {
     sink: FileSink,
     file: Option<(PathBuf, BufReader<File>)>,
     partial: Vec<u8>,
+    hasher: Hasher,
+    accept_unverified: bool,
 }
 
 impl Follower {
-    /// Starts at the end of the newest file.
+    /// Starts at the end of the newest file's last complete line (a line
+    /// still being written is printed once it is complete).
     pub fn from_end(sink: FileSink) -> io::Result<Self> {
+        Self::from_end_keyed(sink, None)
+    }
+
+    /// [`from_end`](Self::from_end), checking each record's HMAC with `key`.
+    pub fn from_end_keyed(sink: FileSink, key: Option<&[u8]>) -> io::Result<Self> {
+        let files = list_files(&sink.dir, &sink.prefix, &sink.suffix)?;
+        let declares_keyed = match files.first() {
+            Some(f) => first_line_declares_keyed(f)?,
+            None => false,
+        };
         let mut f = Follower {
             sink,
             file: None,
             partial: Vec::new(),
+            hasher: Hasher::new(key),
+            accept_unverified: key.is_none() && declares_keyed,
         };
-        if let Some(newest) = list_files(&f.sink.dir, &f.sink.prefix, &f.sink.suffix)?.pop() {
-            let mut r = BufReader::new(File::open(&newest)?);
-            io::copy(&mut r, &mut io::sink())?;
-            f.file = Some((newest, r));
+        if let Some(newest) = files.last() {
+            let mut r = BufReader::new(File::open(newest)?);
+            let mut line = Vec::new();
+            let mut complete_end = 0u64;
+            let mut at = 0u64;
+            loop {
+                line.clear();
+                let n = r.read_until(b'\n', &mut line)?;
+                if n == 0 {
+                    break;
+                }
+                at += n as u64;
+                if line.last() == Some(&b'\n') {
+                    complete_end = at;
+                }
+            }
+            use std::io::{Seek, SeekFrom};
+            r.seek(SeekFrom::Start(complete_end))?;
+            f.file = Some((newest.clone(), r));
         }
         Ok(f)
     }
 
-    /// Complete new lines, parsed (unparseable ones as errors).
+    /// Complete new records; lines that are not records as errors.
     pub fn poll(&mut self) -> io::Result<Vec<Result<AuditRecord, String>>> {
         let mut out = Vec::new();
         loop {
@@ -339,7 +470,20 @@ impl Follower {
                 return Ok(());
             }
             let line = std::mem::take(&mut self.partial);
-            out.push(serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| e.to_string()));
+            let line = &line[..line.len() - 1];
+            if line.is_empty() {
+                continue;
+            }
+            let mut rec = Records {
+                files: VecDeque::new(),
+                current: None,
+                buf: Vec::new(),
+                hasher: self.hasher.clone(),
+                accept_unverified: self.accept_unverified,
+                unverified: 0,
+                offset: 0,
+            };
+            out.push(rec.record(line));
         }
     }
 }

@@ -61,6 +61,14 @@ fn opt_str(buf: &mut Vec<u8>, v: Option<&str>, limit: usize) -> bool {
     }
 }
 
+/// A UUID v7 for the record's own timestamp (one clock read per event;
+/// the random bits make ids unique, `seq` orders them).
+pub(crate) fn uuid_at(at: SystemTime) -> uuid::Uuid {
+    let d = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
+    uuid::Uuid::new_v7(ts)
+}
+
 /// Where an event came from, for the `source` key.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Source<'a> {
@@ -176,6 +184,7 @@ pub(crate) fn encode_body(
 
 /// Where a record was emitted from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RecordSource {
     /// The tracing target (usually the module path).
     pub target: String,
@@ -187,8 +196,11 @@ pub struct RecordSource {
 
 /// One audit record as read back from a trail (schema version 1).
 ///
-/// Field order and names follow the JSON line exactly.
+/// Field order and names follow the JSON line exactly. Reading is strict:
+/// an unknown or duplicate key (at any depth), an unknown risk or outcome,
+/// a lone surrogate or a number out of range make the line not a record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditRecord {
     /// Schema version (1).
     pub schema: u32,
@@ -217,6 +229,7 @@ pub struct AuditRecord {
     /// The event's message.
     pub message: Option<String>,
     /// All other fields, with their JSON types.
+    #[serde(deserialize_with = "strict::map")]
     pub details: serde_json::Map<String, serde_json::Value>,
     /// Configured service name.
     pub service: Option<String>,
@@ -232,4 +245,101 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// This record's hash (hex).
     pub hash: String,
+}
+
+impl AuditRecord {
+    /// Parses one line (without its newline) strictly as a record of
+    /// schema version [`SCHEMA_VERSION`].
+    ///
+    /// ```
+    /// let line = r#"{"schema":2}"#;
+    /// assert!(tracing_audit::AuditRecord::parse(line.as_bytes()).is_err());
+    /// ```
+    pub fn parse(line: &[u8]) -> Result<AuditRecord, serde_json::Error> {
+        use serde::de::Error as _;
+        let r: AuditRecord = serde_json::from_slice(line)?;
+        if r.schema != SCHEMA_VERSION {
+            return Err(serde_json::Error::custom(format!(
+                "schema version {} (this reader knows {SCHEMA_VERSION})",
+                r.schema
+            )));
+        }
+        Ok(r)
+    }
+}
+
+/// JSON values that refuse duplicate object keys at any depth (serde_json
+/// keeps the last one silently, which would hide a value from a reader).
+mod strict {
+    use serde::de::{Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Value};
+    use std::fmt;
+
+    pub(super) fn map<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+        match d.deserialize_any(StrictVisitor)? {
+            Value::Object(m) => Ok(m),
+            _ => Err(D::Error::custom("details must be an object")),
+        }
+    }
+
+    struct StrictVisitor;
+
+    struct Strict(Value);
+
+    impl<'de> serde::Deserialize<'de> for Strict {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(StrictVisitor).map(Strict)
+        }
+    }
+
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value without duplicate keys")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(v.into())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(v.into())
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Value, E> {
+            serde_json::Number::from_f64(v)
+                .map(Value::Number)
+                .ok_or_else(|| E::custom("a number that is not finite"))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut v = Vec::new();
+            while let Some(Strict(x)) = seq.next_element()? {
+                v.push(x);
+            }
+            Ok(Value::Array(v))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut m = Map::new();
+            while let Some(k) = map.next_key::<String>()? {
+                let Strict(v) = map.next_value()?;
+                if m.insert(k.clone(), v).is_some() {
+                    return Err(A::Error::custom(format!("duplicate key {k:?}")));
+                }
+            }
+            Ok(Value::Object(m))
+        }
+    }
 }

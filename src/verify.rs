@@ -2,12 +2,26 @@
 //! files, in one streaming pass with memory bounded by the longest line.
 //!
 //! The verdict names the first failure: the file, the line and the kind
-//! ([`FailureKind`]). A torn last line is reported as a crash artefact, not
-//! tampering; one that a later `audit_started` record acknowledges (the
-//! writer found it on restart and said so in the chain) is a note, not a
-//! failure. A chain that starts above `seq` 0 is a note too: older files
-//! were removed by `max_files` retention, which the chain alone cannot tell
-//! from deletion (see the README on what the chain proves).
+//! ([`FailureKind`]). What `verify` and the readers call a record is the
+//! same: a complete line whose hash checks (its HMAC, with a key) and that
+//! parses strictly as a record of the schema.
+//!
+//! - **Junk** (a line that is not a record) is accepted only when the next
+//!   record is the restart's `audit_started` naming it in `torn_tail` by
+//!   file, offset, length and SHA-256, and the record before it is not
+//!   `audit_stopped` (a process that stopped cleanly leaves nothing after).
+//!   Junk the restart named as `foreign_tail` is tampering. Junk at the very
+//!   end of the trail, after a record that is not `audit_stopped`, is a
+//!   crash not yet acknowledged ([`FailureKind::TornTail`]).
+//! - **Retention is sealed.** A chain that starts above `seq` 0 passes only
+//!   when its first line is the record that opened that file
+//!   (`audit_started` or `audit_file_opened` with `opened_file`) and that
+//!   record declares a retention; otherwise it is [`FailureKind::Deleted`].
+//! - **Honest verdicts**: a chain that switches algorithm after an unkeyed
+//!   start is tampering, a wrong key is [`FailureKind::WrongKey`], a trail
+//!   with no record fails ([`FailureKind::NoRecords`]), and
+//!   [`VerifyOptions::expect_service`] catches a trail swapped for another
+//!   service's.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -19,6 +33,7 @@ use crate::chain::{check_line, Hasher, LinkError, GENESIS};
 use crate::error::Error;
 use crate::file::{file_name, FileSink};
 use crate::reader::AuditTrail;
+use crate::record::AuditRecord;
 
 /// What kind of failure `verify` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,12 +60,30 @@ pub enum FailureKind {
     TornTail,
     /// The trail is keyed (HMAC) and no key was given.
     KeyRequired,
+    /// The key given does not match the trail's first keyed record.
+    WrongKey,
+    /// Bytes after a clean stop (`audit_stopped`), or bytes a restart named
+    /// as foreign: someone else wrote to the trail.
+    Foreign,
+    /// A sealed line that is not a record of the schema (an unknown risk,
+    /// a duplicate key, a number out of range…).
+    NotARecord,
+    /// The trail holds no record at all.
+    NoRecords,
+    /// The trail was written by another service than the one expected.
+    OtherService,
 }
 
 impl FailureKind {
     /// Whether this kind points to tampering (as opposed to a crash or usage).
     pub fn is_tampering(self) -> bool {
-        !matches!(self, FailureKind::TornTail | FailureKind::KeyRequired)
+        !matches!(
+            self,
+            FailureKind::TornTail
+                | FailureKind::KeyRequired
+                | FailureKind::WrongKey
+                | FailureKind::NoRecords
+        )
     }
 }
 
@@ -99,22 +132,78 @@ impl VerifyReport {
 
 /// Verifies the trail in `dir` (default file names). With `key`, checks
 /// HMAC-SHA-256; without, SHA-256.
+///
+/// ```no_run
+/// let report = tracing_audit::verify("./audit", None)?;
+/// assert!(report.is_ok(), "{:?}", report.failure);
+/// # Ok::<(), tracing_audit::Error>(())
+/// ```
 pub fn verify(dir: impl AsRef<Path>, key: Option<&[u8]>) -> Result<VerifyReport, Error> {
     verify_with(&FileSink::new(dir), key)
 }
 
 /// [`verify`] for custom file names.
+///
+/// ```no_run
+/// let sink = tracing_audit::FileSink::new("./audit").prefix("billing");
+/// let report = tracing_audit::verify_with(&sink, Some(b"the chain key"))?;
+/// # let _ = report;
+/// # Ok::<(), tracing_audit::Error>(())
+/// ```
 pub fn verify_with(sink: &FileSink, key: Option<&[u8]>) -> Result<VerifyReport, Error> {
+    verify_opts(sink, key, &VerifyOptions::default())
+}
+
+/// What else a verification must check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyOptions {
+    /// Every record must carry this `service` (catches a trail replaced by
+    /// another service's trail written under the same key).
+    pub expect_service: Option<String>,
+}
+
+impl VerifyOptions {
+    /// Requires every record's `service` to be `name`.
+    ///
+    /// ```
+    /// let opts = tracing_audit::VerifyOptions::default().expect_service("billing");
+    /// # let _ = opts;
+    /// ```
+    #[must_use]
+    pub fn expect_service(mut self, name: impl Into<String>) -> Self {
+        self.expect_service = Some(name.into());
+        self
+    }
+}
+
+/// [`verify_with`] with further checks ([`VerifyOptions`]).
+///
+/// ```no_run
+/// use tracing_audit::{verify_opts, FileSink, VerifyOptions};
+/// let opts = VerifyOptions::default().expect_service("billing");
+/// let report = verify_opts(&FileSink::new("./audit"), None, &opts)?;
+/// # let _ = report;
+/// # Ok::<(), tracing_audit::Error>(())
+/// ```
+pub fn verify_opts(
+    sink: &FileSink,
+    key: Option<&[u8]>,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, Error> {
     let trail = AuditTrail::open_with(sink)?;
     let hasher = Hasher::new(key);
     let mut v = Verifier {
-        hasher,
         report: VerifyReport {
-            algorithm: Hasher::new(key).algorithm().into(),
+            algorithm: hasher.algorithm().into(),
             ..Default::default()
         },
+        hasher,
+        keyed: key.is_some(),
+        expect_service: opts.expect_service.clone(),
         expect: None,
-        torn: None,
+        junk: Vec::new(),
+        last_stopped: false,
         later: Vec::new(),
         last_ts: None,
     };
@@ -122,36 +211,43 @@ pub fn verify_with(sink: &FileSink, key: Option<&[u8]>) -> Result<VerifyReport, 
     let n = trail.files().len();
     for (i, path) in trail.files().iter().enumerate() {
         v.later = trail.files()[i + 1..].to_vec();
-        v.file(path, i + 1 == n)
+        v.file(path, i == 0)
             .map_err(|e| Error::io("read audit file", path, e))?;
         if v.report.failure.is_some() {
             break;
         }
     }
     if v.report.failure.is_none() {
-        if let Some((file, line, _)) = v.torn.take() {
-            v.fail(
-                FailureKind::Malformed,
-                &file,
-                line,
-                "a line that is not a record, not acknowledged by a restart".into(),
-            );
-        }
+        v.end(n);
     }
     v.report.last_time = v.last_ts.map(|t| String::from_utf8_lossy(&t).into_owned());
     Ok(v.report)
 }
 
+/// A line that is not a record, waiting for the restart that names it.
+struct Junk {
+    file: PathBuf,
+    line: u64,
+    offset: u64,
+    len: u64,
+    sha256: String,
+    /// Whether it ended without a newline (the trail's last bytes).
+    unterminated: bool,
+}
+
 struct Verifier {
     hasher: Hasher,
+    keyed: bool,
+    expect_service: Option<String>,
     report: VerifyReport,
     /// Next expected seq and the hash it must link to.
     expect: Option<(u64, [u8; 64])>,
     /// The last record's timestamp (kept as bytes; no allocation per record).
     last_ts: Option<[u8; 27]>,
-    /// An unreadable line awaiting an `audit_started` that acknowledges it:
-    /// (file, line number, byte offset).
-    torn: Option<(PathBuf, u64, u64)>,
+    /// Lines since the last record that are not records.
+    junk: Vec<Junk>,
+    /// The last record was `audit_stopped`.
+    last_stopped: bool,
     /// Files after the one being read (searched when `seq` jumps ahead).
     later: Vec<PathBuf>,
 }
@@ -168,7 +264,33 @@ impl Verifier {
         }
     }
 
-    fn file(&mut self, path: &Path, newest: bool) -> std::io::Result<()> {
+    /// After the last file: junk nobody acknowledged, an empty trail.
+    fn end(&mut self, files: usize) {
+        if let Some(j) = self.junk.first() {
+            let (file, line, offset, len) = (j.file.clone(), j.line, j.offset, j.len);
+            if self.last_stopped {
+                let detail = format!("{len} bytes at offset {offset} follow a clean stop (audit_stopped): no crash leaves bytes there");
+                self.fail(FailureKind::Foreign, &file, line, detail);
+            } else {
+                let how = if self.junk.iter().any(|j| j.unterminated) {
+                    "the trail ends in a torn line"
+                } else {
+                    "the trail ends in lines that are not records"
+                };
+                let detail = format!(
+                    "{how} ({len} bytes at offset {offset}): a crash while writing, not yet acknowledged by a restart"
+                );
+                self.fail(FailureKind::TornTail, &file, line, detail);
+            }
+            return;
+        }
+        if self.report.records == 0 {
+            let detail = format!("no record in {files} file(s): nothing was verified");
+            self.fail(FailureKind::NoRecords, Path::new(""), 0, detail);
+        }
+    }
+
+    fn file(&mut self, path: &Path, first_file: bool) -> std::io::Result<()> {
         let mut r = BufReader::with_capacity(1 << 16, File::open(path)?);
         let mut buf = Vec::with_capacity(1024);
         let (mut line_no, mut offset) = (0u64, 0u64);
@@ -182,151 +304,81 @@ impl Verifier {
             line_no += 1;
             let at = offset;
             offset += n as u64;
-            let Some(line) = buf.strip_suffix(b"\n") else {
-                let (kind, what) = if newest {
-                    (
-                        FailureKind::TornTail,
-                        "the newest file ends in a torn line: a crash while writing, not tampering",
-                    )
-                } else {
-                    (
-                        FailureKind::Malformed,
-                        "an older file ends without a newline",
-                    )
-                };
-                self.fail(
-                    kind,
-                    path,
-                    line_no,
-                    format!("{what} ({n} bytes at offset {at})"),
-                );
-                return Ok(());
+            let (line, unterminated) = match buf.strip_suffix(b"\n") {
+                Some(l) => (l, false),
+                None => (&buf[..], true),
             };
             if line.is_empty() {
                 continue;
             }
             let link = match check_line(&self.hasher, line) {
-                Ok(l) => l,
-                Err(LinkError::Malformed) => {
-                    if self.torn.is_some() {
-                        let (f, l, _) = self.torn.take().unwrap_or_default();
-                        self.fail(
-                            FailureKind::Malformed,
-                            &f,
-                            l,
-                            "a line that is not a record".into(),
-                        );
-                        return Ok(());
-                    }
-                    self.torn = Some((path.to_path_buf(), line_no, at));
+                Ok(l) if !unterminated => l,
+                Ok(_) | Err(LinkError::Malformed) => {
+                    self.junk.push(Junk {
+                        file: path.to_path_buf(),
+                        line: line_no,
+                        offset: at,
+                        len: line.len() as u64,
+                        sha256: sha256_hex(line),
+                        unterminated,
+                    });
+                    continue;
+                }
+                Err(LinkError::HashMismatch)
+                    if self.last_stopped
+                        && (self.keyed
+                            || started_algorithm(line).as_deref() != Some("hmac-sha256")) =>
+                {
+                    // After a clean stop nothing may follow but a restart:
+                    // a line that does not check there is someone else's.
+                    self.junk.push(Junk {
+                        file: path.to_path_buf(),
+                        line: line_no,
+                        offset: at,
+                        len: line.len() as u64,
+                        sha256: sha256_hex(line),
+                        unterminated,
+                    });
                     continue;
                 }
                 Err(LinkError::HashMismatch) => {
-                    let unkeyed = matches!(self.hasher, Hasher::Plain);
-                    if unkeyed && started_algorithm(line).as_deref() == Some("hmac-sha256") {
-                        let detail = "this trail is keyed (HMAC-SHA-256); give its key".into();
-                        self.fail(FailureKind::KeyRequired, path, line_no, detail);
-                    } else {
-                        let hint = if unkeyed {
-                            " (or the trail is keyed and needs its key)"
-                        } else {
-                            ""
-                        };
-                        let detail = format!("the record's bytes do not match its hash{hint}");
-                        self.fail(FailureKind::Modified, path, line_no, detail);
-                    }
+                    self.hash_mismatch(path, line_no, line);
                     return Ok(());
                 }
             };
-            if let Some((file, l, off)) = self.torn.take() {
-                if !acknowledges(line, &file_name(&file), off) {
-                    self.fail(
-                        FailureKind::Malformed,
-                        &file,
-                        l,
-                        "a line that is not a record".into(),
-                    );
+            let record = match AuditRecord::parse(line) {
+                Ok(r) => r,
+                Err(e) => {
+                    let detail = format!("a sealed line that is not a record of the schema: {e}");
+                    self.fail(FailureKind::NotARecord, path, line_no, detail);
                     return Ok(());
                 }
-                self.report.notes.push(format!(
-                    "{}:{l}: torn line from a crash, acknowledged by the restart at seq {}",
-                    file.display(),
-                    link.seq
-                ));
+            };
+            if !self.junk.is_empty() && !self.acknowledge(&record, link.seq) {
+                return Ok(());
             }
-            match &self.expect {
-                None => {
-                    if link.seq == 0 && link.prev_hash != GENESIS {
-                        self.fail(
-                            FailureKind::BrokenLink,
-                            path,
-                            line_no,
-                            "seq 0 does not start from the genesis hash".into(),
-                        );
-                        return Ok(());
-                    }
-                    if link.seq > 0 {
-                        self.report.notes.push(format!(
-                            "the chain starts at seq {} (older files removed by retention, or deleted)",
-                            link.seq
-                        ));
-                    }
+            if let Some(want) = &self.expect_service {
+                if record.service.as_deref() != Some(want.as_str()) {
+                    let detail = format!(
+                        "record seq {} is from service {:?}, not {want:?}: the trail was replaced or mixed",
+                        link.seq, record.service
+                    );
+                    self.fail(FailureKind::OtherService, path, line_no, detail);
+                    return Ok(());
                 }
-                Some((seq, prev)) => {
-                    let (seq, ok_link) = (*seq, link.prev_hash.as_bytes() == &prev[..]);
-                    if link.seq != seq || !ok_link {
-                        let found = if link.seq > seq {
-                            self.find_seq(seq, path, offset)
-                        } else {
-                            None
-                        };
-                        let (kind, detail) = if let Some((f, l)) = found {
-                            let here = f == path;
-                            let kind = if here {
-                                FailureKind::InsertedOrReordered
-                            } else {
-                                FailureKind::FileOrder
-                            };
-                            let detail = format!(
-                                "seq {} comes here, but the expected seq {seq} is later, at {}:{l}: {} out of order",
-                                link.seq,
-                                f.display(),
-                                if here { "records" } else { "files" }
-                            );
-                            (kind, detail)
-                        } else if link.seq > seq && first_in_file {
-                            (FailureKind::MissingFile, format!("file starts at seq {} but the previous file ended at seq {}: a file or its last records are missing", link.seq, seq - 1))
-                        } else if link.seq > seq {
-                            (
-                                FailureKind::Deleted,
-                                format!(
-                                    "seq jumps from {} to {}: {} record(s) deleted",
-                                    seq - 1,
-                                    link.seq,
-                                    link.seq - seq
-                                ),
-                            )
-                        } else if link.seq < seq && first_in_file {
-                            (FailureKind::FileOrder, format!("file starts at seq {} but the previous file ended at seq {}: files out of order", link.seq, seq - 1))
-                        } else if link.seq < seq {
-                            (FailureKind::InsertedOrReordered, format!("seq {} after seq {}: a record was inserted, duplicated or moved", link.seq, seq - 1))
-                        } else if first_in_file {
-                            (
-                                FailureKind::BrokenLink,
-                                format!(
-                                    "seq {} does not link to the previous file's last record",
-                                    link.seq
-                                ),
-                            )
-                        } else {
-                            (FailureKind::InsertedOrReordered, format!("seq {} does not link to the record before it: a record was replaced", link.seq))
-                        };
-                        self.fail(kind, path, line_no, detail);
-                        return Ok(());
-                    }
+            }
+            if self.expect.is_none() {
+                self.chain_start(&link, &record, path, line_no, first_file && first_in_file);
+            } else if let Some((seq, prev)) = self.expect {
+                if link.seq != seq || link.prev_hash.as_bytes() != &prev[..] {
+                    self.broken(&link, seq, path, line_no, offset, first_in_file);
                 }
+            }
+            if self.report.failure.is_some() {
+                return Ok(());
             }
             first_in_file = false;
+            self.last_stopped = record.event_type.as_deref() == Some("audit_stopped");
             let mut next = [0u8; 64];
             next.copy_from_slice(link.hash.as_bytes());
             self.expect = Some((link.seq + 1, next));
@@ -343,6 +395,223 @@ impl Verifier {
             }
         }
     }
+
+    /// A well-formed line whose hash does not check: a missing or wrong
+    /// key, an algorithm switch, or an edit.
+    fn hash_mismatch(&mut self, path: &Path, line_no: u64, line: &[u8]) {
+        let declared = started_algorithm(line);
+        let (kind, detail) = if self.report.records == 0 && !self.keyed {
+            if declared.as_deref() == Some("hmac-sha256") {
+                (
+                    FailureKind::KeyRequired,
+                    "this trail is keyed (HMAC-SHA-256); give its key".to_owned(),
+                )
+            } else {
+                (
+                    FailureKind::Modified,
+                    "the record's bytes do not match its hash (or the trail is keyed and needs its key)".to_owned(),
+                )
+            }
+        } else if self.report.records == 0 && self.keyed {
+            if check_line(&Hasher::Plain, line).is_ok() {
+                (
+                    FailureKind::Modified,
+                    "a key was given, but the trail is an unkeyed SHA-256 chain: rewritten by someone without the key, or never keyed".to_owned(),
+                )
+            } else {
+                (
+                    FailureKind::WrongKey,
+                    "the key does not match the trail's first keyed record".to_owned(),
+                )
+            }
+        } else if !self.keyed && declared.as_deref() == Some("hmac-sha256") {
+            (
+                FailureKind::Modified,
+                "the chain switches to HMAC after an unkeyed start: a chain never changes algorithm"
+                    .to_owned(),
+            )
+        } else {
+            (
+                FailureKind::Modified,
+                "the record's bytes do not match its hash".to_owned(),
+            )
+        };
+        self.fail(kind, path, line_no, detail);
+    }
+
+    /// The record after junk must be the restart that names all of it by
+    /// content, after a run that did not stop cleanly.
+    fn acknowledge(&mut self, record: &AuditRecord, seq: u64) -> bool {
+        let junk = std::mem::take(&mut self.junk);
+        let first = &junk[0];
+        let (file, line) = (first.file.clone(), first.line);
+        if self.last_stopped {
+            let detail = format!(
+                "{} bytes at offset {} follow a clean stop (audit_stopped): no crash leaves bytes there",
+                first.len, first.offset
+            );
+            self.fail(FailureKind::Foreign, &file, line, detail);
+            return false;
+        }
+        let is_started = record.event_type.as_deref() == Some("audit_started");
+        let named = |key: &str, j: &Junk| {
+            record
+                .details
+                .get(key)
+                .and_then(|v| v.as_array())
+                .is_some_and(|a| {
+                    a.iter().any(|t| {
+                        t["file"] == file_name(&j.file).as_str()
+                            && t["offset"] == j.offset
+                            && t["bytes"] == j.len
+                            && t["sha256"] == j.sha256.as_str()
+                    })
+                })
+        };
+        if is_started && junk.iter().any(|j| named("foreign_tail", j)) {
+            let detail = "bytes the restart found after a clean stop and named as foreign".into();
+            self.fail(FailureKind::Foreign, &file, line, detail);
+            return false;
+        }
+        for j in &junk {
+            if !is_started || !named("torn_tail", j) {
+                let detail = format!(
+                    "a line that is not a record ({} bytes at offset {}), not acknowledged by content (file, offset, length, SHA-256) in the next audit_started",
+                    j.len, j.offset
+                );
+                self.fail(FailureKind::Malformed, &j.file, j.line, detail);
+                return false;
+            }
+        }
+        self.report.notes.push(format!(
+            "{}:{line}: {} torn line(s) from a crash, acknowledged by content by the restart at seq {seq}",
+            file.display(),
+            junk.len()
+        ));
+        true
+    }
+
+    /// The first record seen: genesis, or sealed retention at a file start.
+    fn chain_start(
+        &mut self,
+        link: &crate::chain::Link<'_>,
+        record: &AuditRecord,
+        path: &Path,
+        line_no: u64,
+        first_line: bool,
+    ) {
+        if link.seq == 0 {
+            if link.prev_hash != GENESIS {
+                let detail = "seq 0 does not start from the genesis hash".into();
+                self.fail(FailureKind::BrokenLink, path, line_no, detail);
+            }
+            return;
+        }
+        let opened = record.details.get("opened_file").and_then(|v| v.as_str());
+        let retention = record.details.get("retention").filter(|r| !r.is_null());
+        match (
+            first_line && opened == Some(file_name(path).as_str()),
+            retention,
+        ) {
+            (true, Some(r)) => self.report.notes.push(format!(
+                "the chain starts at seq {}: older files removed by the retention in force ({r})",
+                link.seq
+            )),
+            (true, None) => {
+                let detail = format!(
+                    "the chain starts at seq {}, and no retention was configured: {} record(s) deleted",
+                    link.seq, link.seq
+                );
+                self.fail(FailureKind::Deleted, path, line_no, detail);
+            }
+            (false, _) => {
+                let detail = format!(
+                    "the chain starts at seq {} inside a file (not where a file began): {} record(s) deleted",
+                    link.seq, link.seq
+                );
+                self.fail(FailureKind::Deleted, path, line_no, detail);
+            }
+        }
+    }
+
+    /// `seq` or the link is not what the chain expects: name the failure.
+    fn broken(
+        &mut self,
+        link: &crate::chain::Link<'_>,
+        seq: u64,
+        path: &Path,
+        line_no: u64,
+        offset: u64,
+        first_in_file: bool,
+    ) {
+        let found = if link.seq > seq {
+            self.find_seq(seq, path, offset)
+        } else {
+            None
+        };
+        let (kind, detail) = if let Some((f, l)) = found {
+            let here = f == path;
+            let kind = if here {
+                FailureKind::InsertedOrReordered
+            } else {
+                FailureKind::FileOrder
+            };
+            let detail = format!(
+                "seq {} comes here, but the expected seq {seq} is later, at {}:{l}: {} out of order",
+                link.seq,
+                f.display(),
+                if here { "records" } else { "files" }
+            );
+            (kind, detail)
+        } else if link.seq > seq && first_in_file {
+            (FailureKind::MissingFile, format!("file starts at seq {} but the previous file ended at seq {}: a file or its last records are missing", link.seq, seq - 1))
+        } else if link.seq > seq {
+            (
+                FailureKind::Deleted,
+                format!(
+                    "seq jumps from {} to {}: {} record(s) deleted",
+                    seq - 1,
+                    link.seq,
+                    link.seq - seq
+                ),
+            )
+        } else if link.seq < seq && first_in_file {
+            (FailureKind::FileOrder, format!("file starts at seq {} but the previous file ended at seq {}: files out of order", link.seq, seq - 1))
+        } else if link.seq < seq {
+            (
+                FailureKind::InsertedOrReordered,
+                format!(
+                    "seq {} after seq {}: a record was inserted, duplicated or moved",
+                    link.seq,
+                    seq - 1
+                ),
+            )
+        } else if first_in_file {
+            (
+                FailureKind::BrokenLink,
+                format!(
+                    "seq {} does not link to the previous file's last record",
+                    link.seq
+                ),
+            )
+        } else {
+            (
+                FailureKind::InsertedOrReordered,
+                format!(
+                    "seq {} does not link to the record before it: a record was replaced",
+                    link.seq
+                ),
+            )
+        };
+        self.fail(kind, path, line_no, detail);
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hex = [0u8; 64];
+    crate::encode::hex_into(&mut hex, &Sha256::digest(bytes).into());
+    String::from_utf8_lossy(&hex).into_owned()
 }
 
 impl Verifier {
@@ -410,18 +679,4 @@ fn started_algorithm(line: &[u8]) -> Option<String> {
         return None;
     }
     Some(v.get("details")?.get("chain")?.as_str()?.to_owned())
-}
-
-/// Whether a (verified) line is an `audit_started` naming a torn line at
-/// `file`/`offset`.
-fn acknowledges(line: &[u8], file: &str, offset: u64) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
-        return false;
-    };
-    if v["event_type"] != "audit_started" {
-        return false;
-    }
-    v["details"]["torn_tail"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|t| t["file"] == file && t["offset"] == offset))
 }

@@ -1,24 +1,42 @@
-//! The pipeline worker: the one thread that orders records.
+//! The pipeline worker: the one thread that orders, writes and syncs records.
 //!
-//! It takes record bodies from the queue in batches, gives each its `seq`
-//! and hash ([`Chain::seal`]), writes the batch to the file in one call,
-//! hands each sealed line to the forwarders (syslog), and syncs:
+//! Each turn of its loop is one [`Step`]:
 //!
-//! - at once when the batch holds a durable record or a flush — one
-//!   `fdatasync` answers every waiter of the batch (group commit);
-//! - otherwise at most `sync_interval` after the first unsynced write.
+//! 1. **Intake.** When the last batch is written, it takes record bodies
+//!    from the queue, gives each its `seq` and hash ([`Chain::seal`]) and
+//!    appends the sealed line to the batch. Before the first record of a
+//!    batch it asks the file writer whether the rotation period turned; a new
+//!    file begins with an `audit_file_opened` record, so a batch, and every
+//!    record in it, goes whole into one file.
+//! 2. **Write** the batch in one call, then hand each line to the
+//!    forwarders (syslog). A failed write leaves the batch whole (the writer
+//!    cut the file back) for a retry.
+//! 3. **Sync** at once when the batch held a durable record or a flush (one
+//!    `fdatasync` answers every waiter: group commit), otherwise at most
+//!    `sync_interval` after the first unsynced write. A waiter is answered
+//!    only by a sync that succeeded after its record was written; while
+//!    syncs fail, durable callers wait.
+//! 4. **Failure** of a write or sync starts an episode: said once on
+//!    stderr, counted, `storage_failing` set; retries back off from 10 ms to
+//!    1 s; intake stops while a batch is unwritten, so the queue pushes back.
 //!
 //! While records keep coming, the worker polls the queue (a short
-//! `park_timeout`) instead of blocking on it, so an ordinary `send` from the
-//! application never has to wake it with a system call; callers that wait
-//! (durable records, flushes, shutdown) unpark it. After 5 ms without work
-//! it blocks on the queue again.
+//! `park_timeout`) instead of blocking on it, so an ordinary `send` never
+//! has to wake it with a system call; callers that wait unpark it.
 //!
-//! It also writes the trail's own records: `audit_started` (with how the
-//! chain was resumed and any torn line it found), `records_lost` (exact
-//! count of lossy drops) and `audit_stopped`.
+//! **Shutdown** begins when the guard sets the `closed` flag: from then on
+//! new records are refused and counted by the submitter. The worker takes
+//! what is queued, writes `audit_stopped` and syncs, all before the
+//! shutdown grace runs out. Past it, what is still unwritten is counted as
+//! dropped and said on stderr. Last, it waits for submissions still under
+//! way and counts whatever they queued: every record is written or counted.
+//!
+//! It also writes the trail's own records: `audit_started` (how the chain
+//! was resumed, what junk it skipped, the retention in force),
+//! `audit_file_opened`, `records_lost` (exact counts by cause),
+//! `audit_config_warning` and `audit_stopped`.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -29,7 +47,7 @@ use crate::capture::Capture;
 use crate::chain::Chain;
 use crate::encode;
 use crate::file::{FileWriter, Resume};
-use crate::pipeline::{Counters, Msg, Pending};
+use crate::pipeline::{Counters, DropCause, Msg, Pending};
 use crate::record::{encode_body, Source, Statics};
 
 /// Largest batch written in one call.
@@ -38,6 +56,9 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 const POLL_FOR: Duration = Duration::from_millis(5);
 /// How often it looks while polling.
 const POLL_EVERY: Duration = Duration::from_micros(200);
+/// First and longest wait before retrying a failed write or sync.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Somewhere sealed lines go besides the file (the syslog sinks).
 pub(crate) trait LineSink: Send + std::fmt::Debug {
@@ -56,139 +77,251 @@ pub(crate) struct Worker {
     pub(crate) forwards: Vec<Box<dyn LineSink>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) sync_interval: Duration,
+    pub(crate) shutdown_grace: Duration,
     pub(crate) statics: Statics,
-    pub(crate) limit: usize,
+    pub(crate) value_limit: usize,
     pub(crate) resume: Resume,
+    /// The retention in force, as JSON (sealed into the trail).
+    pub(crate) retention: String,
+    /// Said once in the trail after `audit_started` (e.g. the directory mode).
+    pub(crate) config_warnings: Vec<String>,
     pub(crate) pid: u32,
 }
 
+/// What one turn of the loop decided.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Continue,
+    Done,
+}
+
+/// The worker's moving parts.
 struct State {
     batch: Vec<u8>,
     /// End offsets of the lines in `batch` (for forwarding).
     ends: Vec<usize>,
     records_in_batch: u64,
-    waiters: Vec<SyncSender<bool>>,
+    /// Waiters of what is in `batch`.
+    batch_waiters: Vec<SyncSender<bool>>,
+    /// Waiters whose records are written and wait for a sync.
+    sync_waiters: Vec<SyncSender<bool>>,
+    /// Written and not yet synced since.
     unsynced_since: Option<Instant>,
+    want_sync: bool,
     lost_reported: u64,
     capture: Capture,
     body: Vec<u8>,
     /// An application record has arrived (so a subscriber is installed).
     saw_app: bool,
     level_checked: bool,
+    /// `audit_started` is still to be sealed (the file was not ready).
+    started_pending: bool,
+    /// Set when shutdown began: the grace's end.
+    deadline: Option<Instant>,
+    stopped_sealed: bool,
+    /// When the next retry of a failed write or sync may run.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    last_busy: Instant,
+    /// The file the batch goes to was just created (set by `prepare`).
+    opened: Option<crate::file::writer::Opened>,
 }
 
 impl Worker {
-    /// Runs until `Shutdown` or until every sender is gone.
+    /// Runs until shutdown (or until every sender is gone).
     pub(crate) fn run(mut self) {
         let mut st = State {
             batch: Vec::with_capacity(64 * 1024),
             ends: Vec::new(),
             records_in_batch: 0,
-            waiters: Vec::new(),
+            batch_waiters: Vec::new(),
+            sync_waiters: Vec::new(),
             unsynced_since: None,
+            want_sync: true,
             lost_reported: 0,
-            capture: Capture::new(self.limit),
+            capture: Capture::new(self.value_limit),
             body: Vec::new(),
             saw_app: false,
             level_checked: false,
+            started_pending: true,
+            deadline: None,
+            stopped_sealed: false,
+            retry_at: None,
+            backoff: BACKOFF_MIN,
+            last_busy: Instant::now(),
+            opened: None,
         };
-        self.started(&mut st);
-        let mut want_sync = true;
-        let mut stop = false;
-        let mut last_busy = Instant::now();
-        loop {
-            // Only take more when the last batch went out (a failing disk
-            // stops intake, so the queue applies backpressure).
-            if !stop && st.batch.is_empty() {
-                let timeout = match st.unsynced_since {
-                    Some(t) => self.sync_interval.saturating_sub(t.elapsed()),
-                    None => self.sync_interval,
-                };
-                let mut n = self.drain(&mut st, &mut want_sync, &mut stop);
-                if n == 0 && !stop {
-                    if last_busy.elapsed() < POLL_FOR {
-                        // Recently busy: poll, so senders never pay for a wake-up.
-                        std::thread::park_timeout(POLL_EVERY.min(timeout));
-                    } else {
-                        match self.rx.recv_timeout(timeout) {
-                            Ok(m) => {
-                                n += 1;
-                                self.take(&mut st, m, &mut want_sync, &mut stop)
-                            }
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => stop = true,
-                        }
-                    }
-                    n += self.drain(&mut st, &mut want_sync, &mut stop);
-                }
-                if n > 0 {
-                    last_busy = Instant::now();
-                }
-            } else if !stop {
-                std::thread::sleep(Duration::from_millis(50));
+        while self.step(&mut st) == Step::Continue {}
+        self.finish(&mut st);
+    }
+
+    fn step(&mut self, st: &mut State) -> Step {
+        if st.deadline.is_none() && self.counters.closed.load(SeqCst) {
+            st.deadline = Some(Instant::now() + self.shutdown_grace);
+        }
+        let now = Instant::now();
+        let healthy = st.retry_at.is_none_or(|t| now >= t);
+        let stopping = st.deadline.is_some();
+        if stopping && !st.stopped_sealed {
+            // Read before the last look at the queue: once nothing is under
+            // way, every later submission sees `closed` and is refused, so
+            // nothing can follow `audit_stopped`.
+            let settled = self.counters.inflight.load(SeqCst) == 0;
+            self.take_all(st);
+            self.report_lost(st);
+            self.check_max_level(st);
+            if settled && self.prepare(st) {
+                self.stopped(st);
+                st.stopped_sealed = true;
+                st.want_sync = true;
             }
-            if stop {
-                // Whatever is still queued was sent before the shutdown.
-                while let Ok(m) = self.rx.try_recv() {
-                    let mut ignore = false;
-                    self.take(&mut st, m, &mut want_sync, &mut ignore);
-                }
+        } else if !stopping && healthy && st.batch.is_empty() && self.prepare(st) {
+            self.intake(st);
+        }
+        if !stopping {
+            self.report_lost(st);
+            self.check_max_level(st);
+        }
+        if healthy {
+            self.write_and_sync(st, stopping);
+        }
+        if let Some(deadline) = st.deadline {
+            let settled = st.stopped_sealed
+                && st.batch.is_empty()
+                && st.unsynced_since.is_none()
+                && st.sync_waiters.is_empty();
+            if settled {
+                return Step::Done;
             }
-            self.report_lost(&mut st);
-            self.check_max_level(&mut st);
-            if stop {
-                self.stopped(&mut st);
-                want_sync = true;
-            }
-            let written = self.write_batch(&mut st);
-            let due = st
-                .unsynced_since
-                .is_some_and(|t| t.elapsed() >= self.sync_interval);
-            if written && (want_sync || due || stop) {
-                let ok = self.sync(&mut st);
-                for w in st.waiters.drain(..) {
-                    let _ = w.try_send(ok);
-                }
-                want_sync = false;
-            }
-            if stop && (written || self.give_up(&mut st)) {
-                break;
+            if Instant::now() >= deadline {
+                self.give_up(st);
+                return Step::Done;
             }
         }
-        for f in &mut self.forwards {
-            f.close();
+        if let Some(t) = st.retry_at {
+            let wait = t.saturating_duration_since(Instant::now());
+            std::thread::park_timeout(wait.min(Duration::from_millis(50)));
+        }
+        Step::Continue
+    }
+
+    /// Makes the file ready for a new batch (rotation, `audit_started`).
+    /// Only when the batch is empty: a batch never spans two files.
+    fn prepare(&mut self, st: &mut State) -> bool {
+        if !st.batch.is_empty() {
+            return true;
+        }
+        let now = SystemTime::now();
+        if let Some(file) = &mut self.file {
+            if file.rotation_due(now) {
+                match file.rotate(now) {
+                    Ok(opened) => {
+                        self.recovered();
+                        st.opened = Some(opened);
+                    }
+                    Err(e) => {
+                        self.failure(st, format!("cannot start the audit file: {e}"));
+                        return false;
+                    }
+                }
+            }
+        }
+        if st.started_pending {
+            st.started_pending = false;
+            self.started(st);
+            for w in std::mem::take(&mut self.config_warnings) {
+                eprintln!("tracing-audit: {w}");
+                self.own_record(st, "audit_config_warning", &Level::WARN, &w, |_| {});
+            }
+        } else if let Some(o) = st.opened.take().filter(|o| o.created) {
+            let retention = self.retention.clone();
+            let msg = format!("audit file {} opened", o.name);
+            let algorithm = self.chain.hasher().algorithm();
+            self.own_record(st, "audit_file_opened", &Level::INFO, &msg, |c| {
+                c.detail_str("chain", algorithm);
+                c.detail_str("opened_file", &o.name);
+                match &o.previous {
+                    Some(p) => c.detail_str("previous_file", p),
+                    None => c.detail_raw("previous_file", b"null"),
+                }
+                c.detail_raw("retention", retention.as_bytes());
+            });
+        }
+        st.opened = None;
+        true
+    }
+
+    /// Takes what is queued, blocking a little when nothing is.
+    fn intake(&mut self, st: &mut State) {
+        let timeout = match st.unsynced_since {
+            Some(t) => self.sync_interval.saturating_sub(t.elapsed()),
+            None => self.sync_interval,
+        };
+        let mut n = self.drain(st, MAX_BATCH_BYTES);
+        if n == 0 {
+            if st.last_busy.elapsed() < POLL_FOR {
+                // Recently busy: poll, so senders never pay for a wake-up.
+                std::thread::park_timeout(POLL_EVERY.min(timeout));
+            } else {
+                match self.rx.recv_timeout(timeout) {
+                    Ok(m) => {
+                        n += 1;
+                        self.take(st, m);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.counters.closed.store(true, SeqCst);
+                    }
+                }
+            }
+            n += self.drain(st, MAX_BATCH_BYTES);
+        }
+        if n > 0 {
+            st.last_busy = Instant::now();
         }
     }
 
+    /// During shutdown: takes everything queued (bounded by the queue's
+    /// capacity, since new records are refused), into the current batch.
+    fn take_all(&mut self, st: &mut State) {
+        if st.batch.is_empty() && !self.prepare(st) {
+            return;
+        }
+        self.drain(st, usize::MAX);
+    }
+
     /// Takes what is queued, without blocking; returns how many messages.
-    fn drain(&mut self, st: &mut State, want_sync: &mut bool, stop: &mut bool) -> usize {
+    fn drain(&mut self, st: &mut State, max_bytes: usize) -> usize {
         let mut n = 0;
-        while !*stop && st.batch.len() < MAX_BATCH_BYTES {
+        while st.batch.len() < max_bytes {
             match self.rx.try_recv() {
                 Ok(m) => {
                     n += 1;
-                    self.take(st, m, want_sync, stop);
+                    self.take(st, m);
                 }
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => *stop = true,
+                Err(TryRecvError::Disconnected) => {
+                    self.counters.closed.store(true, SeqCst);
+                    break;
+                }
             }
         }
         n
     }
 
-    fn take(&mut self, st: &mut State, m: Msg, want_sync: &mut bool, stop: &mut bool) {
+    fn take(&mut self, st: &mut State, m: Msg) {
         match m {
             Msg::Record(p) => {
                 st.saw_app = true;
                 // A durable record is synced with this batch (group commit).
-                *want_sync |= p.done.is_some();
+                st.want_sync |= p.done.is_some();
                 self.seal(st, p);
             }
             Msg::Flush(w) => {
-                st.waiters.push(w);
-                *want_sync = true;
+                st.batch_waiters.push(w);
+                st.want_sync = true;
             }
-            Msg::Shutdown => *stop = true,
+            Msg::Wake => {}
         }
     }
 
@@ -197,7 +330,120 @@ impl Worker {
         st.ends.push(st.batch.len());
         st.records_in_batch += 1;
         if let Some(w) = p.done {
-            st.waiters.push(w);
+            st.batch_waiters.push(w);
+        }
+    }
+
+    /// Writes the batch, then syncs if a waiter, the interval or shutdown
+    /// asks for it.
+    fn write_and_sync(&mut self, st: &mut State, stopping: bool) {
+        if !st.batch.is_empty() || !st.batch_waiters.is_empty() {
+            if let Err(e) = self.write_batch(st) {
+                self.failure(st, format!("audit file write failed: {e}"));
+                return;
+            }
+        }
+        let due = st
+            .unsynced_since
+            .is_some_and(|t| t.elapsed() >= self.sync_interval);
+        let wanted = st.want_sync || due || (stopping && st.stopped_sealed);
+        if !wanted || (st.unsynced_since.is_none() && st.sync_waiters.is_empty()) {
+            st.want_sync = false;
+            return;
+        }
+        match self.file.as_mut().map_or(Ok(()), FileWriter::sync) {
+            Ok(()) => {
+                if st.unsynced_since.is_some() {
+                    self.counters.syncs.fetch_add(1, Relaxed);
+                }
+                self.take_writer_warning();
+                self.recovered();
+                st.unsynced_since = None;
+                st.want_sync = false;
+                for w in st.sync_waiters.drain(..) {
+                    let _ = w.try_send(true);
+                }
+            }
+            Err(e) => {
+                self.take_writer_warning();
+                self.counters.sync_errors.fetch_add(1, Relaxed);
+                self.failure(st, format!("audit file sync failed: {e}"));
+            }
+        }
+    }
+
+    /// Writes the whole batch or nothing of it.
+    fn write_batch(&mut self, st: &mut State) -> std::io::Result<()> {
+        if !st.batch.is_empty() {
+            if let Some(file) = &mut self.file {
+                self.counters.writes.fetch_add(1, Relaxed);
+                file.write(&st.batch)?;
+            }
+            self.take_writer_warning();
+            let batch = std::mem::take(&mut st.batch);
+            self.forward(&batch, &st.ends);
+            st.batch = batch;
+            self.counters
+                .records_written
+                .fetch_add(st.records_in_batch, Relaxed);
+            self.counters
+                .bytes_written
+                .fetch_add(st.batch.len() as u64, Relaxed);
+            st.unsynced_since.get_or_insert_with(Instant::now);
+            st.batch.clear();
+            st.ends.clear();
+            st.records_in_batch = 0;
+        }
+        st.sync_waiters.append(&mut st.batch_waiters);
+        if self.file.is_none() {
+            st.unsynced_since.get_or_insert_with(Instant::now);
+        }
+        Ok(())
+    }
+
+    fn take_writer_warning(&mut self) {
+        if let Some(w) = self.file.as_mut().and_then(FileWriter::take_warning) {
+            eprintln!("tracing-audit: {w}");
+            self.counters.error(&self.counters.write_errors, w);
+        }
+    }
+
+    /// A failed write or sync: counted, said once per episode, retried
+    /// after a growing pause.
+    fn failure(&mut self, st: &mut State, msg: String) {
+        self.counters
+            .error(&self.counters.write_errors, msg.clone());
+        if !self.counters.storage_failing.swap(true, SeqCst) {
+            eprintln!(
+                "tracing-audit: {msg}; retrying (durable records wait until a sync succeeds)"
+            );
+            st.backoff = BACKOFF_MIN;
+        } else {
+            st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
+        }
+        st.retry_at = Some(Instant::now() + st.backoff);
+    }
+
+    fn recovered(&mut self) {
+        if self.counters.storage_failing.swap(false, SeqCst) {
+            eprintln!("tracing-audit: the audit file is writable and synced again");
+        }
+    }
+
+    /// Hands complete lines of `bytes` (those ending within it) to the forwarders.
+    fn forward(&mut self, bytes: &[u8], ends: &[usize]) {
+        if self.forwards.is_empty() {
+            return;
+        }
+        let mut start = 0;
+        for &end in ends {
+            if end > bytes.len() {
+                break;
+            }
+            for f in &mut self.forwards {
+                f.send_line(&bytes[start..end]);
+            }
+            start = end;
         }
     }
 
@@ -210,7 +456,7 @@ impl Worker {
         message: &str,
         details: impl FnOnce(&mut Capture),
     ) {
-        st.capture.reset(self.limit);
+        st.capture.reset(self.value_limit);
         st.capture.set_event_type(event);
         st.capture.set_message(message);
         st.capture
@@ -229,30 +475,45 @@ impl Worker {
             now,
             &self.statics,
             source,
-            self.limit,
+            self.value_limit,
         );
         let body = std::mem::take(&mut st.body);
         self.seal(
             st,
             Pending {
-                id: crate::layer::uuid_at(now),
+                id: crate::record::uuid_at(now),
                 body,
                 done: None,
             },
         );
-        st.body = Vec::new();
     }
 
     fn started(&mut self, st: &mut State) {
         let algorithm = self.chain.hasher().algorithm();
         let resumed = self.resume.last.as_ref().map(|(s, _)| *s);
-        let torn = std::mem::take(&mut self.resume.torn);
+        let junk = std::mem::take(&mut self.resume.junk);
+        let foreign = self.resume.clean_stop && !junk.is_empty();
+        let completed = self.resume.completed.take();
         let pid = self.pid;
-        let msg = match resumed {
-            Some(s) => format!("audit trail resumed after seq {s}"),
-            None => "audit trail started".to_owned(),
+        let retention = self.retention.clone();
+        let opened = st
+            .opened
+            .as_ref()
+            .filter(|o| o.created)
+            .map(|o| o.name.clone());
+        let msg = match (resumed, foreign) {
+            (_, true) => format!(
+                "audit trail resumed after seq {}; {} piece(s) of foreign bytes follow the last clean stop",
+                resumed.unwrap_or(0),
+                junk.len()
+            ),
+            (Some(s), false) => format!("audit trail resumed after seq {s}"),
+            (None, false) => "audit trail started".to_owned(),
         };
-        let level = if torn.is_empty() {
+        if foreign {
+            eprintln!("tracing-audit: {msg}: the trail was written to by someone else (verify reports it)");
+        }
+        let level = if junk.is_empty() {
             Level::INFO
         } else {
             Level::WARN
@@ -265,42 +526,66 @@ impl Worker {
                 Some(s) => c.detail_u64("resumed_after_seq", s),
                 None => c.detail_raw("resumed_after_seq", b"null"),
             }
-            if !torn.is_empty() {
+            match &opened {
+                Some(f) => c.detail_str("opened_file", f),
+                None => c.detail_raw("opened_file", b"null"),
+            }
+            c.detail_raw("retention", retention.as_bytes());
+            if let Some((file, bytes)) = &completed {
+                let mut json = b"{\"file\":".to_vec();
+                encode::write_plain_str(&mut json, file);
+                json.extend_from_slice(b",\"bytes_added\":");
+                encode::write_u64(&mut json, *bytes);
+                json.push(b'}');
+                c.detail_raw("completed_record", &json);
+            }
+            if !junk.is_empty() {
                 let mut json = vec![b'['];
-                for (i, (file, offset, len)) in torn.iter().enumerate() {
+                for (i, j) in junk.iter().enumerate() {
                     if i > 0 {
                         json.push(b',');
                     }
-                    json.extend_from_slice(b"{\"file\":");
-                    encode::write_plain_str(&mut json, file);
-                    json.extend_from_slice(b",\"offset\":");
-                    encode::write_u64(&mut json, *offset);
-                    json.extend_from_slice(b",\"bytes\":");
-                    encode::write_u64(&mut json, *len);
-                    json.push(b'}');
+                    j.write_json(&mut json);
                 }
                 json.push(b']');
-                c.detail_raw("torn_tail", &json);
+                let key = if foreign { "foreign_tail" } else { "torn_tail" };
+                c.detail_raw(key, &json);
             }
         });
     }
 
     fn report_lost(&mut self, st: &mut State) {
-        let dropped = self.counters.records_dropped.load(Relaxed);
-        if dropped > st.lost_reported {
-            let n = dropped - st.lost_reported;
-            st.lost_reported = dropped;
-            self.own_record(
-                st,
-                "records_lost",
-                &Level::ERROR,
-                "audit records were dropped: the queue was full",
-                |c| {
-                    c.detail_u64("count", n);
-                    c.detail_u64("total", dropped);
-                },
-            );
+        let c = &self.counters;
+        let dropped = c.records_dropped.load(Relaxed);
+        if dropped <= st.lost_reported || (st.batch.is_empty() && !self.prepare(st)) {
+            return;
         }
+        let c = &self.counters;
+        let n = dropped - st.lost_reported;
+        st.lost_reported = dropped;
+        let full = c.dropped_queue_full.load(Relaxed);
+        let closed = c.dropped_closed.load(Relaxed);
+        let panic = c.dropped_panic.load(Relaxed);
+        let unwritten = c.dropped_unwritten.load(Relaxed);
+        let mut causes = Vec::new();
+        for (k, what) in [
+            (full, "the queue was full (lossy mode)"),
+            (closed, "sent after shutdown began"),
+            (panic, "a panic while recording the event"),
+            (unwritten, "unwritable before the shutdown grace ran out"),
+        ] {
+            if k > 0 {
+                causes.push(format!("{k} {what}"));
+            }
+        }
+        let msg = format!("audit records were dropped: {}", causes.join("; "));
+        self.own_record(st, "records_lost", &Level::ERROR, &msg, |c| {
+            c.detail_u64("count", n);
+            c.detail_u64("total", dropped);
+            c.detail_u64("queue_full", full);
+            c.detail_u64("after_shutdown", closed);
+            c.detail_u64("panic", panic);
+        });
     }
 
     /// A global filter (an `EnvFilter` added with `.with(..)`, say) caps
@@ -309,6 +594,9 @@ impl Worker {
     fn check_max_level(&mut self, st: &mut State) {
         use tracing_core::LevelFilter;
         if st.level_checked || !st.saw_app {
+            return;
+        }
+        if st.batch.is_empty() && !self.prepare(st) {
             return;
         }
         st.level_checked = true;
@@ -343,108 +631,56 @@ impl Worker {
         );
     }
 
-    /// Writes the batch; on failure keeps the unwritten part for a retry.
-    fn write_batch(&mut self, st: &mut State) -> bool {
-        if st.batch.is_empty() {
-            return true;
-        }
-        if let Some(file) = &mut self.file {
-            self.counters.writes.fetch_add(1, Relaxed);
-            if let Err((done, e)) = file.write(&st.batch) {
-                self.counters.error(
-                    &self.counters.write_errors,
-                    format!("audit file write failed: {e}"),
-                );
-                // Drop the part that did reach the file; keep the rest.
-                self.forward(&st.batch[..done], &st.ends);
-                st.batch.drain(..done);
-                let mut removed = 0;
-                st.ends.retain(|&e| {
-                    let keep = e > done;
-                    removed += u64::from(!keep);
-                    keep
-                });
-                for e in &mut st.ends {
-                    *e -= done;
-                }
-                self.counters.records_written.fetch_add(removed, Relaxed);
-                st.records_in_batch -= removed;
-                self.counters.bytes_written.fetch_add(done as u64, Relaxed);
-                st.unsynced_since.get_or_insert_with(Instant::now);
-                return false;
+    /// The shutdown grace ran out: count what is not written, say so, and
+    /// release every waiter.
+    fn give_up(&mut self, st: &mut State) {
+        let lost = st.records_in_batch;
+        self.counters.dropped(DropCause::Unwritten, lost);
+        let unsynced = st.unsynced_since.is_some();
+        eprintln!(
+            "tracing-audit: shutdown grace of {:?} ran out: {lost} audit record(s) could not be written{}",
+            self.shutdown_grace,
+            if unsynced {
+                "; records written since the last good sync may not be on disk"
+            } else {
+                ""
             }
-        }
-        if let Some(w) = self.file.as_mut().and_then(FileWriter::take_warning) {
-            self.counters.error(&self.counters.write_errors, w);
-        }
-        let batch = std::mem::take(&mut st.batch);
-        self.forward(&batch, &st.ends);
-        st.batch = batch;
-        self.counters
-            .records_written
-            .fetch_add(st.records_in_batch, Relaxed);
-        self.counters
-            .bytes_written
-            .fetch_add(st.batch.len() as u64, Relaxed);
-        st.unsynced_since.get_or_insert_with(Instant::now);
+        );
         st.batch.clear();
         st.ends.clear();
         st.records_in_batch = 0;
-        true
-    }
-
-    /// Hands complete lines of `bytes` (those ending within it) to the forwarders.
-    fn forward(&mut self, bytes: &[u8], ends: &[usize]) {
-        if self.forwards.is_empty() {
-            return;
-        }
-        let mut start = 0;
-        for &end in ends {
-            if end > bytes.len() {
-                break;
-            }
-            for f in &mut self.forwards {
-                f.send_line(&bytes[start..end]);
-            }
-            start = end;
-        }
-    }
-
-    fn sync(&mut self, st: &mut State) -> bool {
-        st.unsynced_since = None;
-        let Some(file) = &mut self.file else {
-            return true;
-        };
-        match file.sync() {
-            Ok(()) => {
-                self.counters.syncs.fetch_add(1, Relaxed);
-                true
-            }
-            Err(e) => {
-                self.counters.error(
-                    &self.counters.write_errors,
-                    format!("audit file sync failed: {e}"),
-                );
-                false
-            }
-        }
-    }
-
-    /// On shutdown with a failing disk: try a few times, then count the
-    /// unwritten records as dropped, say so on stderr, and stop.
-    fn give_up(&mut self, st: &mut State) -> bool {
-        for _ in 0..5 {
-            std::thread::sleep(Duration::from_millis(100));
-            if self.write_batch(st) {
-                return true;
-            }
-        }
-        let lost = st.records_in_batch;
-        self.counters.records_dropped.fetch_add(lost, Relaxed);
-        eprintln!("tracing-audit: {lost} audit records could not be written at shutdown");
-        for w in st.waiters.drain(..) {
+        for w in st.batch_waiters.drain(..).chain(st.sync_waiters.drain(..)) {
             let _ = w.try_send(false);
         }
-        true
+    }
+
+    /// After the loop: waits (briefly) for submissions under way and counts
+    /// whatever is still queued, then closes the forwarders.
+    fn finish(&mut self, st: &mut State) {
+        self.counters.closed.store(true, SeqCst);
+        let until = Instant::now() + Duration::from_secs(1);
+        loop {
+            let settled = self.counters.inflight.load(SeqCst) == 0;
+            while let Ok(m) = self.rx.try_recv() {
+                match m {
+                    Msg::Record(_) => self.counters.dropped(DropCause::Unwritten, 1),
+                    Msg::Flush(w) => {
+                        let _ = w.try_send(false);
+                    }
+                    Msg::Wake => {}
+                }
+            }
+            if settled || Instant::now() >= until {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        let lost = self.counters.records_dropped.load(Relaxed) - st.lost_reported;
+        if lost > 0 && st.stopped_sealed {
+            eprintln!("tracing-audit: {lost} audit record(s) arrived during shutdown and were dropped (counted in records_dropped)");
+        }
+        for f in &mut self.forwards {
+            f.close();
+        }
     }
 }

@@ -53,7 +53,7 @@ fn sample(dir: &std::path::Path, key: Option<&str>) {
 
 #[test]
 fn verify_exit_codes_and_json() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let d = dir.path().to_str().unwrap();
     sample(dir.path(), None);
     let ok = bin(&["verify", d]);
@@ -95,7 +95,7 @@ fn verify_exit_codes_and_json() {
 
 #[test]
 fn verify_with_key_from_env() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let d = dir.path().to_str().unwrap();
     sample(dir.path(), Some("cli-test-key-0123456789abcdef"));
     let no_key = bin(&["verify", d]);
@@ -114,7 +114,7 @@ fn verify_with_key_from_env() {
 
 #[test]
 fn query_filters_limit_and_json() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let d = dir.path().to_str().unwrap();
     sample(dir.path(), None);
     let o = bin(&[
@@ -175,7 +175,7 @@ fn query_filters_limit_and_json() {
 
 #[test]
 fn stats_counts() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let d = dir.path().to_str().unwrap();
     sample(dir.path(), None);
     let o = bin(&["stats", d, "--json"]);
@@ -204,7 +204,7 @@ fn stats_counts() {
 #[test]
 fn tail_follows_new_records() {
     use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let d = dir.path().to_str().unwrap();
     sample(dir.path(), None);
     let o = bin(&["tail", d, "-n", "3", "--json"]);

@@ -49,7 +49,7 @@ impl<S: tracing::Subscriber> Layer<S> for CountAll {
 
 #[test]
 fn records_follow_the_schema_and_other_layers_see_everything() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let seen = Arc::new(AtomicUsize::new(0));
     let (audit, guard) = AuditLayer::builder()
         .service("billing-api")
@@ -147,7 +147,7 @@ fn records_follow_the_schema_and_other_layers_see_everything() {
 
 #[test]
 fn span_context_inner_wins_event_wins_and_record_later_counts() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
     let sub = tracing_subscriber::registry().with(audit);
     tracing::subscriber::with_default(sub, || {
@@ -184,7 +184,7 @@ fn span_context_inner_wins_event_wins_and_record_later_counts() {
 
 #[test]
 fn instrumented_futures_on_multithread_runtime_keep_their_context() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -235,7 +235,7 @@ fn instrumented_futures_on_multithread_runtime_keep_their_context() {
 
 #[test]
 fn bad_values_are_kept_and_flagged() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
     tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
         tracing::error!(
@@ -273,7 +273,7 @@ fn bad_values_are_kept_and_flagged() {
 
 #[test]
 fn hostile_values_stay_on_one_valid_line() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder()
         .file(dir.path())
         .max_value_len(64 * 1024)
@@ -320,7 +320,7 @@ fn hostile_values_stay_on_one_valid_line() {
 
 #[test]
 fn files_are_private() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let trail = dir.path().join("nested/audit");
     let (audit, guard) = AuditLayer::builder().file(&trail).build().unwrap();
     tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
@@ -336,7 +336,7 @@ fn files_are_private() {
 
 #[test]
 fn broken_directory_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let err = AuditLayer::builder()
@@ -354,7 +354,7 @@ fn broken_directory_is_a_clear_error() {
 
 #[test]
 fn a_second_writer_on_the_same_directory_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (_a, guard) = AuditLayer::builder()
         .file(dir.path())
         .build::<tracing_subscriber::Registry>()
@@ -374,7 +374,7 @@ fn a_second_writer_on_the_same_directory_is_refused() {
 
 #[test]
 fn durable_records_are_synced_with_group_commit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     // An hour-long interval: only the durability rule can make this sync now.
     let (audit, guard) = AuditLayer::builder()
         .file(dir.path())
@@ -423,7 +423,7 @@ fn durable_records_are_synced_with_group_commit() {
 
 #[test]
 fn lossy_mode_counts_exactly_what_it_drops() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder()
         .file(dir.path())
         .queue_mode(QueueMode::Lossy)
@@ -477,7 +477,7 @@ fn lossy_mode_counts_exactly_what_it_drops() {
 
 #[test]
 fn restart_continues_the_chain() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     for run in 0..3 {
         let (audit, guard) = AuditLayer::builder()
             .file(FileSink::new(dir.path()))

@@ -36,7 +36,7 @@ fn panic_child() {
 
 #[test]
 fn panic_hook_flushes_what_was_emitted() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["panic_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(PANIC_ENV, dir.path())
@@ -77,7 +77,7 @@ fn crash_child() {
 
 #[test]
 fn sigkill_loses_no_acknowledged_record() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir.path())

@@ -10,7 +10,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 #[test]
 fn per_layer_console_filter_keeps_audit_events_and_a_global_one_is_reported() {
     // Right: the console's filter is its own.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
     let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::sink)
@@ -34,7 +34,7 @@ fn per_layer_console_filter_keeps_audit_events_and_a_global_one_is_reported() {
         .all(|r| r["event_type"] != "audit_config_warning"));
 
     // Wrong: a global EnvFilter; the INFO event is lost, and the trail says why.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
     let sub = tracing_subscriber::registry()
         .with(EnvFilter::new("warn"))

@@ -166,7 +166,7 @@ fn span_context_counts_and_no_audit_layer_needed() {
 
 #[test]
 fn alert_records_enter_the_audit_stream_without_loops() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
     let alerts = Arc::new(AtomicU64::new(0));
     let n = alerts.clone();
@@ -228,7 +228,7 @@ fn alert_records_enter_the_audit_stream_without_loops() {
 #[cfg(feature = "cli")]
 #[test]
 fn offline_report_matches_the_live_one() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
     let (layer, compliance) = PolicyLayer::builder()
         .policies(Policy::defaults())

@@ -24,7 +24,7 @@ fn a_panicking_field_and_a_reentrant_event_do_not_escape() {
             f.write_str("outer-value")
         }
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
     let handle = guard.handle();
     let sub = tracing_subscriber::registry().with(audit);

@@ -24,7 +24,7 @@ fn rotation_splits_between_records() {
     while second_of_minute() != 58 {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder()
         .file(FileSink::new(dir.path()).rotation(Rotation::MINUTELY))
         .build()
@@ -66,6 +66,10 @@ fn rotation_splits_between_records() {
     let r = verify(dir.path(), None).unwrap();
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(r.files, files.len());
-    let current = std::fs::read_link(dir.path().join(".current")).unwrap();
-    assert_eq!(current.file_name(), files.last().unwrap().file_name());
+    // The second file begins with the record that says it was opened.
+    assert_eq!(all[first_of_second]["event_type"], "audit_file_opened");
+    assert_eq!(
+        all[first_of_second]["details"]["previous_file"],
+        files[0].file_name().unwrap().to_str().unwrap()
+    );
 }

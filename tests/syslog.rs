@@ -281,10 +281,10 @@ fn tcp_octet_counting_and_lf_framing() {
     if !available() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
+    let work = common::tempdir();
     let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{TCP}"));
     let port = rs.port("tcp.port");
-    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_dir = common::tempdir();
     let stats = send(
         SyslogSink::tcp(format!("127.0.0.1:{port}")),
         500,
@@ -302,7 +302,7 @@ fn tcp_octet_counting_and_lf_framing() {
         assert_eq!(file[r.seq() as usize]["hash"], r.record["hash"]);
     }
 
-    let work2 = tempfile::tempdir().unwrap();
+    let work2 = common::tempdir();
     let rs2 = Rsyslog::start(work2.path(), &format!("{GLOBAL}\n{TCP}"));
     let port = rs2.port("tcp.port");
     send(
@@ -318,7 +318,7 @@ fn udp_datagrams() {
     if !available() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
+    let work = common::tempdir();
     let port = free_udp_port();
     let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{}\n{READY}", udp(port)));
     rs.port("ready.port"); // started
@@ -338,7 +338,7 @@ fn unix_datagram_socket() {
     if !available() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
+    let work = common::tempdir();
     let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{UNIX}\n{READY}"));
     rs.port("ready.port");
     let sock = work.path().join("log.sock");
@@ -355,7 +355,7 @@ fn hostile_values_never_break_framing() {
     if !available() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
+    let work = common::tempdir();
     let port = free_udp_port();
     let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{TCP}\n{}", udp(port)));
     let tcp = rs.port("tcp.port");
@@ -416,7 +416,7 @@ fn rfc3164_format_is_accepted() {
     if !available() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
+    let work = common::tempdir();
     let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{TCP}"));
     let port = rs.port("tcp.port");
     send(
@@ -452,7 +452,7 @@ fn relay_restart_mid_stream_loses_nothing() {
     if !available() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
+    let work = common::tempdir();
     let mut rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{TCP}"));
     let port = rs.port("tcp.port");
     let (audit, guard) = AuditLayer::builder()
@@ -532,7 +532,7 @@ fn tls_with_verified_server_certificate() {
     if !available() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
+    let work = common::tempdir();
     // A CA and a server certificate for 127.0.0.1, made here.
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -18,7 +18,7 @@ struct Export {
 
 #[test]
 fn structured_details_are_merged_with_types_kept() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
     let export = Export {
         rows: 1520,

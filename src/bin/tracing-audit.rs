@@ -35,6 +35,10 @@ struct Trail {
     /// File name suffix the trail was written with.
     #[arg(long, default_value = "jsonl")]
     suffix: String,
+    /// Environment variable holding the chain key (for HMAC trails):
+    /// without it, a keyed trail's records cannot be authenticated.
+    #[arg(long)]
+    key_env: Option<String>,
 }
 
 impl Trail {
@@ -42,6 +46,29 @@ impl Trail {
         FileSink::new(&self.dir)
             .prefix(self.prefix.clone())
             .suffix(self.suffix.clone())
+    }
+
+    fn key(&self) -> Result<Option<Vec<u8>>, Box<dyn std::error::Error>> {
+        Ok(match &self.key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(k.into_bytes()),
+                _ => return Err(format!("environment variable {var} is unset or empty").into()),
+            },
+            None => None,
+        })
+    }
+
+    /// The trail opened for reading, keyed when a key was given; warns on
+    /// stderr when a keyed trail is read without its key.
+    fn open(&self) -> Result<AuditTrail, Box<dyn std::error::Error>> {
+        let mut t = AuditTrail::open_with(&self.sink())?;
+        if let Some(k) = self.key()? {
+            t = t.with_key(&k);
+        }
+        if t.unverified() {
+            eprintln!("warning: this trail is keyed (HMAC) and no --key-env was given: records are shown UNVERIFIED; anyone who can write the files could have forged them");
+        }
+        Ok(t)
     }
 }
 
@@ -94,9 +121,10 @@ enum Cmd {
     Verify {
         #[command(flatten)]
         trail: Trail,
-        /// Environment variable holding the chain key (for HMAC trails).
+        /// Fail unless every record is from this service (catches a trail
+        /// replaced by another service's written under the same key).
         #[arg(long)]
-        key_env: Option<String>,
+        expect_service: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -174,9 +202,9 @@ fn run(cli: Cli) -> Res {
     match cli.cmd {
         Cmd::Verify {
             trail,
-            key_env,
+            expect_service,
             json,
-        } => verify(&trail, key_env.as_deref(), json),
+        } => verify(&trail, expect_service, json),
         Cmd::Query {
             trail,
             filters,
@@ -210,18 +238,16 @@ fn run(cli: Cli) -> Res {
     }
 }
 
-fn verify(trail: &Trail, key_env: Option<&str>, json: bool) -> Res {
+fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
     if !trail.dir.is_dir() {
         return Err(format!("{} is not a directory", trail.dir.display()).into());
     }
-    let key = match key_env {
-        Some(var) => match std::env::var(var) {
-            Ok(k) if !k.is_empty() => Some(k.into_bytes()),
-            _ => return Err(format!("environment variable {var} is unset or empty").into()),
-        },
-        None => None,
-    };
-    let report = tracing_audit::verify_with(&trail.sink(), key.as_deref())?;
+    let key = trail.key()?;
+    let mut opts = tracing_audit::VerifyOptions::default();
+    if let Some(s) = expect_service {
+        opts = opts.expect_service(s);
+    }
+    let report = tracing_audit::verify_opts(&trail.sink(), key.as_deref(), &opts)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -255,13 +281,15 @@ fn verify(trail: &Trail, key_env: Option<&str>, json: bool) -> Res {
     }
     Ok(match &report.failure {
         None => ExitCode::SUCCESS,
-        Some(f) if f.kind == tracing_audit::FailureKind::KeyRequired => ExitCode::from(2),
+        Some(f) if !f.kind.is_tampering() && f.kind != tracing_audit::FailureKind::TornTail => {
+            ExitCode::from(2)
+        }
         Some(_) => ExitCode::from(1),
     })
 }
 
 fn query(trail: &Trail, filters: &Filters, limit: Option<usize>, json: bool) -> Res {
-    let t = AuditTrail::open_with(&trail.sink())?;
+    let t = trail.open()?;
     let q = filters.query();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut table = Table::new(json);
@@ -289,7 +317,7 @@ fn query(trail: &Trail, filters: &Filters, limit: Option<usize>, json: bool) -> 
 }
 
 fn stats(trail: &Trail, filters: &Filters, json: bool) -> Res {
-    let t = AuditTrail::open_with(&trail.sink())?;
+    let t = trail.open()?;
     let s = t.stats(&filters.query());
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -331,7 +359,7 @@ fn report(
     if let Some(f) = file {
         policies.extend(Policy::load(f)?);
     }
-    let t = AuditTrail::open_with(&trail.sink())?;
+    let t = trail.open()?;
     let (compliance, unreadable) = Compliance::from_trail(&t, policies);
     if unreadable > 0 {
         eprintln!("warning: {unreadable} unreadable lines skipped (run `tracing-audit verify`)");
@@ -372,11 +400,14 @@ fn sorted(m: &std::collections::BTreeMap<String, u64>) -> Vec<(&str, u64)> {
 fn tail(trail: &Trail, lines: usize, follow: bool, json: bool) -> Res {
     let sink = trail.sink();
     let mut follower = if follow {
-        Some(Follower::from_end(sink.clone())?)
+        Some(Follower::from_end_keyed(
+            sink.clone(),
+            trail.key()?.as_deref(),
+        )?)
     } else {
         None
     };
-    let t = AuditTrail::open_with(&sink)?;
+    let t = trail.open()?;
     let (records, _) = t.recent(lines, &Query::default());
     let mut table = Table::new(json);
     let mut out = std::io::stdout().lock();

@@ -64,3 +64,27 @@ pub fn read_trail_lenient(dir: &Path) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// Re-seals an edited line (unkeyed SHA-256) so that it links to `prev`,
+/// as anyone can for an unkeyed trail: the hash covers the line's bytes up
+/// to and including the comma before `"hash"`.
+pub fn reseal(line: &str, prev: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let prev_hash = &prev[prev.len() - 66..prev.len() - 2];
+    let cut = line.rfind(",\"prev_hash\":\"").unwrap();
+    let mut out = format!("{},\"prev_hash\":\"{prev_hash}\",", &line[..cut]);
+    let digest = Sha256::digest(out.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    out.push_str(&format!("\"hash\":\"{hex}\"}}"));
+    out
+}
+
+/// A private temporary directory (`0700`), as an audit directory should be:
+/// the crate reports and tightens a directory other users can enter, which
+/// would add an `audit_config_warning` record to every trail.
+pub fn tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    d
+}

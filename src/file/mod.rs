@@ -1,0 +1,261 @@
+//! The audit files: configuration ([`FileSink`]), the directory (created
+//! `0700`, checked when it already exists, locked by one writer), the
+//! writer the pipeline worker drives ([`writer`]), and where a restart
+//! resumes the chain ([`resume`]).
+//!
+//! This module owns everything that touches the audit directory for
+//! writing. It knows nothing of records beyond "a line that checks under
+//! the chain" ([`crate::chain::check_line`]); it never calls upstream into
+//! the layer or the worker.
+
+pub(crate) mod resume;
+pub(crate) mod writer;
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tracing_appender::rolling::Rotation;
+
+use crate::error::Error;
+
+pub(crate) use resume::{find_resume, Resume};
+pub(crate) use writer::FileWriter;
+
+/// Name of the lock file held while a process writes the directory.
+pub(crate) const LOCK_FILE: &str = ".lock";
+
+/// Where and how audit records are written to disk.
+///
+/// | setting | default |
+/// |---|---|
+/// | rotation | [`Rotation::DAILY`] |
+/// | `max_files` | unlimited (keep every file) |
+/// | file name prefix | `audit` |
+/// | file name suffix | `jsonl` |
+///
+/// Files are named as `tracing-appender` names them, `<prefix>.<date>.<suffix>`
+/// (e.g. `audit.2026-11-22.jsonl`; `<prefix>.<suffix>` with
+/// [`Rotation::NEVER`]), in UTC. Every file is created `0600`; the directory
+/// is created `0700` (see [`AuditLayerBuilder::build`](crate::AuditLayerBuilder::build)
+/// for a directory that already exists).
+///
+/// ```
+/// use tracing_audit::FileSink;
+/// use tracing_appender::rolling::Rotation;
+/// let sink = FileSink::new("./audit").rotation(Rotation::HOURLY).max_files(24 * 90);
+/// # let _ = sink;
+/// ```
+#[derive(Clone, Debug)]
+pub struct FileSink {
+    pub(crate) dir: PathBuf,
+    pub(crate) rotation: Rotation,
+    pub(crate) max_files: Option<usize>,
+    pub(crate) prefix: String,
+    pub(crate) suffix: String,
+}
+
+impl FileSink {
+    /// Audit files in `dir`, rotated daily.
+    ///
+    /// ```
+    /// let sink = tracing_audit::FileSink::new("/var/log/my-service/audit");
+    /// # let _ = sink;
+    /// ```
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        FileSink {
+            dir: dir.as_ref().to_path_buf(),
+            rotation: Rotation::DAILY,
+            max_files: None,
+            prefix: "audit".into(),
+            suffix: "jsonl".into(),
+        }
+    }
+
+    /// How often a new file is started.
+    ///
+    /// ```
+    /// use tracing_appender::rolling::Rotation;
+    /// let sink = tracing_audit::FileSink::new("./audit").rotation(Rotation::HOURLY);
+    /// # let _ = sink;
+    /// ```
+    #[must_use]
+    pub fn rotation(mut self, rotation: Rotation) -> Self {
+        self.rotation = rotation;
+        self
+    }
+
+    /// Keep at most `n` files; older ones are deleted when a new file starts.
+    ///
+    /// The retention in force is sealed into every `audit_started` and
+    /// `audit_file_opened` record, so `verify` reports a trail whose oldest
+    /// files are gone as retention only when retention was configured and
+    /// the oldest kept file begins where a file began; otherwise as deletion.
+    ///
+    /// ```
+    /// let sink = tracing_audit::FileSink::new("./audit").max_files(90);
+    /// # let _ = sink;
+    /// ```
+    #[must_use]
+    pub fn max_files(mut self, n: usize) -> Self {
+        self.max_files = Some(n.max(1));
+        self
+    }
+
+    /// File name prefix (default `audit`). Must not be empty or start with `.`.
+    ///
+    /// ```
+    /// let sink = tracing_audit::FileSink::new("./audit").prefix("billing");
+    /// # let _ = sink;
+    /// ```
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// File name suffix (default `jsonl`).
+    ///
+    /// ```
+    /// let sink = tracing_audit::FileSink::new("./audit").suffix("log");
+    /// # let _ = sink;
+    /// ```
+    #[must_use]
+    pub fn suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.suffix = suffix.into();
+        self
+    }
+
+    /// The directory.
+    ///
+    /// ```
+    /// let sink = tracing_audit::FileSink::new("./audit");
+    /// assert_eq!(sink.dir(), std::path::Path::new("./audit"));
+    /// ```
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The retention in force, as sealed into the trail: a JSON object, or
+    /// `null` when every file is kept.
+    pub(crate) fn retention_json(&self) -> String {
+        match self.max_files {
+            Some(n) => format!("{{\"max_files\":{n}}}"),
+            None => "null".to_owned(),
+        }
+    }
+
+    pub(crate) fn check_names(&self) -> Result<(), Error> {
+        let bad = |s: &str| s.is_empty() || s.starts_with('.') || s.contains('/');
+        if bad(&self.prefix) || self.suffix.contains('/') {
+            return Err(Error::Config(format!(
+                "file prefix {:?} must be non-empty, without '/', and not start with '.'; suffix {:?} without '/'",
+                self.prefix, self.suffix
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<P: AsRef<Path>> From<P> for FileSink {
+    fn from(dir: P) -> Self {
+        FileSink::new(dir)
+    }
+}
+
+/// Lists the audit files of a directory (regular files with the prefix and
+/// suffix; links and dot files excluded), sorted by name.
+pub(crate) fn list_files(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.')
+            || !name.starts_with(prefix)
+            || !name.ends_with(suffix)
+            || !entry.file_type()?.is_file()
+        {
+            continue;
+        }
+        files.push(entry.path());
+    }
+    files.sort();
+    Ok(files)
+}
+
+pub(crate) fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The audit directory, ready to write: its absolute path, and a warning
+/// when it already existed open to other users.
+#[derive(Debug)]
+pub(crate) struct PreparedDir {
+    pub(crate) path: PathBuf,
+    pub(crate) warning: Option<String>,
+}
+
+/// Creates the directory `0700` if missing. An existing directory that
+/// other users can enter is tightened to `0700` when this process owns it,
+/// and reported either way (the caller says so on stderr and in the trail).
+pub(crate) fn prepare_dir(dir: &Path) -> Result<PreparedDir, Error> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io("create audit directory", dir, e))?;
+    }
+    let abs = fs::canonicalize(dir).map_err(|e| Error::io("resolve audit directory", dir, e))?;
+    let meta = fs::metadata(&abs).map_err(|e| Error::io("read audit directory", dir, e))?;
+    if !meta.is_dir() {
+        return Err(Error::io(
+            "use audit directory",
+            dir,
+            io::Error::other("not a directory"),
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    let mut warning = None;
+    if mode & 0o077 != 0 {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let shown = abs.display();
+        if meta.uid() == me
+            && fs::set_permissions(&abs, fs::Permissions::from_mode(mode & 0o700)).is_ok()
+        {
+            warning = Some(format!(
+                "the audit directory {shown} was mode {mode:04o}, open to other users; it was tightened to {:04o}",
+                mode & 0o700
+            ));
+        } else {
+            warning = Some(format!(
+                "the audit directory {shown} is mode {mode:04o} and not owned by this process: other users can enter it; run `chmod 700 {shown}`"
+            ));
+        }
+    }
+    Ok(PreparedDir { path: abs, warning })
+}
+
+/// Takes the directory's exclusive lock, or says who holds it.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, Error> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::DirectoryInUse {
+            dir: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock audit directory", &path, e)),
+    }
+}

@@ -1,0 +1,393 @@
+//! The file writer: the one place that writes, rotates and syncs audit files.
+//!
+//! It owns its file handle. `tracing-appender`'s `RollingFileAppender`
+//! chooses the file per `write` call and keeps its `File` private, so with
+//! it a batch retried after a partial write could land in the next period's
+//! file (a record split across two files), a failed `fdatasync` could not be
+//! repaired, and a new file existed with the process umask before anyone
+//! could tighten it. This writer keeps the appender's [`Rotation`] and file
+//! naming, and adds:
+//!
+//! - **Rotation only between batches.** The worker asks
+//!   [`rotation_due`](FileWriter::rotation_due) before it seals the first
+//!   record of a batch and calls [`rotate`](FileWriter::rotate); a batch,
+//!   and so a record, always goes whole into the file that was current when
+//!   it was sealed, however long its write is retried.
+//! - **No partial lines left behind.** Every write is positioned at the end
+//!   of the last complete line. A write that fails part-way (`ENOSPC`) is cut
+//!   back to that length at once, or before the next write if the cut fails
+//!   too; the batch stays whole in the worker and is written again.
+//! - **Files `0600` from the moment they exist**: created with that mode and
+//!   `fchmod`ed before the first byte, whatever the umask. The directory
+//!   entry of a new file is synced.
+//! - **Sync that can be trusted.** The bytes written since the last
+//!   successful `fdatasync` are kept (at most [`MAX_UNSYNCED`]; a write that
+//!   would pass it syncs first, which also bounds what a power cut can take).
+//!   When `fdatasync` fails, the page cache is not trusted: the kernel may
+//!   have marked the failed pages clean, and a second `fdatasync` would
+//!   report success without the data ever reaching the disk. So the writer
+//!   reopens the file by path, cuts it back to the last synced length,
+//!   writes the kept bytes again and syncs; only a sync that succeeded after
+//!   that covers them. Until then [`sync`](FileWriter::sync) fails, and the
+//!   worker keeps every durable caller waiting.
+//! - **Rotation only from a synced file**: the old file is synced (and
+//!   repaired) before the new one is opened, so records never sit unsynced
+//!   in a file the writer no longer holds.
+//! - `max_files` retention, applied when a new file is created.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use chrono::{DateTime, Datelike, Duration as ChronoDuration, Utc};
+use tracing_appender::rolling::Rotation;
+
+use super::{list_files, FileSink};
+
+/// Most bytes kept for a rewrite after a failed sync; a write that would
+/// pass it syncs first.
+pub(crate) const MAX_UNSYNCED: usize = 8 << 20;
+
+/// What a successful [`FileWriter::rotate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Opened {
+    /// The file now written.
+    pub(crate) name: String,
+    /// Whether it was created (so its first record must say so).
+    pub(crate) created: bool,
+    /// The file written before it, if any.
+    pub(crate) previous: Option<String>,
+}
+
+/// The file being written.
+#[derive(Debug)]
+struct Current {
+    path: PathBuf,
+    name: String,
+    /// The rotation period it belongs to (its date part).
+    period: String,
+    file: File,
+    /// End of the last complete line written.
+    len: u64,
+    /// Length covered by the last successful sync.
+    synced_len: u64,
+    /// The bytes from `synced_len` to `len`, for a rewrite.
+    unsynced: Vec<u8>,
+    /// A sync failed: the page cache is not trusted until a rewrite synced.
+    suspect: bool,
+    /// A failed write may have left bytes after `len`.
+    dirty_tail: bool,
+}
+
+/// The worker's side of the file sink.
+#[derive(Debug)]
+pub(crate) struct FileWriter {
+    dir: PathBuf,
+    sink: FileSink,
+    cur: Option<Current>,
+    warning: Option<String>,
+    _lock: File,
+}
+
+impl FileWriter {
+    pub(crate) fn new(sink: &FileSink, dir: PathBuf, lock: File) -> Self {
+        FileWriter {
+            dir,
+            sink: sink.clone(),
+            cur: None,
+            warning: None,
+            _lock: lock,
+        }
+    }
+
+    /// The period string (`2026-11-22`, `2026-11-22-13-05`, or empty for
+    /// `NEVER`) of `now` under the sink's rotation, named as
+    /// `tracing-appender` names files.
+    fn period(&self, now: SystemTime) -> String {
+        let t: DateTime<Utc> = now.into();
+        let r = &self.sink.rotation;
+        if *r == Rotation::MINUTELY {
+            t.format("%Y-%m-%d-%H-%M").to_string()
+        } else if *r == Rotation::HOURLY {
+            t.format("%Y-%m-%d-%H").to_string()
+        } else if *r == Rotation::DAILY {
+            t.format("%Y-%m-%d").to_string()
+        } else if *r == Rotation::NEVER {
+            String::new()
+        } else {
+            // Weekly: the Sunday the week began on.
+            let back = ChronoDuration::days(t.weekday().num_days_from_sunday().into());
+            (t - back).format("%Y-%m-%d").to_string()
+        }
+    }
+
+    fn file_name_for(&self, period: &str) -> String {
+        if period.is_empty() {
+            format!("{}.{}", self.sink.prefix, self.sink.suffix)
+        } else {
+            format!("{}.{}.{}", self.sink.prefix, period, self.sink.suffix)
+        }
+    }
+
+    /// Whether the next batch belongs in another file than the current one.
+    pub(crate) fn rotation_due(&self, now: SystemTime) -> bool {
+        self.cur
+            .as_ref()
+            .is_none_or(|c| c.period != self.period(now))
+    }
+
+    /// Moves to the file for `now`: syncs the current one first (failing if
+    /// that sync fails), then opens or creates the new one `0600`, and
+    /// applies `max_files`.
+    pub(crate) fn rotate(&mut self, now: SystemTime) -> io::Result<Opened> {
+        if self.cur.is_some() {
+            self.sync()?;
+        }
+        let name = self.file_name_for(&self.period(now));
+        let path = self.dir.join(&name);
+        let (file, created) = open_private(&path)?;
+        let len = file.metadata()?.len();
+        // What a previous process left may still be in the page cache only.
+        file.sync_data()?;
+        if created {
+            if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+                self.warning = Some(format!("cannot sync the audit directory: {e}"));
+            }
+        }
+        let previous = self.cur.take().map(|c| c.name);
+        self.cur = Some(Current {
+            path,
+            name: name.clone(),
+            period: self.period(now),
+            file,
+            len,
+            synced_len: len,
+            unsynced: Vec::new(),
+            suspect: false,
+            dirty_tail: false,
+        });
+        if created {
+            self.prune(&name);
+        }
+        Ok(Opened {
+            name,
+            created,
+            previous,
+        })
+    }
+
+    /// Deletes the oldest files beyond `max_files` (never the current one).
+    fn prune(&mut self, current: &str) {
+        let Some(max) = self.sink.max_files else {
+            return;
+        };
+        let files = match list_files(&self.dir, &self.sink.prefix, &self.sink.suffix) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warning = Some(format!("cannot list audit files for retention: {e}"));
+                return;
+            }
+        };
+        let excess = files.len().saturating_sub(max);
+        for old in files.iter().take(excess) {
+            if super::file_name(old) == current {
+                continue;
+            }
+            if let Err(e) = fs::remove_file(old) {
+                self.warning = Some(format!(
+                    "cannot remove {} for retention: {e}",
+                    old.display()
+                ));
+            }
+        }
+    }
+
+    /// Writes complete lines at the end of the current file. On failure the
+    /// file is cut back to its last complete line (or will be before the
+    /// next write) and nothing of `batch` counts as written.
+    pub(crate) fn write(&mut self, batch: &[u8]) -> io::Result<()> {
+        if self.cur.as_ref().is_some_and(|c| {
+            !c.unsynced.is_empty() && c.unsynced.len() + batch.len() > MAX_UNSYNCED
+        }) {
+            self.sync()?;
+        }
+        let Some(c) = self.cur.as_mut() else {
+            return Err(io::Error::other("no audit file is open"));
+        };
+        if c.dirty_tail {
+            c.file.set_len(c.len)?;
+            c.dirty_tail = false;
+        }
+        if let Err(e) = c.file.write_all_at(batch, c.len) {
+            if c.file.set_len(c.len).is_err() {
+                c.dirty_tail = true;
+            }
+            return Err(e);
+        }
+        c.len += batch.len() as u64;
+        c.unsynced.extend_from_slice(batch);
+        Ok(())
+    }
+
+    /// Makes everything written so far durable, or fails. See the module
+    /// doc for what happens after a failed `fdatasync`.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        let Some(c) = self.cur.as_mut() else {
+            return Ok(());
+        };
+        if c.unsynced.is_empty() && !c.suspect {
+            return Ok(());
+        }
+        if !c.suspect {
+            match c.file.sync_data() {
+                Ok(()) => {
+                    c.synced_len = c.len;
+                    c.unsynced.clear();
+                    return Ok(());
+                }
+                Err(e) => {
+                    c.suspect = true;
+                    self.warning = Some(format!(
+                        "fdatasync of {} failed ({e}); rewriting the {} bytes written since the last good sync",
+                        c.name,
+                        c.unsynced.len()
+                    ));
+                }
+            }
+        }
+        rewrite(c)?;
+        c.suspect = false;
+        c.synced_len = c.len;
+        c.unsynced.clear();
+        Ok(())
+    }
+
+    /// A problem that did not fail an operation (or that a retry
+    /// repaired), once.
+    pub(crate) fn take_warning(&mut self) -> Option<String> {
+        self.warning.take()
+    }
+}
+
+/// Reopens the file by path, cuts it to the synced length, writes the kept
+/// bytes again and syncs; on success the new descriptor replaces the old.
+fn rewrite(c: &mut Current) -> io::Result<()> {
+    let (f, _) = open_private(&c.path)?;
+    f.set_len(c.synced_len)?;
+    f.write_all_at(&c.unsynced, c.synced_len)?;
+    f.sync_data()?;
+    c.file = f;
+    c.dirty_tail = false;
+    Ok(())
+}
+
+/// Opens `path` for writing, creating it `0600` if missing; says whether it
+/// was created. A created file is `fchmod`ed to `0600` before anything is
+/// written, so no umask can widen it.
+fn open_private(path: &Path) -> io::Result<(File, bool)> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => {
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            Ok((f, true))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let f = OpenOptions::new().write(true).open(path)?;
+            Ok((f, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(dir: &Path, rotation: Rotation) -> FileWriter {
+        let sink = FileSink::new(dir).rotation(rotation);
+        let lock = super::super::lock_dir(dir).unwrap();
+        FileWriter::new(&sink, dir.to_path_buf(), lock)
+    }
+
+    #[test]
+    fn names_follow_tracing_appender() {
+        let d = tempfile::tempdir().unwrap();
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_763_900_000);
+        // 2025-11-23 12:13:20 UTC, a Sunday.
+        let cases = [
+            (Rotation::MINUTELY, "audit.2025-11-23-12-13.jsonl"),
+            (Rotation::HOURLY, "audit.2025-11-23-12.jsonl"),
+            (Rotation::DAILY, "audit.2025-11-23.jsonl"),
+            (Rotation::WEEKLY, "audit.2025-11-23.jsonl"),
+            (Rotation::NEVER, "audit.jsonl"),
+        ];
+        for (r, want) in cases {
+            let w = writer(d.path(), r);
+            assert_eq!(w.file_name_for(&w.period(t)), want);
+        }
+    }
+
+    #[test]
+    fn files_are_created_private_whatever_the_umask() {
+        let d = tempfile::tempdir().unwrap();
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0) };
+        let mut w = writer(d.path(), Rotation::NEVER);
+        let opened = w.rotate(SystemTime::now());
+        unsafe { libc::umask(old) };
+        let opened = opened.unwrap();
+        assert!(opened.created);
+        let mode = fs::metadata(d.path().join(&opened.name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn rotation_is_only_between_batches_and_syncs_the_old_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = writer(d.path(), Rotation::MINUTELY);
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_763_900_000);
+        let t1 = t0 + std::time::Duration::from_secs(60);
+        assert!(w.rotation_due(t0));
+        let a = w.rotate(t0).unwrap();
+        w.write(b"{\"a\":1}\n").unwrap();
+        assert!(!w.rotation_due(t0));
+        assert!(w.rotation_due(t1));
+        // Still written to the first file: the writer never moves by itself.
+        w.write(b"{\"a\":2}\n").unwrap();
+        let b = w.rotate(t1).unwrap();
+        assert_eq!(b.previous.as_deref(), Some(a.name.as_str()));
+        w.write(b"{\"b\":1}\n").unwrap();
+        w.sync().unwrap();
+        let first = fs::read_to_string(d.path().join(&a.name)).unwrap();
+        let second = fs::read_to_string(d.path().join(&b.name)).unwrap();
+        assert_eq!(first, "{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(second, "{\"b\":1}\n");
+    }
+
+    #[test]
+    fn a_suspect_file_is_cut_and_rewritten_from_the_kept_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = writer(d.path(), Rotation::NEVER);
+        let opened = w.rotate(SystemTime::now()).unwrap();
+        w.write(b"one\n").unwrap();
+        w.sync().unwrap();
+        w.write(b"two\n").unwrap();
+        // What a failed write-back leaves: the page cache lost the data
+        // (here: NULs where it was), and fdatasync reported it once.
+        let path = d.path().join(&opened.name);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"\0\0\0\0", 4).unwrap();
+        w.cur.as_mut().unwrap().suspect = true;
+        w.sync().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"one\ntwo\n");
+    }
+}

@@ -1,0 +1,510 @@
+//! The fault suite: real storage faults, real crash states, real processes.
+//!
+//! Tests that need root (tmpfs and loop mounts, a second user) print why
+//! they skip when not root; CI runs as root. Every mount, loop device and
+//! child a test starts is cleaned up by a guard, also when it fails.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracing_audit::{verify, AuditLayer, AuditTrail, FileSink};
+use tracing_subscriber::layer::SubscriberExt;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! need_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (mounts a tmpfs / loop device or switches user); CI runs it as root");
+            return;
+        }
+    };
+}
+
+fn sh(cmd: &str) -> String {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A mount that is undone on drop (lazily, so a failing test still cleans up).
+struct Mount {
+    at: PathBuf,
+    loopdev: Option<String>,
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let plain = Command::new("umount")
+            .arg(&self.at)
+            .stderr(Stdio::null())
+            .status();
+        if !plain.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+        if let Some(dev) = &self.loopdev {
+            let _ = Command::new("losetup").arg("-d").arg(dev).status();
+        }
+    }
+}
+
+fn tmpfs(at: &Path, size: &str) -> Mount {
+    std::fs::create_dir_all(at).unwrap();
+    sh(&format!(
+        "mount -t tmpfs -o size={size} tmpfs {}",
+        at.display()
+    ));
+    Mount {
+        at: at.to_path_buf(),
+        loopdev: None,
+    }
+}
+
+/// Kills and reaps a child on drop.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const CHILD_ENV: &str = "TRACING_AUDIT_FAULT_CHILD_DIR";
+
+/// The child: writes durable records and prints `acked N` after each one
+/// returned; stops cleanly after `TRACING_AUDIT_FAULT_CHILD_SECS`.
+#[test]
+fn durable_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let secs: u64 = std::env::var("TRACING_AUDIT_FAULT_CHILD_SECS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (audit, guard) = AuditLayer::builder()
+        .file(&dir)
+        .shutdown_grace(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut out = std::io::stdout().lock();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        let start = Instant::now();
+        let pad = "x".repeat(2000);
+        let mut i = 0u64;
+        while start.elapsed() < Duration::from_secs(secs) {
+            tracing::info!(
+                audit.event = "payment",
+                audit.risk = "high",
+                i,
+                pad = pad.as_str()
+            );
+            writeln!(out, "acked {i}").unwrap();
+            out.flush().unwrap();
+            i += 1;
+        }
+    });
+    drop(guard);
+}
+
+/// ext4 on a loop device backed by an image on a small tmpfs; `punch`
+/// makes the image's free blocks holes (journal and metadata backed), so
+/// that filling the tmpfs fails data write-back while ext4 stays usable.
+fn ext4_on_thin_image(base: &Path, punch: bool) -> (Mount, Mount, PathBuf) {
+    let backing = tmpfs(&base.join("backing"), "48m");
+    let img = base.join("backing/img");
+    sh(&format!("truncate -s 32M {}", img.display()));
+    sh(&format!(
+        "mkfs.ext4 -q -F -b 4096 -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 {}",
+        img.display()
+    ));
+    if punch {
+        sh(&format!("fallocate -l 32M {}", img.display()));
+        let info = sh(&format!("dumpe2fs {} 2>/dev/null", img.display()));
+        let bs: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Block size:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        for l in info.lines() {
+            // Per group: "  Free blocks: a-b, c-d" (the summary line has no range).
+            let Some(ranges) = l.strip_prefix("  Free blocks: ") else {
+                continue;
+            };
+            for r in ranges.split(", ").filter(|r| !r.is_empty()) {
+                let (a, b) = match r.split_once('-') {
+                    Some((a, b)) => (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()),
+                    None => (r.parse().unwrap(), r.parse().unwrap()),
+                };
+                sh(&format!(
+                    "fallocate --punch-hole -o {} -l {} {}",
+                    a * bs,
+                    (b - a + 1) * bs,
+                    img.display()
+                ));
+            }
+        }
+    }
+    let mnt = base.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let dev = sh(&format!("losetup -f --show {}", img.display()))
+        .trim()
+        .to_owned();
+    sh(&format!("mount -t ext4 {dev} {}", mnt.display()));
+    let fs = Mount {
+        at: mnt.clone(),
+        loopdev: Some(dev),
+    };
+    (backing, fs, img)
+}
+
+/// Fills the backing tmpfs for `hold`, then frees it, while a child writes
+/// durable records; returns the acknowledged numbers. The child is killed
+/// after `kill_after` if given (journal-abort shape), else stops cleanly.
+fn run_child_through_outage(dir: &Path, filler: &Path, hold: Duration, run_secs: u64) -> Vec<u64> {
+    let mut child = Reap(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "durable_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, dir)
+            .env("TRACING_AUDIT_FAULT_CHILD_SECS", run_secs.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(n) = line.strip_prefix("acked ") {
+                acked.push(n.parse::<u64>().unwrap());
+            }
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    // Fill the tmpfs under the image (dd stops at ENOSPC).
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M"])
+        .stderr(Stdio::null())
+        .status();
+    std::thread::sleep(hold);
+    std::fs::remove_file(filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(run_secs + 8);
+    while child.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    eprintln!("child stderr: {err}");
+    drop(child);
+    reader.join().unwrap()
+}
+
+fn remount_and_check(fs: Mount, img: &Path, base: &Path, acked: &[u64], fsck: bool) {
+    let mnt = fs.at.clone();
+    drop(fs);
+    std::thread::sleep(Duration::from_millis(200));
+    if fsck {
+        let _ = Command::new("e2fsck").arg("-fy").arg(img).output();
+    }
+    let dev = sh(&format!("losetup -f --show {}", img.display()))
+        .trim()
+        .to_owned();
+    sh(&format!("mount -t ext4 {dev} {}", mnt.display()));
+    let _fs = Mount {
+        at: mnt.clone(),
+        loopdev: Some(dev),
+    };
+    let dir = mnt.join("audit");
+    for e in AuditTrail::open(&dir)
+        .unwrap()
+        .records()
+        .filter_map(Result::err)
+        .take(5)
+    {
+        eprintln!("not a record: {e}");
+    }
+    let found: std::collections::HashSet<u64> = AuditTrail::open(&dir)
+        .unwrap()
+        .records()
+        .filter_map(Result::ok)
+        .filter(|r| r.event_type.as_deref() == Some("payment"))
+        .filter_map(|r| r.details["i"].as_u64())
+        .collect();
+    let lost: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|i| !found.contains(i))
+        .collect();
+    eprintln!(
+        "acknowledged {} durable records, found {} after a fresh mount, lost {}",
+        acked.len(),
+        found.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged and lost: {:?}",
+        &lost[..lost.len().min(20)]
+    );
+    // A start and stop resumes whatever state was left, and the trail verifies.
+    let (_, guard) = AuditLayer::builder()
+        .file(&dir)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    drop(guard);
+    let r = verify(&dir, None).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    let _ = base;
+}
+
+#[test]
+fn failed_write_back_never_acknowledges_a_lost_record() {
+    need_root!();
+    let base = tempfile::tempdir().unwrap();
+    let (backing, fs, img) = ext4_on_thin_image(base.path(), true);
+    let dir = fs.at.join("audit");
+    let acked =
+        run_child_through_outage(&dir, &backing.at.join("filler"), Duration::from_secs(4), 8);
+    assert!(
+        acked.len() > 100,
+        "the child wrote too little: {}",
+        acked.len()
+    );
+    remount_and_check(fs, &img, base.path(), &acked, false);
+    drop(backing);
+}
+
+#[test]
+fn journal_abort_loses_no_acknowledged_record() {
+    need_root!();
+    let base = tempfile::tempdir().unwrap();
+    let (backing, fs, img) = ext4_on_thin_image(base.path(), false);
+    let dir = fs.at.join("audit");
+    let acked =
+        run_child_through_outage(&dir, &backing.at.join("filler"), Duration::from_secs(3), 6);
+    assert!(!acked.is_empty(), "the child acknowledged nothing");
+    remount_and_check(fs, &img, base.path(), &acked, true);
+    drop(backing);
+}
+
+#[test]
+fn disk_full_across_a_rotation_never_splits_a_record() {
+    need_root!();
+    let base = tempfile::tempdir().unwrap();
+    let m = tmpfs(&base.path().join("t"), "3m");
+    let dir = m.at.join("audit");
+    // Start a couple of seconds before a minute boundary, fill the disk,
+    // and free it after the minute turned.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_boundary = 60 - now % 60;
+    if to_boundary > 4 {
+        std::thread::sleep(Duration::from_secs(to_boundary - 4));
+    }
+    let sink = FileSink::new(&dir).rotation(tracing_appender::rolling::Rotation::MINUTELY);
+    let (audit, guard) = AuditLayer::builder()
+        .file(sink)
+        .shutdown_grace(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let filler = m.at.join("filler");
+    let emitter = std::thread::spawn(move || {
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+            // About 1.6 MB in all: it fits once the filler is gone.
+            for i in 0..4_000u64 {
+                tracing::info!(audit.event = "bulk", i);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", filler.display()),
+            "bs=64k",
+        ])
+        .stderr(Stdio::null())
+        .status();
+    std::thread::sleep(Duration::from_secs(6)); // the minute turns meanwhile
+    std::fs::remove_file(&filler).unwrap();
+    emitter.join().unwrap();
+    let stats = guard.stats();
+    drop(guard);
+    assert!(stats.write_errors > 0, "the disk never filled: {stats:?}");
+    // Keep the trail small enough to fit: every line of every file is a
+    // whole record, and every record is there exactly once.
+    let lines = common::raw_lines(&dir);
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("a split record ({e}): {l:.80}"));
+        if v["event_type"] == "bulk" {
+            assert!(seen.insert(v["details"]["i"].as_u64().unwrap()));
+        }
+    }
+    assert_eq!(seen.len(), 4_000);
+    assert!(common::audit_files(&dir).len() >= 2, "no rotation happened");
+    let r = verify(&dir, None).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[test]
+fn files_are_never_readable_by_another_user() {
+    need_root!();
+    // A directory that already exists open to others, owned by another
+    // user (so the crate cannot tighten it): only the files' own mode keeps
+    // that user out, from the moment each file exists.
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        base.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dir = base.path().join("audit");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    // A process of user `nobody` opening every file it sees, all along.
+    let watcher = Reap(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while true; do for f in {0}/*; do [ -e \"$f\" ] && cat \"$f\" >/dev/null 2>&1 && echo \"opened $f\"; done; done",
+                dir.display()
+            ))
+            .uid(65534)
+            .gid(65534)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let sink = FileSink::new(&dir).rotation(tracing_appender::rolling::Rotation::MINUTELY);
+    let (audit, guard) = AuditLayer::builder().file(sink).build().unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        for i in 0..200 {
+            tracing::info!(audit.event = "secret", i);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    drop(guard);
+    let mut watcher = watcher;
+    let _ = watcher.0.kill();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut watcher.0.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.is_empty(), "another user opened: {out}");
+    let files = common::audit_files(&dir);
+    assert!(!files.is_empty());
+    for f in files {
+        let m = std::fs::metadata(&f).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&m) & 0o777, 0o600);
+    }
+    let warned = common::read_trail(&dir).iter().any(|r| {
+        r["event_type"] == "audit_config_warning"
+            && r["message"].as_str().unwrap().contains("chmod 700")
+    });
+    assert!(warned, "the open directory is reported in the trail");
+}
+
+#[test]
+fn a_full_disk_does_not_freeze_a_tokio_runtime() {
+    need_root!();
+    for durable in [false, true] {
+        let base = tempfile::tempdir().unwrap();
+        let m = tmpfs(&base.path().join("t"), "3m");
+        let dir = m.at.join("audit");
+        let (audit, guard) = AuditLayer::builder()
+            .file(&dir)
+            .queue_capacity(64)
+            .shutdown_grace(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let _ = Command::new("dd")
+            .args([
+                "if=/dev/zero",
+                &format!("of={}", m.at.join("filler").display()),
+                "bs=64k",
+            ])
+            .stderr(Stdio::null())
+            .status();
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let longest = rt.block_on(async move {
+            for t in 0..8u64 {
+                let d = dispatch.clone();
+                let stop = stop2.clone();
+                tokio::spawn(async move {
+                    let pad = "z".repeat(400);
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        tracing::dispatcher::with_default(&d, || {
+                            if durable {
+                                tracing::error!(audit.event = "req", audit.risk = "critical", t, i);
+                            } else {
+                                tracing::info!(audit.event = "req", t, i, pad = pad.as_str());
+                            }
+                        });
+                        i += 1;
+                        tokio::task::yield_now().await;
+                    }
+                });
+            }
+            let mut last = Instant::now();
+            let mut longest = Duration::ZERO;
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+            }
+            longest
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("durable={durable}: the health task's longest gap with a full disk: {longest:?}");
+        assert!(
+            guard.stats().storage_failing || guard.stats().write_errors > 0,
+            "the disk never filled"
+        );
+        // Free the disk so the blocked tasks finish, then shut down.
+        std::fs::remove_file(m.at.join("filler")).unwrap();
+        rt.shutdown_timeout(Duration::from_secs(5));
+        drop(guard);
+        assert!(
+            longest < Duration::from_millis(500),
+            "durable={durable}: {longest:?}"
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! Shutdown under pressure: dropping the guard while threads keep emitting
+//! returns within the grace, and every emitted event is either in the trail
+//! or counted as dropped, exactly.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing_audit::{verify, AuditLayer, AuditTrail};
+use tracing_subscriber::layer::SubscriberExt;
+
+#[test]
+fn dropping_the_guard_under_fire_is_bounded_and_exact() {
+    let d = common::tempdir();
+    let grace = Duration::from_secs(3);
+    let (audit, guard) = AuditLayer::builder()
+        .file(d.path())
+        .shutdown_grace(grace)
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let emitted = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (dispatch, emitted, stop) = (dispatch.clone(), emitted.clone(), stop.clone());
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        tracing::info!(audit.event = "load", t, i);
+                        emitted.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                });
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let handle = guard.handle();
+    let t0 = Instant::now();
+    drop(guard);
+    let took = t0.elapsed();
+    // Threads still emitting after the drop are refused and counted.
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = handle.stats();
+    let emitted = emitted.load(Ordering::Relaxed);
+    let in_trail = AuditTrail::open(d.path())
+        .unwrap()
+        .records()
+        .filter_map(Result::ok)
+        .filter(|r| r.event_type.as_deref() == Some("load"))
+        .count() as u64;
+    eprintln!(
+        "shutdown under fire took {took:?}; emitted {emitted}, in the trail {in_trail}, dropped {} ({} after shutdown)",
+        stats.records_dropped, stats.dropped_after_shutdown
+    );
+    assert!(took < grace + Duration::from_secs(1), "took {took:?}");
+    assert!(
+        stats.dropped_after_shutdown > 0,
+        "threads kept emitting: {stats:?}"
+    );
+    assert_eq!(in_trail + stats.records_dropped, emitted, "{stats:?}");
+    let r = verify(d.path(), None).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    // Nothing follows audit_stopped.
+    let last = common::read_trail(d.path()).pop().unwrap();
+    assert_eq!(last["event_type"], "audit_stopped");
+}
+
+#[test]
+fn a_relay_that_never_reads_cannot_hold_the_drop() {
+    // A TCP syslog "server" that accepts and never reads.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepter = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            if let Ok((s, _)) = listener.accept() {
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let d = common::tempdir();
+    let grace = Duration::from_secs(2);
+    let (audit, guard) = AuditLayer::builder()
+        .file(d.path())
+        .syslog(tracing_audit::SyslogSink::tcp(addr.to_string()))
+        .shutdown_grace(grace)
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        let pad = "p".repeat(1000);
+        for i in 0..20_000u64 {
+            tracing::info!(audit.event = "relay", i, pad = pad.as_str());
+        }
+    });
+    let t0 = Instant::now();
+    drop(guard);
+    let took = t0.elapsed();
+    eprintln!("drop with a relay that never reads took {took:?}");
+    assert!(took < grace + Duration::from_secs(3), "took {took:?}");
+    let r = verify(d.path(), None).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    drop(accepter);
+}
