@@ -62,14 +62,21 @@ impl AuditCore {
         event.record(&mut s.capture);
         let mut names = [""; MAX_SPANS];
         let mut n = 0;
+        let mut cut = false;
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope {
                 if n < MAX_SPANS {
                     names[n] = span.name();
                     n += 1;
+                } else {
+                    cut = true;
                 }
                 s.capture.merge_span(&span);
             }
+        }
+        if cut {
+            // `source.span` keeps the innermost spans; the record says so.
+            s.capture.truncated.push("source.span");
         }
         s.body.clear();
         let source = Source {

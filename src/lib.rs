@@ -16,6 +16,7 @@ mod file;
 mod filter;
 mod guard;
 mod layer;
+mod lines;
 mod pipeline;
 mod policy;
 mod reader;

@@ -224,19 +224,17 @@ impl Iterator for Records {
             }
             let (path, reader, line_no) = self.current.as_mut()?;
             self.buf.clear();
-            match reader.read_until(b'\n', &mut self.buf) {
-                Ok(0) => {
+            match crate::lines::read_line(reader, &mut self.buf, crate::lines::MAX_LINE) {
+                Ok(read) if read.consumed == 0 => {
                     self.current = None;
                     self.offset = 0;
                     continue;
                 }
-                Ok(n) => {
+                Ok(read) => {
                     *line_no += 1;
                     let (file, line_no, at) = (path.clone(), *line_no, self.offset);
-                    self.offset += n as u64;
-                    let complete = self.buf.last() == Some(&b'\n');
-                    let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf).to_vec();
-                    if line.is_empty() {
+                    self.offset += read.consumed;
+                    if read.len == 0 {
                         continue;
                     }
                     let err = |message: String| ReadError {
@@ -244,10 +242,19 @@ impl Iterator for Records {
                         line: line_no,
                         message: format!("{message} (offset {at})"),
                     };
-                    if !complete {
+                    if read.overlong.is_some() {
+                        return Some(Err(err(format!(
+                            "not a record: a line of {} bytes, longer than any record",
+                            read.len
+                        ))));
+                    }
+                    if !read.terminated {
                         return Some(Err(err("torn last line (no newline): not a record".into())));
                     }
-                    return Some(self.record(&line).map_err(err));
+                    let line = std::mem::take(&mut self.buf);
+                    let r = self.record(&line).map_err(err);
+                    self.buf = line;
+                    return Some(r);
                 }
                 Err(e) => {
                     let e = ReadError {
@@ -393,6 +400,8 @@ pub struct Follower {
     sink: FileSink,
     file: Option<(PathBuf, BufReader<File>)>,
     partial: Vec<u8>,
+    /// The line being read passed the length cap.
+    overlong: bool,
     hasher: Hasher,
     accept_unverified: bool,
 }
@@ -415,6 +424,7 @@ impl Follower {
             sink,
             file: None,
             partial: Vec::new(),
+            overlong: false,
             hasher: Hasher::new(key),
             accept_unverified: key.is_none() && declares_keyed,
         };
@@ -425,12 +435,12 @@ impl Follower {
             let mut at = 0u64;
             loop {
                 line.clear();
-                let n = r.read_until(b'\n', &mut line)?;
-                if n == 0 {
+                let read = crate::lines::read_line(&mut r, &mut line, crate::lines::MAX_LINE)?;
+                if read.consumed == 0 {
                     break;
                 }
-                at += n as u64;
-                if line.last() == Some(&b'\n') {
+                at += read.consumed;
+                if read.terminated {
                     complete_end = at;
                 }
             }
@@ -465,12 +475,18 @@ impl Follower {
             return Ok(());
         };
         loop {
-            let n = r.read_until(b'\n', &mut self.partial)?;
-            if n == 0 || self.partial.last() != Some(&b'\n') {
+            let read = crate::lines::read_line(r, &mut self.partial, crate::lines::MAX_LINE)?;
+            if read.overlong.is_some() {
+                self.overlong = true;
+            }
+            if !read.terminated {
                 return Ok(());
             }
             let line = std::mem::take(&mut self.partial);
-            let line = &line[..line.len() - 1];
+            if std::mem::take(&mut self.overlong) {
+                out.push(Err("not a record: a line longer than any record".into()));
+                continue;
+            }
             if line.is_empty() {
                 continue;
             }
@@ -483,7 +499,7 @@ impl Follower {
                 unverified: 0,
                 offset: 0,
             };
-            out.push(rec.record(line));
+            out.push(rec.record(&line));
         }
     }
 }

@@ -24,7 +24,7 @@
 //!   service's.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -297,17 +297,28 @@ impl Verifier {
         let mut first_in_file = true;
         loop {
             buf.clear();
-            let n = r.read_until(b'\n', &mut buf)?;
-            if n == 0 {
+            let read = crate::lines::read_line(&mut r, &mut buf, crate::lines::MAX_LINE)?;
+            if read.consumed == 0 {
                 return Ok(());
             }
             line_no += 1;
             let at = offset;
-            offset += n as u64;
-            let (line, unterminated) = match buf.strip_suffix(b"\n") {
-                Some(l) => (l, false),
-                None => (&buf[..], true),
-            };
+            offset += read.consumed;
+            let (line, unterminated) = (&buf[..], !read.terminated);
+            if let Some(digest) = read.overlong {
+                // Longer than any record: not held, named by its digest.
+                let mut hex = [0u8; 64];
+                crate::encode::hex_into(&mut hex, &digest);
+                self.junk.push(Junk {
+                    file: path.to_path_buf(),
+                    line: line_no,
+                    offset: at,
+                    len: read.len,
+                    sha256: String::from_utf8_lossy(&hex).into_owned(),
+                    unterminated,
+                });
+                continue;
+            }
             if line.is_empty() {
                 continue;
             }
@@ -628,8 +639,15 @@ impl Verifier {
             let start = if i == 0 { from } else { 0 };
             f.seek(SeekFrom::Start(start)).ok()?;
             let mut line_no = if i == 0 { count_lines(path, from)? } else { 0 };
-            for line in BufReader::new(f).split(b'\n') {
-                let line = line.ok()?;
+            let mut r = BufReader::new(f);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let read =
+                    crate::lines::read_line(&mut r, &mut line, crate::lines::MAX_LINE).ok()?;
+                if read.consumed == 0 {
+                    break;
+                }
                 line_no += 1;
                 budget = budget.checked_sub(1)?;
                 if check_line(&self.hasher, &line).is_ok_and(|l| l.seq == seq) {

@@ -232,3 +232,54 @@ fn tail_follows_new_records() {
     child.wait().unwrap();
     assert_eq!(kinds, ["audit_started", "followed", "audit_stopped"]);
 }
+
+/// Runs the command and returns its exit code and peak resident memory (KiB).
+fn run_measured(args: &[&str]) -> (i32, i64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter; the pid is our child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+#[test]
+fn a_huge_line_is_not_a_record_and_memory_stays_bounded() {
+    let dir = common::tempdir();
+    let d = dir.path().to_str().unwrap();
+    sample(dir.path(), None);
+    // 80 MB without a newline, appended to the trail.
+    let f = common::audit_files(dir.path()).pop().unwrap();
+    {
+        use std::io::Write;
+        let mut w = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..80 {
+            w.write_all(&chunk).unwrap();
+        }
+    }
+    for cmd in ["verify", "query"] {
+        let (code, rss_kib) = run_measured(&[cmd, d]);
+        eprintln!(
+            "{cmd} over an 80 MB line: exit {code}, peak RSS {} MiB",
+            rss_kib / 1024
+        );
+        assert!(rss_kib < 48 * 1024, "{cmd}: {rss_kib} KiB");
+        if cmd == "verify" {
+            // Bytes after audit_stopped: no crash leaves them there.
+            assert_eq!(code, 1);
+        }
+    }
+    let o = bin(&["stats", d, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["total"].as_u64(), v["unreadable"].as_u64()),
+        (Some(16), Some(1))
+    );
+}

@@ -510,3 +510,36 @@ fn debug_output_never_shows_the_chain_key() {
     );
     assert!(shown.contains("hmac-sha256"), "{shown}");
 }
+
+#[test]
+fn spans_deeper_than_the_kept_names_are_marked_as_cut() {
+    let dir = common::tempdir();
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        fn nest(depth: usize) {
+            if depth == 0 {
+                tracing::info!(audit.event = "deep");
+                return;
+            }
+            let _s = tracing::info_span!("level", audit.action = depth).entered();
+            nest(depth - 1);
+        }
+        nest(40);
+        let _s = tracing::info_span!("shallow", audit.action = "x").entered();
+        tracing::info!(audit.event = "shallow");
+    });
+    drop(guard);
+    let app = app_records(dir.path());
+    let deep = &app[0];
+    assert_eq!(
+        deep["source"]["span"].as_str().unwrap().split('>').count(),
+        32
+    );
+    assert_eq!(deep["action"], "1", "the innermost span still wins");
+    assert!(deep["details"]["audit.truncated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "source.span"));
+    assert!(app[1]["details"].get("audit.truncated").is_none());
+}

@@ -342,3 +342,29 @@ fn sealed_lines_that_are_not_records_fail_verify_and_readers_agree() {
         assert_eq!(t.stats(&Query::default()).unreadable, 1, "{to}");
     }
 }
+
+#[test]
+fn tail_follow_started_mid_line_prints_that_record_once_complete() {
+    let d = common::tempdir();
+    run(d.path(), None, "svc", 2);
+    let p = only_file(d.path());
+    let text = std::fs::read(&p).unwrap();
+    // Take the last record away and put back only its first half, as if the
+    // writer were in the middle of it.
+    let start = text[..text.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
+    let last = text[start..].to_vec();
+    std::fs::write(&p, &text[..start + 50]).unwrap();
+    let mut f = tracing_audit::Follower::from_end(FileSink::new(d.path())).unwrap();
+    assert!(f.poll().unwrap().is_empty());
+    append(&p, &last[50..]);
+    let got = f.poll().unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        got[0].as_ref().unwrap().event_type.as_deref(),
+        Some("audit_stopped")
+    );
+}

@@ -34,7 +34,7 @@ use crate::encode;
 use crate::error::Error;
 
 /// Longest line considered as a record; records are cut far below this.
-pub(crate) const MAX_LINE: u64 = 4 << 20;
+pub(crate) const MAX_LINE: u64 = crate::lines::MAX_LINE as u64;
 /// Most junk bytes looked through before a restart gives up.
 const MAX_JUNK: u64 = 1 << 30;
 

@@ -51,7 +51,13 @@ pub fn app_records(dir: &Path) -> Vec<Value> {
         .filter(|r| {
             !matches!(
                 r["event_type"].as_str(),
-                Some("audit_started" | "audit_stopped" | "records_lost")
+                Some(
+                    "audit_started"
+                        | "audit_stopped"
+                        | "records_lost"
+                        | "audit_file_opened"
+                        | "audit_config_warning"
+                )
             )
         })
         .collect()
