@@ -113,3 +113,30 @@ fn a_relay_that_never_reads_cannot_hold_the_drop() {
     assert!(r.is_ok(), "{r:?}");
     drop(accepter);
 }
+
+#[test]
+fn a_unix_socket_receiver_that_stops_reading_cannot_hold_the_drop() {
+    let d = common::tempdir();
+    let sock = d.path().join("never-reads.sock");
+    let _receiver = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    let trail = d.path().join("trail");
+    let grace = Duration::from_secs(2);
+    let (audit, guard) = AuditLayer::builder()
+        .file(&trail)
+        .syslog(tracing_audit::SyslogSink::unix(&sock))
+        .shutdown_grace(grace)
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        for i in 0..2_000u64 {
+            tracing::info!(audit.event = "unix", i);
+        }
+    });
+    let t0 = Instant::now();
+    drop(guard);
+    let took = t0.elapsed();
+    eprintln!("drop with a Unix receiver that never reads took {took:?}");
+    assert!(took < grace + Duration::from_secs(3), "took {took:?}");
+    let r = verify(&trail, None).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+}

@@ -73,8 +73,13 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+// Every blocking call of a sink is bounded, so a peer that stops mid-protocol
+// (accepts and never answers a TLS handshake, stops reading) turns into an
+// error, a reconnect with backoff, and at shutdown a count of what was not
+// sent, never a thread stuck past the shutdown grace.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn resolve(addr: &str) -> io::Result<SocketAddr> {
     addr.to_socket_addrs()?.next().ok_or_else(|| {
@@ -89,6 +94,8 @@ fn tcp(addr: &str) -> io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&resolve(addr)?, CONNECT_TIMEOUT)?;
     s.set_nodelay(true)?;
     s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    // Reads happen only in the TLS handshake and close.
+    s.set_read_timeout(Some(READ_TIMEOUT))?;
     Ok(s)
 }
 
@@ -122,6 +129,7 @@ impl Conn {
             }
             Target::Unix(path) => {
                 let s = UnixDatagram::unbound()?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
                 s.connect(path)?;
                 Conn::Unix(s)
             }
