@@ -234,6 +234,8 @@ fn tail_follows_new_records() {
 }
 
 /// Runs the command and returns its exit code and peak resident memory (KiB).
+// Reaped by `wait4`, which also reports its resource usage.
+#[allow(clippy::zombie_processes)]
 fn run_measured(args: &[&str]) -> (i32, i64) {
     let child = Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
         .args(args)
