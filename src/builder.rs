@@ -257,7 +257,9 @@ impl AuditLayerBuilder {
             self.environment.as_deref(),
             self.host.as_deref(),
         );
+        let probe = crate::filter::ProbeSlot::default();
         let worker = Worker {
+            probe: probe.clone(),
             rx,
             chain,
             file,
@@ -288,6 +290,7 @@ impl AuditLayerBuilder {
 
         let shared = Arc::new(Shared {
             submitter,
+            probe,
             statics,
             limit: self.max_value_len,
         });

@@ -54,12 +54,23 @@ pub(crate) struct Capture {
     event: Option<Range<usize>>,
     ctx: [Option<Range<usize>>; CONTEXT_SLOTS],
     message: Option<Range<usize>>,
+    /// Bytes a bounded `Debug` left out of each slot: the context slots,
+    /// then `audit.event` ([`EVENT_SLOT`]) and the message ([`MESSAGE_SLOT`]).
+    dropped: [usize; CONTEXT_SLOTS + 2],
+    /// The innermost span's `audit.risk` when the event set its own (an
+    /// invalid event value then falls back to it, never below it).
+    span_risk: Option<Range<usize>>,
     /// The inside of the `details` object: `"k":v,"k2":v2`.
     pub(crate) details: Vec<u8>,
+    /// The keys written to `details`, each followed by `\0`: every key is
+    /// unique (a repeated one gets `#2`, `#3`…).
+    keys: String,
     /// Fields whose value did not parse; kept as given in `details`.
-    pub(crate) invalid: Vec<&'static str>,
+    pub(crate) invalid: Vec<String>,
     /// Fields whose value was cut to the limit.
-    pub(crate) truncated: Vec<&'static str>,
+    pub(crate) truncated: Vec<String>,
+    /// Values whose `Debug` panicked (each kept as a marker and flagged).
+    pub(crate) panics: u32,
     /// Scratch for formatting `Debug` values headed for `details`.
     scratch: String,
     /// Longest value kept, in bytes.
@@ -76,7 +87,11 @@ impl Capture {
             event: None,
             ctx: Default::default(),
             message: None,
+            dropped: [0; CONTEXT_SLOTS + 2],
+            span_risk: None,
             details: Vec::with_capacity(256),
+            keys: String::new(),
+            panics: 0,
             invalid: Vec::new(),
             truncated: Vec::new(),
             scratch: String::new(),
@@ -92,16 +107,43 @@ impl Capture {
         c
     }
 
-    /// Empties the capture for the next event, keeping its allocations.
+    /// Empties the capture for the next event, keeping its allocations
+    /// unless one event made them oversized (a thread must not keep a huge
+    /// buffer for the rest of its life).
     pub(crate) fn reset(&mut self, limit: usize) {
+        shrink(&mut self.arena);
+        shrink(&mut self.scratch);
+        shrink(&mut self.keys);
+        if self.details.capacity() > KEEP_BYTES {
+            self.details = Vec::with_capacity(256);
+        }
         self.arena.clear();
         self.event = None;
         self.ctx = Default::default();
         self.message = None;
+        self.dropped = [0; CONTEXT_SLOTS + 2];
+        self.span_risk = None;
         self.details.clear();
+        self.keys.clear();
         self.invalid.clear();
         self.truncated.clear();
+        self.panics = 0;
         self.limit = limit;
+    }
+
+    /// Bytes a bounded `Debug` left out of `audit.event`.
+    pub(crate) fn event_dropped(&self) -> usize {
+        self.dropped[EVENT_SLOT]
+    }
+
+    /// Bytes left out of a context value.
+    pub(crate) fn context_dropped(&self, f: ContextField) -> usize {
+        self.dropped[f as usize]
+    }
+
+    /// Bytes left out of the message.
+    pub(crate) fn message_dropped(&self) -> usize {
+        self.dropped[MESSAGE_SLOT]
     }
 
     fn get(&self, r: &Option<Range<usize>>) -> Option<&str> {
@@ -129,9 +171,19 @@ impl Capture {
         start..self.arena.len()
     }
 
-    fn push_arena_fmt(&mut self, v: &dyn fmt::Debug) -> Range<usize> {
+    /// Formats `v` into the arena, keeping at most `limit` bytes; the count
+    /// of the rest goes to `slot`'s dropped count.
+    fn push_arena_fmt(&mut self, v: &dyn fmt::Debug, slot: usize, name: &str) -> Range<usize> {
         let start = self.arena.len();
-        let _ = write!(self.arena, "{v:?}");
+        match fmt_bounded(&mut self.arena, v, self.limit) {
+            Some(dropped) => self.dropped[slot] = dropped,
+            None => {
+                self.arena.truncate(start);
+                self.arena.push_str(PANICKED);
+                self.panics += 1;
+                self.invalid.push(name.to_owned());
+            }
+        }
         start..self.arena.len()
     }
 
@@ -152,30 +204,50 @@ impl Capture {
         self.message = Some(self.push_arena(v));
     }
 
-    fn detail_key(&mut self, name: &str) {
-        if !self.keep_details {
-            return;
-        }
+    fn key_used(&self, name: &str) -> bool {
+        name == INVALID_KEY
+            || name == TRUNCATED_KEY
+            || self.keys.split_terminator('\0').any(|k| k == name)
+    }
+
+    /// Writes a unique key for `name` (a repeat, or a name the crate uses
+    /// itself, gets `#2`, `#3`…) and returns the key written.
+    fn detail_key(&mut self, name: &str) -> String {
         if !self.details.is_empty() {
             self.details.push(b',');
         }
-        encode::write_plain_str(&mut self.details, name);
+        let mut key = name.to_owned();
+        let mut n = 2;
+        while self.key_used(&key) {
+            key = format!("{name}#{n}");
+            n += 1;
+        }
+        self.keys.push_str(&key);
+        self.keys.push('\0');
+        encode::write_plain_str(&mut self.details, &key);
         self.details.push(b':');
+        key
     }
 
     /// Adds a string value to `details`, truncating to the limit.
-    pub(crate) fn detail_str(&mut self, name: &'static str, v: &str) {
+    pub(crate) fn detail_str(&mut self, name: &str, v: &str) {
+        self.detail_str_dropped(name, v, 0);
+    }
+
+    /// Adds a string value of which `dropped` bytes were already left out.
+    fn detail_str_dropped(&mut self, name: &str, v: &str, dropped: usize) -> Option<String> {
         if !self.keep_details {
-            return;
+            return None;
         }
-        self.detail_key(name);
-        if encode::write_str(&mut self.details, v, self.limit) {
-            self.truncated.push(name);
+        let key = self.detail_key(name);
+        if encode::write_str_dropped(&mut self.details, v, self.limit, dropped) {
+            self.truncated.push(key.clone());
         }
+        Some(key)
     }
 
     /// Adds an unsigned number to `details`.
-    pub(crate) fn detail_u64(&mut self, name: &'static str, v: u64) {
+    pub(crate) fn detail_u64(&mut self, name: &str, v: u64) {
         if !self.keep_details {
             return;
         }
@@ -192,19 +264,37 @@ impl Capture {
         self.details.extend_from_slice(json);
     }
 
-    fn detail_debug(&mut self, name: &'static str, v: &dyn fmt::Debug) {
+    /// Adds a `Debug` value, formatted at most to the limit (the rest is
+    /// counted, never built).
+    fn detail_debug(&mut self, name: &str, v: &dyn fmt::Debug) -> Option<String> {
         if !self.keep_details {
-            return;
+            return None;
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        let _ = write!(scratch, "{v:?}");
-        self.detail_str(name, &scratch);
+        let key = match fmt_bounded(&mut scratch, v, self.limit) {
+            Some(dropped) => self.detail_str_dropped(name, &scratch, dropped),
+            None => {
+                self.panics += 1;
+                let key = self.detail_str_dropped(name, PANICKED, 0);
+                self.flag_invalid(key.clone());
+                key
+            }
+        };
         self.scratch = scratch;
+        key
     }
 
-    /// Resolves `audit.risk`: parsed if valid, else the level's default, with
-    /// the raw value kept in `details` and flagged.
+    /// Flags `key` (as written in `details`) as a value that did not parse.
+    fn flag_invalid(&mut self, key: Option<String>) {
+        if let Some(k) = key {
+            self.invalid.push(k);
+        }
+    }
+
+    /// Resolves `audit.risk`: parsed if valid, else (kept as given in
+    /// `details` and flagged) the innermost span's risk, else the level's
+    /// default. An invalid value never lowers the risk below its span's.
     pub(crate) fn resolve_risk(&mut self, level: &tracing_core::Level) -> Risk {
         let raw = self.ctx[ContextField::Risk as usize].clone();
         match raw.map(|r| (self.arena[r.clone()].parse::<Risk>(), r)) {
@@ -212,9 +302,17 @@ impl Capture {
             Some((Ok(risk), _)) => risk,
             Some((Err(_), r)) => {
                 let s = self.arena[r].to_owned();
-                self.detail_str("audit.risk", &s);
-                self.invalid.push("audit.risk");
-                Risk::from_level(level)
+                let key = self.detail_str_dropped(
+                    "audit.risk",
+                    &s,
+                    self.dropped[ContextField::Risk as usize],
+                );
+                self.flag_invalid(key);
+                let from_span = self
+                    .span_risk
+                    .clone()
+                    .and_then(|r| self.arena[r].parse::<Risk>().ok());
+                from_span.unwrap_or_else(|| Risk::from_level(level))
             }
         }
     }
@@ -227,8 +325,9 @@ impl Capture {
             Some((Ok(o), _)) => o,
             Some((Err(_), r)) => {
                 let s = self.arena[r].to_owned();
-                self.detail_str("audit.outcome", &s);
-                self.invalid.push("audit.outcome");
+                let dropped = self.dropped[ContextField::Outcome as usize];
+                let key = self.detail_str_dropped("audit.outcome", &s, dropped);
+                self.flag_invalid(key);
                 Outcome::Unknown
             }
         }
@@ -237,16 +336,23 @@ impl Capture {
     /// Fills unset context slots from one audit span. Call it for the
     /// event's spans innermost first, so the innermost value wins.
     pub(crate) fn merge_span<'a, R: LookupSpan<'a>>(&mut self, span: &SpanRef<'a, R>) {
-        if self.ctx.iter().all(Option::is_some) {
+        let risk = ContextField::Risk as usize;
+        if self.ctx.iter().all(Option::is_some) && self.span_risk.is_some() {
             return;
         }
         let ext = span.extensions();
         if let Some(sc) = ext.get::<SpanContext>() {
             for (i, v) in sc.values.iter().enumerate() {
-                if let (None, Some(v)) = (&self.ctx[i], v) {
+                let Some(v) = v else { continue };
+                if self.ctx[i].is_none() {
                     let start = self.arena.len();
                     self.arena.push_str(v);
                     self.ctx[i] = Some(start..self.arena.len());
+                    self.dropped[i] = sc.dropped[i];
+                } else if i == risk && self.span_risk.is_none() {
+                    let start = self.arena.len();
+                    self.arena.push_str(v);
+                    self.span_risk = Some(start..self.arena.len());
                 }
             }
         }
@@ -259,8 +365,8 @@ impl Capture {
             Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena(v)),
             Some(AuditName::Details) => self.detail_str(name, v),
             Some(AuditName::Unknown) => {
-                self.detail_str(name, v);
-                self.invalid.push(name);
+                let key = self.detail_str_dropped(name, v, 0);
+                self.flag_invalid(key);
             }
             None if name == "message" && !self.keep_details => {}
             None if name == "message" => self.message = Some(self.push_arena(v)),
@@ -272,23 +378,88 @@ impl Capture {
     fn record_typed(&mut self, field: &Field, v: &dyn fmt::Debug, json: impl FnOnce(&mut Vec<u8>)) {
         let name = field.name();
         match classify(name) {
-            Some(AuditName::Event) => self.event = Some(self.push_arena_fmt(v)),
-            Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena_fmt(v)),
+            Some(AuditName::Event) => self.event = Some(self.push_arena_fmt(v, EVENT_SLOT, name)),
+            Some(AuditName::Context(c)) => {
+                self.ctx[c as usize] = Some(self.push_arena_fmt(v, c as usize, name))
+            }
             None if name == "message" && !self.keep_details => {}
-            None if name == "message" => self.message = Some(self.push_arena_fmt(v)),
+            None if name == "message" => {
+                self.message = Some(self.push_arena_fmt(v, MESSAGE_SLOT, name))
+            }
             other => {
                 if !self.keep_details {
                     return;
                 }
-                let key = name.strip_prefix("r#").unwrap_or(name);
-                self.detail_key(key);
+                let key = self.detail_key(name.strip_prefix("r#").unwrap_or(name));
                 json(&mut self.details);
                 if other == Some(AuditName::Unknown) {
-                    self.invalid.push(name);
+                    self.invalid.push(key);
                 }
             }
         }
     }
+}
+
+/// Oversized buffers are dropped after the event that grew them.
+const KEEP_BYTES: usize = 64 * 1024;
+
+/// Where `audit.event` and the message sit in [`Capture`]'s dropped counts.
+const EVENT_SLOT: usize = CONTEXT_SLOTS;
+const MESSAGE_SLOT: usize = CONTEXT_SLOTS + 1;
+
+/// The keys the crate writes into `details` itself.
+const INVALID_KEY: &str = "audit.invalid";
+const TRUNCATED_KEY: &str = "audit.truncated";
+
+fn shrink(s: &mut String) {
+    if s.capacity() > KEEP_BYTES {
+        *s = String::with_capacity(256);
+    }
+}
+
+/// A `fmt::Write` that keeps at most `room` more bytes and counts the rest.
+struct Bounded<'a> {
+    out: &'a mut String,
+    room: usize,
+    dropped: usize,
+}
+
+impl fmt::Write for Bounded<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if s.len() <= self.room {
+            self.out.push_str(s);
+            self.room -= s.len();
+        } else {
+            let mut cut = self.room;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.out.push_str(&s[..cut]);
+            self.room = 0;
+            self.dropped += s.len() - cut;
+        }
+        Ok(())
+    }
+}
+
+/// What a value that panicked while formatting is kept as (and flagged).
+const PANICKED: &str = "<the value's Debug panicked>";
+
+/// Formats `v` into `out`, keeping at most `limit` bytes of it: a huge
+/// `Debug` is never built whole. Returns how many bytes were left out, or
+/// `None` if the `Debug` panicked (caught here, so one bad field costs
+/// only its own value, never the event or the span).
+pub(crate) fn fmt_bounded(out: &mut String, v: &dyn fmt::Debug, limit: usize) -> Option<usize> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut w = Bounded {
+            out,
+            room: limit,
+            dropped: 0,
+        };
+        let _ = write!(w, "{v:?}");
+        w.dropped
+    }))
+    .ok()
 }
 
 impl Visit for Capture {
@@ -299,15 +470,23 @@ impl Visit for Capture {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let name = field.name();
         match classify(name) {
-            Some(AuditName::Event) => self.event = Some(self.push_arena_fmt(value)),
-            Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena_fmt(value)),
-            None if name == "message" && !self.keep_details => {}
-            None if name == "message" => self.message = Some(self.push_arena_fmt(value)),
-            Some(AuditName::Unknown) => {
-                self.detail_debug(name, value);
-                self.invalid.push(name);
+            Some(AuditName::Event) => {
+                self.event = Some(self.push_arena_fmt(value, EVENT_SLOT, name))
             }
-            _ => self.detail_debug(name.strip_prefix("r#").unwrap_or(name), value),
+            Some(AuditName::Context(c)) => {
+                self.ctx[c as usize] = Some(self.push_arena_fmt(value, c as usize, name))
+            }
+            None if name == "message" && !self.keep_details => {}
+            None if name == "message" => {
+                self.message = Some(self.push_arena_fmt(value, MESSAGE_SLOT, name))
+            }
+            Some(AuditName::Unknown) => {
+                let key = self.detail_debug(name, value);
+                self.flag_invalid(key);
+            }
+            _ => {
+                self.detail_debug(name.strip_prefix("r#").unwrap_or(name), value);
+            }
         }
     }
 
@@ -336,7 +515,7 @@ impl Visit for Capture {
         let mut finite = true;
         self.record_typed(field, &value, |b| finite = encode::write_f64(b, value));
         if !finite {
-            self.invalid.push(field.name());
+            self.invalid.push(field.name().to_owned());
         }
     }
 
@@ -347,20 +526,23 @@ impl Visit for Capture {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        let mut text = value.to_string();
-        let mut source = value.source();
-        while let Some(s) = source {
-            let _ = write!(text, ": {s}");
-            source = s.source();
-        }
-        self.record_string(field, &text);
+        self.record_string(field, &error_chain(value));
     }
 
     #[cfg(all(tracing_unstable, feature = "valuable"))]
     fn record_value(&mut self, field: &Field, value: valuable::Value<'_>) {
+        let name = field.name();
+        // A convention slot takes a string, number or bool as its text; a
+        // structured value cannot fill it and is kept in details, flagged.
+        if let Some(AuditName::Event | AuditName::Context(_)) = classify(name) {
+            if let Some(text) = primitive_text(value) {
+                self.record_string(field, &text);
+                return;
+            }
+        }
         let ser = valuable_serde::Serializable::new(value);
         match serde_json::to_value(&ser) {
-            Ok(serde_json::Value::Object(map)) if field.name() == "audit.details" => {
+            Ok(serde_json::Value::Object(map)) if name == "audit.details" => {
                 for (k, v) in map {
                     // Written through this crate's stricter escaper.
                     let mut out = Vec::new();
@@ -371,11 +553,17 @@ impl Visit for Capture {
             Ok(v) => {
                 let mut out = Vec::new();
                 reescape(&v, &mut out);
-                self.detail_raw(field.name(), &out);
+                self.detail_raw(name, &out);
+                if matches!(
+                    classify(name),
+                    Some(AuditName::Event | AuditName::Context(_) | AuditName::Unknown)
+                ) {
+                    self.invalid.push(name.to_owned());
+                }
             }
             Err(e) => {
-                self.detail_str(field.name(), &format!("<unserialisable: {e}>"));
-                self.invalid.push(field.name());
+                let key = self.detail_str_dropped(name, &format!("<unserialisable: {e}>"), 0);
+                self.flag_invalid(key);
             }
         }
     }
@@ -414,46 +602,121 @@ fn reescape(v: &serde_json::Value, out: &mut Vec<u8>) {
 }
 
 /// The `audit.*` context of one span, stored in its extensions.
-#[derive(Debug, Default, Clone)]
+///
+/// Values are formatted *before* the span's extensions are locked, under
+/// `catch_unwind`: a panicking `Debug` is caught (and counted by the caller)
+/// instead of reaching the application or poisoning the lock, and a `Debug`
+/// that emits an event (which reads the extensions) cannot deadlock. Each
+/// value is cut to the value limit as it is formatted.
+#[derive(Debug, Clone)]
 pub(crate) struct SpanContext {
     values: [Option<String>; CONTEXT_SLOTS],
+    dropped: [usize; CONTEXT_SLOTS],
+    limit: usize,
+    /// Values whose `Debug` panicked (kept as a marker).
+    panics: u32,
 }
 
 impl SpanContext {
-    /// Reads a new span's attributes.
-    pub(crate) fn from_attrs(attrs: &Attributes<'_>) -> Self {
-        let mut sc = SpanContext::default();
-        attrs.record(&mut sc);
-        sc
+    fn new(limit: usize) -> Self {
+        SpanContext {
+            values: Default::default(),
+            dropped: [0; CONTEXT_SLOTS],
+            limit,
+            panics: 0,
+        }
     }
 
-    /// Applies `Span::record` values.
-    pub(crate) fn update(&mut self, values: &Record<'_>) {
-        values.record(self);
+    /// Reads a new span's attributes (outside any lock).
+    fn from_attrs(attrs: &Attributes<'_>, limit: usize) -> Option<Self> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut sc = SpanContext::new(limit);
+            attrs.record(&mut sc);
+            sc
+        }))
+        .ok()
     }
 
     /// Stores the context of a new span. Both layers call this; whichever
     /// comes first inserts, the second finds it there (inserting twice would
-    /// panic inside `Extensions::insert`).
+    /// panic inside `Extensions::insert`). Returns `false` if formatting a
+    /// value panicked (the span then carries the values that did format).
     pub(crate) fn on_new_span<'a, R: LookupSpan<'a>>(
         attrs: &Attributes<'_>,
         span: &SpanRef<'a, R>,
-    ) {
+        limit: usize,
+    ) -> bool {
+        if span.extensions().get::<SpanContext>().is_some() {
+            return true;
+        }
+        let (sc, ok) = match SpanContext::from_attrs(attrs, limit) {
+            Some(sc) => {
+                let ok = sc.panics == 0;
+                (sc, ok)
+            }
+            None => (SpanContext::new(limit), false),
+        };
         let mut ext = span.extensions_mut();
         if ext.get_mut::<SpanContext>().is_none() {
-            ext.insert(SpanContext::from_attrs(attrs));
+            ext.insert(sc);
+        }
+        ok
+    }
+
+    /// Applies a `Span::record` to a stored span: the new values are
+    /// formatted first, then merged under the lock. Idempotent, so two
+    /// layers may both call it. Returns `false` if formatting panicked.
+    pub(crate) fn on_record<'a, R: LookupSpan<'a>>(
+        values: &Record<'_>,
+        span: &SpanRef<'a, R>,
+        limit: usize,
+    ) -> bool {
+        let delta = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut d = SpanContext::new(limit);
+            values.record(&mut d);
+            d
+        }));
+        let Ok(delta) = delta else { return false };
+        let ok = delta.panics == 0;
+        let mut ext = span.extensions_mut();
+        match ext.get_mut::<SpanContext>() {
+            Some(sc) => sc.merge(delta),
+            None => {
+                ext.insert(delta);
+            }
+        }
+        ok
+    }
+
+    fn merge(&mut self, delta: SpanContext) {
+        for (i, v) in delta.values.into_iter().enumerate() {
+            if v.is_some() {
+                self.values[i] = v;
+                self.dropped[i] = delta.dropped[i];
+            }
         }
     }
 
-    /// Applies a `Span::record` to a stored span. Idempotent, so two layers may both call it.
-    pub(crate) fn on_record<'a, R: LookupSpan<'a>>(values: &Record<'_>, span: &SpanRef<'a, R>) {
-        let mut ext = span.extensions_mut();
-        match ext.get_mut::<SpanContext>() {
-            Some(sc) => sc.update(values),
+    fn set(&mut self, c: ContextField, v: &str) {
+        let mut cut = v.len().min(self.limit);
+        while !v.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.values[c as usize] = Some(v[..cut].to_owned());
+        self.dropped[c as usize] = v.len() - cut;
+    }
+
+    fn set_debug(&mut self, c: ContextField, v: &dyn fmt::Debug) {
+        let mut s = String::new();
+        match fmt_bounded(&mut s, v, self.limit) {
+            Some(dropped) => {
+                self.dropped[c as usize] = dropped;
+                self.values[c as usize] = Some(s);
+            }
             None => {
-                let mut sc = SpanContext::default();
-                sc.update(values);
-                ext.insert(sc);
+                self.panics += 1;
+                self.dropped[c as usize] = 0;
+                self.values[c as usize] = Some(PANICKED.to_owned());
             }
         }
     }
@@ -462,15 +725,65 @@ impl SpanContext {
 impl Visit for SpanContext {
     fn record_str(&mut self, field: &Field, value: &str) {
         if let Some(AuditName::Context(c)) = classify(field.name()) {
-            self.values[c as usize] = Some(value.to_owned());
+            self.set(c, value);
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if let Some(AuditName::Context(c)) = classify(field.name()) {
-            self.values[c as usize] = Some(format!("{value:?}"));
+            self.set_debug(c, value);
         }
     }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if let Some(AuditName::Context(c)) = classify(field.name()) {
+            self.set(c, &error_chain(value));
+        }
+    }
+
+    #[cfg(all(tracing_unstable, feature = "valuable"))]
+    fn record_value(&mut self, field: &Field, value: valuable::Value<'_>) {
+        if let Some(AuditName::Context(c)) = classify(field.name()) {
+            match primitive_text(value) {
+                Some(text) => self.set(c, &text),
+                None => self.set_debug(c, &value),
+            }
+        }
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost`.
+fn error_chain(value: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = value.to_string();
+    let mut source = value.source();
+    while let Some(s) = source {
+        let _ = write!(text, ": {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// The text of a `valuable` string, number or bool (what a convention
+/// slot can hold); `None` for structured values.
+#[cfg(all(tracing_unstable, feature = "valuable"))]
+fn primitive_text(value: valuable::Value<'_>) -> Option<String> {
+    use valuable::Value as V;
+    Some(match value {
+        V::String(s) => s.to_owned(),
+        V::Bool(b) => b.to_string(),
+        V::I8(n) => n.to_string(),
+        V::I16(n) => n.to_string(),
+        V::I32(n) => n.to_string(),
+        V::I64(n) => n.to_string(),
+        V::U8(n) => n.to_string(),
+        V::U16(n) => n.to_string(),
+        V::U32(n) => n.to_string(),
+        V::U64(n) => n.to_string(),
+        V::F32(n) => n.to_string(),
+        V::F64(n) => n.to_string(),
+        V::Char(c) => c.to_string(),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -140,6 +140,25 @@ pub(crate) fn write_str(buf: &mut Vec<u8>, s: &str, limit: usize) -> bool {
     truncated
 }
 
+/// Like [`write_str`], for a value of which `dropped` bytes were already
+/// left out when it was formatted (a bounded `Debug`): the marker counts
+/// them too. Returns whether anything was left out.
+pub(crate) fn write_str_dropped(buf: &mut Vec<u8>, s: &str, limit: usize, dropped: usize) -> bool {
+    if dropped == 0 {
+        return write_str(buf, s, limit);
+    }
+    let mut cut = s.len().min(limit);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    buf.push(b'"');
+    escape_into(buf, &s[..cut]);
+    buf.extend_from_slice(b"...[truncated ");
+    write_u64(buf, (s.len() - cut + dropped) as u64);
+    buf.extend_from_slice(b" bytes]\"");
+    true
+}
+
 /// Writes a JSON string that is known to need no truncation.
 pub(crate) fn write_plain_str(buf: &mut Vec<u8>, s: &str) {
     write_str(buf, s, usize::MAX);

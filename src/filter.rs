@@ -7,8 +7,15 @@
 //! Filtering"). `Layer::register_callsite` returning `never` would disable
 //! the callsite for the whole subscriber, which must never happen.
 
+use std::cell::Cell;
+use std::sync::{Arc, Mutex};
+
+use tracing_core::callsite::Callsite;
+use tracing_core::dispatcher::Dispatch;
+use tracing_core::field::FieldSet;
+use tracing_core::metadata::Kind;
 use tracing_core::subscriber::Interest;
-use tracing_core::Metadata;
+use tracing_core::{Level, Metadata};
 use tracing_subscriber::layer::{Context, Filter};
 
 use crate::fields::is_audit_callsite;
@@ -20,6 +27,9 @@ pub(crate) struct AuditFilter;
 impl<S> Filter<S> for AuditFilter {
     #[inline]
     fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        if std::ptr::eq(meta, &PROBE_META) {
+            PROBE_REACHED.with(|r| r.set(true));
+        }
         is_audit_callsite(meta)
     }
 
@@ -30,6 +40,75 @@ impl<S> Filter<S> for AuditFilter {
             Interest::never()
         }
     }
+}
+
+/// What the probe found when the audit layer joined a subscriber (set in
+/// `on_register_dispatch`), for the worker to report.
+pub(crate) type ProbeSlot = Arc<Mutex<Option<Probed>>>;
+
+/// A callsite that is never reached: its metadata, an INFO audit event,
+/// asks the user's subscriber whether ordinary audit events get through.
+struct Probe;
+
+static PROBE: Probe = Probe;
+static PROBE_META: Metadata<'static> = Metadata::new(
+    "tracing-audit level probe",
+    "tracing_audit::probe",
+    Level::INFO,
+    None,
+    None,
+    None,
+    FieldSet::new(&["audit.event"], tracing_core::identify_callsite!(&PROBE)),
+    Kind::EVENT,
+);
+
+impl Callsite for Probe {
+    fn set_interest(&self, _: Interest) {}
+
+    fn metadata(&self) -> &Metadata<'_> {
+        &PROBE_META
+    }
+}
+
+thread_local! {
+    /// The probe reached an audit layer's filter on this thread.
+    static PROBE_REACHED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// What the user's subscriber does with an INFO audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probed {
+    /// It reaches the audit layer.
+    Delivered,
+    /// The audit layer wanted it and a global filter discarded it: every
+    /// such event is lost before any layer sees it.
+    DiscardedByGlobalFilter,
+    /// A filter in front of the audit layer stopped it: a per-layer filter
+    /// on the audit layer (the user's choice), or a global filter added
+    /// after it, which cannot be told apart from here.
+    FilteredBeforeAudit,
+}
+
+/// Asks `d` whether an INFO audit event is enabled, and whether the
+/// question reached an audit layer's filter. (`LevelFilter::current()`
+/// cannot tell a global filter from a per-layer one on the audit layer, and
+/// an event below the global maximum never reaches any layer to tell.)
+///
+/// It runs on a thread of its own: asking `enabled` leaves per-layer filter
+/// state in the asking thread's locals, which must never leak into the
+/// application's next event.
+pub(crate) fn probe(d: &Dispatch) -> Probed {
+    let ask = || {
+        PROBE_REACHED.with(|r| r.set(false));
+        let enabled = d.enabled(&PROBE_META);
+        let reached = PROBE_REACHED.with(|r| r.replace(false));
+        match (enabled, reached) {
+            (true, _) => Probed::Delivered,
+            (false, true) => Probed::DiscardedByGlobalFilter,
+            (false, false) => Probed::FilteredBeforeAudit,
+        }
+    };
+    std::thread::scope(|s| s.spawn(ask).join()).unwrap_or(Probed::Delivered)
 }
 
 /// Implements `Layer<S>` for `$outer<S>` by delegating every method to its

@@ -17,7 +17,7 @@ use crate::pipeline::{self, Counters, Msg, Waker};
 pub struct AuditStats {
     /// Records written to the trail (including the crate's own records).
     pub records_written: u64,
-    /// Records lost, all causes: the sum of the four `dropped_*` counts.
+    /// Records lost, all causes: the sum of the `dropped_*` counts.
     pub records_dropped: u64,
     /// Dropped because the queue was full (lossy mode only).
     pub dropped_queue_full: u64,
@@ -27,6 +27,8 @@ pub struct AuditStats {
     pub dropped_unwritten: u64,
     /// Lost to a panic while recording the event (a field's `Debug`, say).
     pub dropped_panic: u64,
+    /// Emitted in a child process forked after the pipeline was built.
+    pub dropped_forked: u64,
     /// Failed writes or syncs (each retried; see `last_error`).
     pub write_errors: u64,
     /// Failed `fdatasync` calls (each repaired by a rewrite; see the
@@ -63,6 +65,7 @@ pub struct AuditStats {
 /// A cloneable handle for reading counters and flushing at run time.
 #[derive(Clone, Debug)]
 pub struct AuditHandle {
+    generation: u64,
     counters: Arc<Counters>,
     tx: SyncSender<Msg>,
     waker: Waker,
@@ -71,6 +74,7 @@ pub struct AuditHandle {
 impl AuditHandle {
     pub(crate) fn new(counters: Arc<Counters>, tx: SyncSender<Msg>, waker: Waker) -> Self {
         AuditHandle {
+            generation: pipeline::fork_generation(),
             counters,
             tx,
             waker,
@@ -88,6 +92,7 @@ impl AuditHandle {
             dropped_after_shutdown: c.dropped_closed.load(Relaxed),
             dropped_unwritten: c.dropped_unwritten.load(Relaxed),
             dropped_panic: c.dropped_panic.load(Relaxed),
+            dropped_forked: c.dropped_forked.load(Relaxed),
             write_errors: c.write_errors.load(Relaxed),
             sync_errors: c.sync_errors.load(Relaxed),
             storage_failing: c.storage_failing.load(Relaxed),
@@ -111,12 +116,13 @@ impl AuditHandle {
     /// Writes and syncs every record emitted before this call. Returns
     /// `false` if the pipeline has stopped or the sync failed.
     pub fn flush(&self) -> bool {
-        pipeline::flush(&self.tx, &self.waker, None)
+        !pipeline::forked_since(self.generation) && pipeline::flush(&self.tx, &self.waker, None)
     }
 
     /// Like [`flush`](Self::flush), giving up after `timeout`.
     pub fn flush_timeout(&self, timeout: Duration) -> bool {
-        pipeline::flush(&self.tx, &self.waker, Some(timeout))
+        !pipeline::forked_since(self.generation)
+            && pipeline::flush(&self.tx, &self.waker, Some(timeout))
     }
 
     /// Installs a panic hook that flushes the trail (waiting up to 5 s)
@@ -173,6 +179,12 @@ impl AuditGuard {
 
 impl Drop for AuditGuard {
     fn drop(&mut self) {
+        if pipeline::forked_since(self.handle.generation) {
+            // A forked child has none of the pipeline's threads: nothing to
+            // stop, nothing to wait for (the parent's guard does that).
+            std::mem::forget(std::mem::take(&mut self.threads));
+            return;
+        }
         let c = &self.handle.counters;
         c.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.handle.tx.try_send(Msg::Wake);

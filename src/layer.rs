@@ -28,6 +28,8 @@ const MAX_SPANS: usize = 32;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) submitter: Submitter,
+    /// What the global-filter probe found, for the worker to report.
+    pub(crate) probe: crate::filter::ProbeSlot,
     pub(crate) statics: Statics,
     pub(crate) limit: usize,
 }
@@ -76,7 +78,7 @@ impl AuditCore {
         }
         if cut {
             // `source.span` keeps the innermost spans; the record says so.
-            s.capture.truncated.push("source.span");
+            s.capture.truncated.push("source.span".to_owned());
         }
         s.body.clear();
         let source = Source {
@@ -92,9 +94,26 @@ impl AuditCore {
             source,
             limit,
         );
+        if s.capture.panics > 0 {
+            let c = &self.shared.submitter.counters;
+            c.error(
+                &c.callback_errors,
+                "a panic while formatting an audit field was caught; the record keeps a marker and flags the field".into(),
+            );
+        }
         self.shared
             .submitter
             .submit(uuid_at(at), s.body.clone(), risk);
+    }
+}
+
+impl AuditCore {
+    fn span_panic(&self) {
+        let c = &self.shared.submitter.counters;
+        c.error(
+            &c.callback_errors,
+            "a panic while recording a span's audit fields was caught; the span keeps the values that formatted".into(),
+        );
     }
 }
 
@@ -102,15 +121,30 @@ impl<S> Layer<S> for AuditCore
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    fn on_register_dispatch(&self, subscriber: &tracing_core::Dispatch) {
+        // The subscriber is complete now: ask it once whether ordinary
+        // audit events get through (a global filter discards them before
+        // any layer could notice).
+        let found = crate::filter::probe(subscriber);
+        if let Ok(mut p) = self.shared.probe.lock() {
+            *p = Some(found);
+        }
+        self.shared.submitter.waker.wake();
+    }
+
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
-            SpanContext::on_new_span(attrs, &span);
+            if !SpanContext::on_new_span(attrs, &span, self.shared.limit) {
+                self.span_panic();
+            }
         }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
-            SpanContext::on_record(values, &span);
+            if !SpanContext::on_record(values, &span, self.shared.limit) {
+                self.span_panic();
+            }
         }
     }
 

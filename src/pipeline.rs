@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
@@ -53,6 +53,9 @@ pub(crate) enum DropCause {
     Unwritten,
     /// A panic while recording the event (a field's `Debug`, say).
     Panic,
+    /// Emitted in a child process forked after the pipeline was built (the
+    /// child has none of the pipeline's threads).
+    Forked,
 }
 
 /// The most recent error and when it happened.
@@ -71,6 +74,7 @@ pub(crate) struct Counters {
     pub(crate) dropped_closed: AtomicU64,
     pub(crate) dropped_unwritten: AtomicU64,
     pub(crate) dropped_panic: AtomicU64,
+    pub(crate) dropped_forked: AtomicU64,
     pub(crate) write_errors: AtomicU64,
     pub(crate) sync_errors: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
@@ -113,6 +117,7 @@ impl Counters {
             DropCause::Closed => &self.dropped_closed,
             DropCause::Unwritten => &self.dropped_unwritten,
             DropCause::Panic => &self.dropped_panic,
+            DropCause::Forked => &self.dropped_forked,
         };
         c.fetch_add(n, Relaxed);
         self.records_dropped.fetch_add(n, Relaxed);
@@ -135,6 +140,33 @@ impl Waker {
             t.unpark();
         }
     }
+}
+
+/// Bumped in every child process a `fork` creates (a `pthread_atfork`
+/// handler), so a pipeline built before the fork knows it is in a child:
+/// there it has no worker thread, and waiting for one would hang forever.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn in_forked_child() {
+    FORK_GENERATION.fetch_add(1, Relaxed);
+}
+
+/// The current fork generation; installs the `fork` handler once.
+pub(crate) fn fork_generation() -> u64 {
+    ATFORK.call_once(|| {
+        // SAFETY: registers a handler that only touches an atomic, which is
+        // async-signal-safe, as a child handler must be.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(in_forked_child));
+        }
+    });
+    FORK_GENERATION.load(Relaxed)
+}
+
+/// Whether this process is a child forked after generation `built`.
+pub(crate) fn forked_since(built: u64) -> bool {
+    FORK_GENERATION.load(Relaxed) != built
 }
 
 /// Whether a full queue makes the caller wait or drops the record.
@@ -176,6 +208,10 @@ pub(crate) struct Submitter {
     tx: SyncSender<Msg>,
     mode: QueueMode,
     durable_at: Risk,
+    /// The fork generation the pipeline was built in.
+    generation: u64,
+    /// The refusal in a forked child was said on stderr.
+    said_forked: AtomicBool,
     pub(crate) counters: Arc<Counters>,
     pub(crate) waker: Waker,
 }
@@ -202,6 +238,8 @@ impl Submitter {
                 tx,
                 mode,
                 durable_at,
+                generation: fork_generation(),
+                said_forked: AtomicBool::new(false),
                 counters,
                 waker: Waker::default(),
             },
@@ -215,6 +253,13 @@ impl Submitter {
 
     /// Queues a record; for a durable one, waits until it is synced.
     pub(crate) fn submit(&self, id: uuid::Uuid, body: Vec<u8>, risk: Risk) {
+        if forked_since(self.generation) {
+            self.counters.dropped(DropCause::Forked, 1);
+            if !self.said_forked.swap(true, Relaxed) {
+                eprintln!("tracing-audit: this process was forked after the audit pipeline was built; the child has no audit worker, so its audit events are dropped and counted. Build the AuditLayer after fork.");
+            }
+            return;
+        }
         let durable = risk >= self.durable_at;
         let (done, done_rx) = if durable {
             let (t, r) = mpsc::sync_channel(1);

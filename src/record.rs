@@ -52,8 +52,13 @@ impl Statics {
 }
 
 fn opt_str(buf: &mut Vec<u8>, v: Option<&str>, limit: usize) -> bool {
+    opt_str_dropped(buf, v, limit, 0)
+}
+
+/// A value of which a bounded `Debug` already left out `dropped` bytes.
+fn opt_str_dropped(buf: &mut Vec<u8>, v: Option<&str>, limit: usize, dropped: usize) -> bool {
     match v {
-        Some(v) => encode::write_str(buf, v, limit),
+        Some(v) => encode::write_str_dropped(buf, v, limit, dropped),
         None => {
             buf.extend_from_slice(b"null");
             false
@@ -95,8 +100,8 @@ pub(crate) fn encode_body(
     out.extend_from_slice(b",\"timestamp\":\"");
     encode::write_timestamp(out, at);
     out.extend_from_slice(b"\",\"event_type\":");
-    let mut truncated: Vec<&'static str> = Vec::new();
-    if opt_str(out, c.event_type(), limit) {
+    let mut truncated: Vec<&str> = Vec::new();
+    if opt_str_dropped(out, c.event_type(), limit, c.event_dropped()) {
         truncated.push("audit.event");
     }
     for (key, f) in [
@@ -107,7 +112,7 @@ pub(crate) fn encode_body(
         out.extend_from_slice(b",\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
-        if opt_str(out, c.context(f), limit) {
+        if opt_str_dropped(out, c.context(f), limit, c.context_dropped(f)) {
             truncated.push(f.name());
         }
     }
@@ -123,23 +128,21 @@ pub(crate) fn encode_body(
         out.extend_from_slice(b",\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
-        if opt_str(out, c.context(f), limit) {
+        if opt_str_dropped(out, c.context(f), limit, c.context_dropped(f)) {
             truncated.push(f.name());
         }
     }
     out.extend_from_slice(b",\"message\":");
-    if opt_str(out, c.message(), limit) {
+    if opt_str_dropped(out, c.message(), limit, c.message_dropped()) {
         truncated.push("message");
     }
 
     out.extend_from_slice(b",\"details\":{");
     out.extend_from_slice(&c.details);
     let mut sep = !c.details.is_empty();
-    truncated.extend_from_slice(&c.truncated);
-    for (key, names) in [
-        ("audit.invalid", &c.invalid),
-        ("audit.truncated", &truncated),
-    ] {
+    truncated.extend(c.truncated.iter().map(String::as_str));
+    let invalid: Vec<&str> = c.invalid.iter().map(String::as_str).collect();
+    for (key, names) in [("audit.invalid", &invalid), ("audit.truncated", &truncated)] {
         if names.is_empty() {
             continue;
         }

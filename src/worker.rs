@@ -85,6 +85,8 @@ pub(crate) struct Worker {
     pub(crate) retention: String,
     /// Said once in the trail after `audit_started` (e.g. the directory mode).
     pub(crate) config_warnings: Vec<String>,
+    /// What the global-filter probe found when the layer joined a subscriber.
+    pub(crate) probe: crate::filter::ProbeSlot,
     pub(crate) pid: u32,
 }
 
@@ -111,8 +113,6 @@ struct State {
     lost_reported: u64,
     capture: Capture,
     body: Vec<u8>,
-    /// An application record has arrived (so a subscriber is installed).
-    saw_app: bool,
     level_checked: bool,
     /// `audit_started` is still to be sealed (the file was not ready).
     started_pending: bool,
@@ -141,7 +141,6 @@ impl Worker {
             lost_reported: 0,
             capture: Capture::new(self.value_limit),
             body: Vec::new(),
-            saw_app: false,
             level_checked: false,
             started_pending: true,
             deadline: None,
@@ -312,7 +311,6 @@ impl Worker {
     fn take(&mut self, st: &mut State, m: Msg) {
         match m {
             Msg::Record(p) => {
-                st.saw_app = true;
                 // A durable record is synced with this batch (group commit).
                 st.want_sync |= p.done.is_some();
                 self.seal(st, p);
@@ -569,6 +567,7 @@ impl Worker {
         let unwritten = c.dropped_unwritten.load(Relaxed);
         let mut causes = Vec::new();
         for (k, what) in [
+            (c.dropped_forked.load(Relaxed), "emitted in a forked child"),
             (full, "the queue was full (lossy mode)"),
             (closed, "sent after shutdown began"),
             (panic, "a panic while recording the event"),
@@ -589,28 +588,34 @@ impl Worker {
     }
 
     /// A global filter (an `EnvFilter` added with `.with(..)`, say) caps
-    /// the level of every layer, audit included: events below it never reach
-    /// this crate. Say so once, in the trail and on stderr.
+    /// the level of every layer, audit included: events below it never
+    /// reach this crate, not even as a first record. So the check does not
+    /// wait for one: as soon as the layer is part of a subscriber, the
+    /// layer probes it once ([`crate::filter::probe`]) and, if an INFO
+    /// audit event would be discarded by a global filter, says so in the
+    /// trail and on stderr, naming the fix.
     fn check_max_level(&mut self, st: &mut State) {
-        use tracing_core::LevelFilter;
-        if st.level_checked || !st.saw_app {
+        use crate::filter::Probed;
+        if st.level_checked {
+            return;
+        }
+        let found = self.probe.lock().ok().and_then(|p| *p);
+        let Some(found) = found else { return };
+        if found != Probed::DiscardedByGlobalFilter {
+            st.level_checked = true;
             return;
         }
         if st.batch.is_empty() && !self.prepare(st) {
             return;
         }
         st.level_checked = true;
-        let max = LevelFilter::current();
-        if max == LevelFilter::TRACE {
-            return;
-        }
+        let max = tracing_core::LevelFilter::current().to_string();
         let msg = format!(
-            "a global filter caps tracing at {max}: audit events less severe than that are discarded before they reach the audit layer; give that filter to the fmt layer with .with_filter(..) instead"
+            "a global filter caps tracing at {max}: INFO audit events (and any less severe than that) are discarded before they reach the audit layer; give that filter to the fmt layer with .with_filter(..) instead"
         );
         eprintln!("tracing-audit: {msg}");
-        let shown = max.to_string();
         self.own_record(st, "audit_config_warning", &Level::WARN, &msg, |c| {
-            c.detail_str("max_level", &shown);
+            c.detail_str("max_level", &max);
         });
     }
 

@@ -41,8 +41,14 @@ fn a_panicking_field_and_a_reentrant_event_do_not_escape() {
         .iter()
         .map(|r| r["event_type"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(kinds, ["inner", "outer", "after"]);
+    // The panicking field costs only its own value: the event is kept,
+    // with a marker in its place, flagged.
+    assert_eq!(kinds, ["inner", "outer", "boom", "after"]);
     assert_eq!(handle.stats().callback_errors, 1);
+    assert_eq!(handle.stats().records_dropped, 0);
     let outer = &app_records(dir.path())[1];
     assert_eq!(outer["details"]["v"], "outer-value");
+    let boom = &app_records(dir.path())[2];
+    assert_eq!(boom["details"]["v"], "<the value's Debug panicked>");
+    assert_eq!(boom["details"]["audit.invalid"], serde_json::json!(["v"]));
 }

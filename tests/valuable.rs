@@ -45,3 +45,49 @@ fn structured_details_are_merged_with_types_kept() {
     assert_eq!(d["note"], "line\nbreak \u{1b}[31m");
     assert_eq!(d["reason"], "monthly");
 }
+
+#[test]
+fn valuable_convention_fields_fill_their_slots_or_are_flagged() {
+    #[derive(Valuable)]
+    struct Clash {
+        reason: String,
+    }
+    let dir = common::tempdir();
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    let actor = String::from("alice");
+    let clash = Clash {
+        reason: "from valuable".into(),
+    };
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        let _s = tracing::info_span!("req", audit.session = "s1".as_value()).entered();
+        tracing::info!(
+            audit.event = "login".as_value(),
+            audit.actor = actor.as_value(),
+            audit.risk = "high".as_value(),
+            audit.resource = clash.as_value(),
+            audit.details = clash.as_value(),
+            reason = "from the event"
+        );
+    });
+    drop(guard);
+    let r = &common::app_records(dir.path())[0];
+    assert_eq!(r["event_type"], "login");
+    assert_eq!(r["actor"], "alice");
+    assert_eq!(r["risk_level"], "high");
+    assert_eq!(r["session_id"], "s1", "no literal quotes from a span");
+    // A structured value cannot fill a slot: kept in details, flagged.
+    assert_eq!(r["resource"], serde_json::Value::Null);
+    assert_eq!(r["details"]["audit.resource"]["reason"], "from valuable");
+    assert!(r["details"]["audit.invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "audit.resource"));
+    // A details key that clashes with an event field: both kept.
+    let d = r["details"].as_object().unwrap();
+    let reasons: Vec<&str> = ["reason", "reason#2"]
+        .iter()
+        .map(|k| d[*k].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"from valuable") && reasons.contains(&"from the event"));
+}

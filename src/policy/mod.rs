@@ -35,6 +35,9 @@ pub use config::Policy;
 use engine::{Crossing, Engine, Nanos, Observed};
 
 use crate::capture::{with_reused, Capture, SpanContext};
+
+/// Longest span value the policy layer keeps (as the audit layer's default).
+const POLICY_VALUE_LIMIT: usize = 8 * 1024;
 use crate::error::Error;
 use crate::fields::ContextField;
 use crate::filter::{delegate_layer, AuditFilter};
@@ -344,13 +347,14 @@ where
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
-            SpanContext::on_new_span(attrs, &span);
+            // A panic is caught and counted by the audit layer, if any.
+            let _ = SpanContext::on_new_span(attrs, &span, POLICY_VALUE_LIMIT);
         }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
-            SpanContext::on_record(values, &span);
+            let _ = SpanContext::on_record(values, &span, POLICY_VALUE_LIMIT);
         }
     }
 
