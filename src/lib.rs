@@ -37,7 +37,9 @@ pub use policy::{
     Alert, AlertHandler, Clock, Compliance, ComplianceReport, ComplianceStats, Policy, PolicyLayer,
     PolicyLayerBuilder, PolicyStatus, Status,
 };
-pub use reader::{AuditTrail, Follower, Query, ReadError, Records, TrailStats, TOP_ACTORS};
+pub use reader::{
+    AuditTrail, Follower, Query, ReadError, Records, Sealed, SealedRecords, TrailStats, TOP_ACTORS,
+};
 pub use record::{AuditRecord, RecordSource, SCHEMA_VERSION};
 pub use syslog::{severity, Facility, Format, Framing, SyslogSink};
 pub use verify::{

@@ -103,7 +103,24 @@ impl AuditTrail {
             accept_unverified: self.unverified(),
             unverified: 0,
             offset: 0,
+            last_line: Vec::new(),
         }
+    }
+
+    /// Every record with the exact bytes it was stored as, oldest first.
+    ///
+    /// ```no_run
+    /// use std::io::Write;
+    /// let trail = tracing_audit::AuditTrail::open("./audit")?;
+    /// let mut out = std::io::stdout().lock();
+    /// for s in trail.sealed().flatten() {
+    ///     out.write_all(&s.line)?;
+    ///     out.write_all(b"\n")?;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sealed(&self) -> SealedRecords {
+        SealedRecords(self.records())
     }
 
     /// The records that match `query`, oldest first.
@@ -153,6 +170,41 @@ impl AuditTrail {
     }
 }
 
+/// A record together with the exact bytes it was read from (without the
+/// newline): what a SIEM export must print, since only those bytes hash to
+/// the record's `hash`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sealed {
+    /// The parsed record.
+    pub record: AuditRecord,
+    /// The line as stored.
+    pub line: Vec<u8>,
+}
+
+/// Iterator over a trail's records with their stored bytes (see
+/// [`AuditTrail::sealed`]).
+#[derive(Debug)]
+pub struct SealedRecords(Records);
+
+impl Iterator for SealedRecords {
+    type Item = Result<Sealed, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let r = self.0.next()?;
+        Some(r.map(|record| Sealed {
+            record,
+            line: std::mem::take(&mut self.0.last_line),
+        }))
+    }
+}
+
+impl SealedRecords {
+    /// Records yielded whose HMAC could not be checked (keyed trail, no key).
+    pub fn unverified(&self) -> u64 {
+        self.0.unverified
+    }
+}
+
 /// A line that is not a readable record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{}:{line}: {message}", file.display())]
@@ -177,6 +229,8 @@ pub struct Records {
     unverified: u64,
     /// Byte offset of the next line in the current file.
     offset: u64,
+    /// The bytes of the last record yielded (for [`SealedRecords`]).
+    last_line: Vec<u8>,
 }
 
 impl Records {
@@ -253,6 +307,8 @@ impl Iterator for Records {
                     }
                     let line = std::mem::take(&mut self.buf);
                     let r = self.record(&line).map_err(err);
+                    self.last_line.clear();
+                    self.last_line.extend_from_slice(&line);
                     self.buf = line;
                     return Some(r);
                 }
@@ -453,6 +509,15 @@ impl Follower {
 
     /// Complete new records; lines that are not records as errors.
     pub fn poll(&mut self) -> io::Result<Vec<Result<AuditRecord, String>>> {
+        Ok(self
+            .poll_sealed()?
+            .into_iter()
+            .map(|r| r.map(|s| s.record))
+            .collect())
+    }
+
+    /// Like [`poll`](Self::poll), with each record's stored bytes.
+    pub fn poll_sealed(&mut self) -> io::Result<Vec<Result<Sealed, String>>> {
         let mut out = Vec::new();
         loop {
             self.drain(&mut out)?;
@@ -470,7 +535,7 @@ impl Follower {
         }
     }
 
-    fn drain(&mut self, out: &mut Vec<Result<AuditRecord, String>>) -> io::Result<()> {
+    fn drain(&mut self, out: &mut Vec<Result<Sealed, String>>) -> io::Result<()> {
         let Some((_, r)) = &mut self.file else {
             return Ok(());
         };
@@ -498,8 +563,9 @@ impl Follower {
                 accept_unverified: self.accept_unverified,
                 unverified: 0,
                 offset: 0,
+                last_line: Vec::new(),
             };
-            out.push(rec.record(&line));
+            out.push(rec.record(&line).map(|record| Sealed { record, line }));
         }
     }
 }

@@ -218,7 +218,7 @@ pub fn verify_opts(
         }
     }
     if v.report.failure.is_none() {
-        v.end(n);
+        v.end(sink, n);
     }
     v.report.last_time = v.last_ts.map(|t| String::from_utf8_lossy(&t).into_owned());
     Ok(v.report)
@@ -265,7 +265,33 @@ impl Verifier {
     }
 
     /// After the last file: junk nobody acknowledged, an empty trail.
-    fn end(&mut self, files: usize) {
+    fn end(&mut self, sink: &FileSink, files: usize) {
+        if self.report.records == 0 {
+            let (file, detail) = match self.junk.first() {
+                Some(j) => (
+                    j.file.clone(),
+                    format!(
+                        "{} matches the audit file names but holds no audit record: it is not a trail written by tracing-audit (or the trail uses another --prefix/--suffix)",
+                        j.file.display()
+                    ),
+                ),
+                None if files == 0 => (
+                    sink.dir.clone(),
+                    format!(
+                        "no audit files found in {} (prefix {:?}, suffix {:?})",
+                        sink.dir.display(),
+                        sink.prefix,
+                        sink.suffix
+                    ),
+                ),
+                None => (
+                    sink.dir.clone(),
+                    format!("no record in {files} file(s): nothing was verified"),
+                ),
+            };
+            self.fail(FailureKind::NoRecords, &file, 0, detail);
+            return;
+        }
         if let Some(j) = self.junk.first() {
             let (file, line, offset, len) = (j.file.clone(), j.line, j.offset, j.len);
             if self.last_stopped {
@@ -283,10 +309,6 @@ impl Verifier {
                 self.fail(FailureKind::TornTail, &file, line, detail);
             }
             return;
-        }
-        if self.report.records == 0 {
-            let detail = format!("no record in {files} file(s): nothing was verified");
-            self.fail(FailureKind::NoRecords, Path::new(""), 0, detail);
         }
     }
 

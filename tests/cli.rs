@@ -59,7 +59,7 @@ fn verify_exit_codes_and_json() {
     let ok = bin(&["verify", d]);
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
     assert!(
-        text(&ok).starts_with("OK: 16 records in 1 files, seq 0..15"),
+        text(&ok).starts_with("OK: 16 records in 1 file, seq 0..15"),
         "{}",
         text(&ok)
     );
@@ -149,7 +149,8 @@ fn query_filters_limit_and_json() {
     let o = bin(&["query", d, "--limit", "2"]);
     let out = String::from_utf8(o.stdout).unwrap();
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 3, "header and the newest two: {out}");
+    assert_eq!(lines.len(), 4, "header, the newest two, the count: {out}");
+    assert_eq!(lines[3], "2 records");
     assert!(
         lines[0].contains("SEQ")
             && lines[1].contains("data_export")
@@ -284,4 +285,160 @@ fn a_huge_line_is_not_a_record_and_memory_stays_bounded() {
         (v["total"].as_u64(), v["unreadable"].as_u64()),
         (Some(16), Some(1))
     );
+}
+
+/// Writes a trail whose records carry attacker-controlled text.
+fn hostile(dir: &std::path::Path) {
+    let (audit, guard) = AuditLayer::builder().file(dir).build().unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::info!(
+            audit.event = "data_access",
+            audit.actor = "mallory\u{202e}gnp.exe",
+            audit.resource = "/invoices/\u{1b}[2J\u{1b}[31mPWNED\nfake-line",
+            audit.session = "s\u{7f}1",
+            note = "\u{2028}line separator"
+        );
+    });
+    drop(guard);
+}
+
+#[test]
+fn human_output_never_passes_control_or_bidi_characters() {
+    let dir = common::tempdir();
+    let d = dir.path().to_str().unwrap();
+    hostile(dir.path());
+    for args in [vec!["query", d], vec!["tail", d, "-n", "5"]] {
+        let o = bin(&args);
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(
+            !out.chars()
+                .any(|c| (c.is_control() && c != '\n') || ('\u{2028}'..='\u{202e}').contains(&c)),
+            "{args:?}: {out:?}"
+        );
+        assert!(
+            out.contains("\\x1b[2J") && out.contains("\\u{202e}"),
+            "{out}"
+        );
+        assert!(
+            !out.lines().any(|l| l.starts_with("fake-line")),
+            "a forged row: {out}"
+        );
+        assert!(
+            out.lines().all(|l| !l.ends_with(' ')),
+            "trailing spaces: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn json_output_is_the_stored_bytes_and_hashes_to_its_own_hash() {
+    use sha2::{Digest, Sha256};
+    let dir = common::tempdir();
+    let d = dir.path().to_str().unwrap();
+    hostile(dir.path());
+    let stored = common::raw_lines(dir.path());
+    for args in [
+        vec!["query", d, "--json"],
+        vec!["query", d, "--json", "--limit", "2"],
+        vec!["tail", d, "--json"],
+    ] {
+        let o = bin(&args);
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(!out.is_empty());
+        for line in out.lines() {
+            assert!(
+                stored.iter().any(|s| s == line),
+                "{args:?}: re-encoded: {line}"
+            );
+            let cut = line.rfind("\"hash\":\"").unwrap();
+            let hex: String = Sha256::digest(&line.as_bytes()[..cut])
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(&line[cut + 8..cut + 72], hex, "{args:?}");
+        }
+    }
+}
+
+#[test]
+fn first_hour_edges() {
+    let dir = common::tempdir();
+    let d = dir.path().to_str().unwrap();
+    // No trail at all: a failure that says why.
+    let o = bin(&["verify", d]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no audit files found"), "{}", text(&o));
+    // A stray file matching the names.
+    std::fs::write(dir.path().join("audit.app.jsonl"), "not an audit record\n").unwrap();
+    let o = bin(&["verify", d]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("not a trail written by tracing-audit"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_file(dir.path().join("audit.app.jsonl")).unwrap();
+
+    sample(dir.path(), None);
+    // No match: a header and "0 records".
+    let o = bin(&["query", d, "--actor", "nobody-at-all"]);
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.starts_with("     SEQ") && out.ends_with("0 records\n"),
+        "{out}"
+    );
+    // Dates and times ago.
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    for since in [today.as_str(), "1h", "30m"] {
+        let o = bin(&["query", d, "--since", since, "--json"]);
+        assert_eq!(o.status.code(), Some(0), "{since}: {}", text(&o));
+        assert_eq!(
+            String::from_utf8(o.stdout).unwrap().lines().count(),
+            16,
+            "{since}"
+        );
+    }
+    let o = bin(&["query", d, "--until", "2001-01-01", "--json"]);
+    assert_eq!(String::from_utf8(o.stdout).unwrap().lines().count(), 0);
+    // report alone names both ways to give policies.
+    let o = bin(&["report", d]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("--defaults") && text(&o).contains("--policies"),
+        "{}",
+        text(&o)
+    );
+    // One time format: RFC 3339 with microseconds and Z.
+    let o = bin(&["stats", d]);
+    let out = text(&o);
+    let from = out.lines().find(|l| l.starts_with("from ")).unwrap();
+    assert!(from.split(' ').nth(1).unwrap().ends_with('Z'), "{from}");
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let dir = common::tempdir();
+    let d = dir.path().to_str().unwrap();
+    sample(dir.path(), None);
+    for cmd in ["stats", "query", "verify"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
+            .args([cmd, d])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close our end at once, as `| head -0` would.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert_ne!(
+            o.status.code(),
+            Some(101),
+            "{cmd} panicked: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !String::from_utf8_lossy(&o.stderr).contains("panicked"),
+            "{cmd}"
+        );
+    }
 }

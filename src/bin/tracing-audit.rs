@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use tracing_audit::{
-    AuditRecord, AuditTrail, Compliance, FileSink, Follower, Outcome, Policy, Query, Risk,
-};
+use tracing_audit::{AuditTrail, Compliance, FileSink, Follower, Outcome, Policy, Query, Risk};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -92,12 +90,49 @@ struct Filters {
     /// Only this risk or higher (low, medium, high, critical).
     #[arg(long)]
     min_risk: Option<Risk>,
-    /// Only at or after this time (RFC 3339).
-    #[arg(long)]
+    /// Only at or after this time: RFC 3339, a date (`2026-11-22`, UTC
+    /// midnight), or a time ago (`30s`, `15m`, `1h`, `7d`).
+    #[arg(long, value_parser = parse_time)]
     since: Option<DateTime<Utc>>,
-    /// Only at or before this time (RFC 3339).
-    #[arg(long)]
+    /// Only at or before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time)]
     until: Option<DateTime<Utc>>,
+}
+
+/// RFC 3339, `YYYY-MM-DD` (UTC midnight), or `N[smhd]` ago.
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = num.parse().map_err(|_| {
+        format!("{s:?}: expected RFC 3339, YYYY-MM-DD, or a time ago like 30m, 1h, 7d")
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: a time ago ends in s, m, h or d")),
+    };
+    Ok(Utc::now() - chrono::Duration::seconds(secs))
+}
+
+/// The one time format of every human output: RFC 3339, microseconds, Z.
+fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// `1 record`, `2 records`.
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 impl Filters {
@@ -157,7 +192,7 @@ enum Cmd {
         #[command(flatten)]
         trail: Trail,
         /// Policies from a TOML or JSON file.
-        #[arg(long, required_unless_present = "defaults")]
+        #[arg(long)]
         policies: Option<PathBuf>,
         /// The three default policies (added to --policies if both are given).
         #[arg(long)]
@@ -186,6 +221,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes
+    // away (`stats | head -1`), instead of panicking on a write error.
+    // SAFETY: restoring the default disposition of a signal at start-up.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -256,9 +297,9 @@ fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
         }
         match &report.failure {
             None => println!(
-                "OK: {} records in {} files, seq {}..{}, {} .. {} ({})",
-                report.records,
-                report.files,
+                "OK: {} in {}, seq {}..{}, {} .. {} ({})",
+                count(report.records, "record"),
+                count(report.files as u64, "file"),
                 report.first_seq.map_or("-".into(), |s| s.to_string()),
                 report.last_seq.map_or("-".into(), |s| s.to_string()),
                 report.first_time.as_deref().unwrap_or("-"),
@@ -281,7 +322,12 @@ fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
     }
     Ok(match &report.failure {
         None => ExitCode::SUCCESS,
-        Some(f) if !f.kind.is_tampering() && f.kind != tracing_audit::FailureKind::TornTail => {
+        Some(f)
+            if matches!(
+                f.kind,
+                tracing_audit::FailureKind::KeyRequired | tracing_audit::FailureKind::WrongKey
+            ) =>
+        {
             ExitCode::from(2)
         }
         Some(_) => ExitCode::from(1),
@@ -293,25 +339,43 @@ fn query(trail: &Trail, filters: &Filters, limit: Option<usize>, json: bool) -> 
     let q = filters.query();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut table = Table::new(json);
+    let matching = t
+        .sealed()
+        .filter(|r| r.as_ref().map_or(true, |s| q.matches(&s.record)));
+    let mut shown = 0u64;
     match limit {
         Some(n) => {
-            let (records, errors) = t.recent(n, &q);
-            for e in errors {
-                eprintln!("warning: {e}");
+            let mut ring = std::collections::VecDeque::with_capacity(n.min(4096));
+            for r in matching {
+                match r {
+                    Ok(s) if n > 0 => {
+                        if ring.len() == n {
+                            ring.pop_front();
+                        }
+                        ring.push_back(s);
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("warning: {e}"),
+                }
             }
-            for r in &records {
-                table.row(&mut out, r)?;
+            for s in &ring {
+                table.row(&mut out, s)?;
+                shown += 1;
             }
         }
         None => {
-            for r in t.query(&q) {
+            for r in matching {
                 match r {
-                    Ok(r) => table.row(&mut out, &r)?,
+                    Ok(s) => {
+                        table.row(&mut out, &s)?;
+                        shown += 1;
+                    }
                     Err(e) => eprintln!("warning: {e}"),
                 }
             }
         }
     }
+    table.finish(&mut out, shown)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -325,12 +389,12 @@ fn stats(trail: &Trail, filters: &Filters, json: bool) -> Res {
     }
     println!("records: {}  (unreadable lines: {})", s.total, s.unreadable);
     if let (Some(a), Some(b)) = (s.first, s.last) {
-        println!("from {a} to {b}");
+        println!("from {} to {}", rfc3339(&a), rfc3339(&b));
     }
     let section = |title: &str, rows: Vec<(&str, u64)>| {
         println!("\n{title}:");
         for (k, n) in rows {
-            println!("  {n:>10}  {k}");
+            println!("  {n:>10}  {}", printable(k, usize::MAX));
         }
     };
     section("by event type", sorted(&s.by_event_type));
@@ -351,6 +415,9 @@ fn report(
     only: Option<&str>,
     json: bool,
 ) -> Res {
+    if !defaults && file.is_none() {
+        return Err("report needs policies: give --defaults (the three default policies), --policies FILE (TOML or JSON), or both".into());
+    }
     let mut policies = if defaults {
         Policy::defaults()
     } else {
@@ -408,21 +475,30 @@ fn tail(trail: &Trail, lines: usize, follow: bool, json: bool) -> Res {
         None
     };
     let t = trail.open()?;
-    let (records, _) = t.recent(lines, &Query::default());
+    let mut ring = std::collections::VecDeque::with_capacity(lines.min(4096));
+    for s in t.sealed().flatten() {
+        if lines == 0 {
+            break;
+        }
+        if ring.len() == lines {
+            ring.pop_front();
+        }
+        ring.push_back(s);
+    }
     let mut table = Table::new(json);
     let mut out = std::io::stdout().lock();
-    for r in &records {
-        table.row(&mut out, r)?;
+    for s in &ring {
+        table.row(&mut out, s)?;
     }
     out.flush()?;
     let Some(f) = follower.as_mut() else {
         return Ok(ExitCode::SUCCESS);
     };
     loop {
-        for r in f.poll()? {
+        for r in f.poll_sealed()? {
             match r {
-                Ok(r) => table.row(&mut out, &r)?,
-                Err(e) => eprintln!("warning: unreadable line: {e}"),
+                Ok(s) => table.row(&mut out, &s)?,
+                Err(e) => eprintln!("warning: unreadable line: {}", printable(&e, usize::MAX)),
             }
         }
         out.flush()?;
@@ -430,11 +506,72 @@ fn tail(trail: &Trail, lines: usize, follow: bool, json: bool) -> Res {
     }
 }
 
-/// Prints records as an aligned table or as JSON lines.
+/// Whether `c` must not reach a terminal raw: controls (C0, DEL, C1),
+/// bidirectional overrides and isolates, and other invisible format
+/// characters that can reorder or hide what an operator reads.
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+/// `s` with every unsafe character shown as a visible escape (`\x1b`,
+/// `\u{202e}`), cut to `width` characters with `…`.
+fn printable(s: &str, width: usize) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut n = 0;
+    for c in s.chars() {
+        let shown = if unsafe_char(c) {
+            if (c as u32) < 0x80 {
+                format!("\\x{:02x}", c as u32)
+            } else {
+                format!("\\u{{{:x}}}", c as u32)
+            }
+        } else {
+            c.to_string()
+        };
+        let k = shown.chars().count();
+        if n + k > width {
+            if width > 0 {
+                // Make room for the ellipsis.
+                while n >= width && out.pop().is_some() {
+                    n -= 1;
+                }
+                out.push('…');
+            }
+            return out;
+        }
+        out.push_str(&shown);
+        n += k;
+    }
+    out
+}
+
+/// Prints records as an aligned table or, with `--json`, as the exact
+/// stored lines (they hash to their own `hash`).
 struct Table {
     json: bool,
     header_done: bool,
 }
+
+const COLUMNS: [(&str, usize); 9] = [
+    ("SEQ", 8),
+    ("TIMESTAMP", 27),
+    ("EVENT", 24),
+    ("ACTOR", 20),
+    ("RESOURCE", 24),
+    ("OUTCOME", 7),
+    ("RISK", 8),
+    ("SESSION", 16),
+    ("IP", 15),
+];
 
 impl Table {
     fn new(json: bool) -> Self {
@@ -444,37 +581,61 @@ impl Table {
         }
     }
 
-    fn row(&mut self, out: &mut impl Write, r: &AuditRecord) -> std::io::Result<()> {
-        if self.json {
-            let line = serde_json::to_string(r).map_err(std::io::Error::other)?;
-            return writeln!(out, "{line}");
-        }
-        if !self.header_done {
-            writeln!(
-                out,
-                "{:>8}  {:<27}  {:<24}  {:<20}  {:<24}  {:<7}  {:<8}",
-                "SEQ", "TIMESTAMP", "EVENT", "ACTOR", "RESOURCE", "OUTCOME", "RISK"
-            )?;
-            self.header_done = true;
-        }
-        let cell = |s: &Option<String>, w: usize| {
-            let s = s.as_deref().unwrap_or("-");
-            if s.chars().count() > w {
-                format!("{}…", s.chars().take(w - 1).collect::<String>())
-            } else {
-                s.to_owned()
+    fn line(out: &mut impl Write, cells: &[String]) -> std::io::Result<()> {
+        let mut line = String::new();
+        for (i, (cell, (_, w))) in cells.iter().zip(COLUMNS).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
             }
-        };
-        writeln!(
-            out,
-            "{:>8}  {:<27}  {:<24}  {:<20}  {:<24}  {:<7}  {:<8}",
-            r.seq,
-            r.timestamp.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
-            cell(&r.event_type, 24),
-            cell(&r.actor, 20),
-            cell(&r.resource, 24),
-            r.outcome.as_str(),
-            r.risk_level.as_str()
-        )
+            let pad = w.saturating_sub(cell.chars().count());
+            if i == 0 {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())
+    }
+
+    fn header(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        if !self.header_done && !self.json {
+            let cells: Vec<String> = COLUMNS.iter().map(|(h, _)| h.to_string()).collect();
+            Self::line(out, &cells)?;
+        }
+        self.header_done = true;
+        Ok(())
+    }
+
+    fn row(&mut self, out: &mut impl Write, s: &tracing_audit::Sealed) -> std::io::Result<()> {
+        if self.json {
+            out.write_all(&s.line)?;
+            return out.write_all(b"\n");
+        }
+        self.header(out)?;
+        let r = &s.record;
+        let cell = |v: &Option<String>, w: usize| printable(v.as_deref().unwrap_or("-"), w);
+        let cells = [
+            r.seq.to_string(),
+            rfc3339(&r.timestamp),
+            cell(&r.event_type, COLUMNS[2].1),
+            cell(&r.actor, COLUMNS[3].1),
+            cell(&r.resource, COLUMNS[4].1),
+            r.outcome.as_str().to_owned(),
+            r.risk_level.as_str().to_owned(),
+            cell(&r.session_id, COLUMNS[7].1),
+            cell(&r.ip_address, COLUMNS[8].1),
+        ];
+        Self::line(out, &cells)
+    }
+
+    /// After a query: the header even when nothing matched, and the count.
+    fn finish(&mut self, out: &mut impl Write, shown: u64) -> std::io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        self.header(out)?;
+        writeln!(out, "{}", count(shown, "record"))
     }
 }
