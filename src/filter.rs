@@ -15,6 +15,7 @@ use tracing_core::dispatcher::Dispatch;
 use tracing_core::field::FieldSet;
 use tracing_core::metadata::Kind;
 use tracing_core::subscriber::Interest;
+use tracing_core::LevelFilter;
 use tracing_core::{Level, Metadata};
 use tracing_subscriber::layer::{Context, Filter};
 
@@ -27,7 +28,7 @@ pub(crate) struct AuditFilter;
 impl<S> Filter<S> for AuditFilter {
     #[inline]
     fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        if std::ptr::eq(meta, &PROBE_META) {
+        if PROBE_META.iter().any(|p| std::ptr::eq(meta, p)) {
             PROBE_REACHED.with(|r| r.set(true));
         }
         is_audit_callsite(meta)
@@ -46,32 +47,47 @@ impl<S> Filter<S> for AuditFilter {
 /// `on_register_dispatch`), for the worker to report.
 pub(crate) type ProbeSlot = Arc<Mutex<Option<Probed>>>;
 
-/// A callsite that is never reached: its metadata, an INFO audit event,
-/// asks the user's subscriber whether ordinary audit events get through.
-struct Probe;
+/// Callsites that are never reached: their metadata, audit events at INFO,
+/// WARN and ERROR, ask the user's subscriber whether audit events get
+/// through.
+struct Probe(usize);
 
-static PROBE: Probe = Probe;
-static PROBE_META: Metadata<'static> = Metadata::new(
-    "tracing-audit level probe",
-    "tracing_audit::probe",
-    Level::INFO,
-    None,
-    None,
-    None,
-    FieldSet::new(&["audit.event"], tracing_core::identify_callsite!(&PROBE)),
-    Kind::EVENT,
-);
+static PROBES: [Probe; 3] = [Probe(0), Probe(1), Probe(2)];
+
+macro_rules! probe_meta {
+    ($i:expr, $level:expr) => {
+        Metadata::new(
+            "tracing-audit level probe",
+            "tracing_audit::probe",
+            $level,
+            None,
+            None,
+            None,
+            FieldSet::new(
+                &["audit.event"],
+                tracing_core::identify_callsite!(&PROBES[$i]),
+            ),
+            Kind::EVENT,
+        )
+    };
+}
+
+static PROBE_META: [Metadata<'static>; 3] = [
+    probe_meta!(0, Level::INFO),
+    probe_meta!(1, Level::WARN),
+    probe_meta!(2, Level::ERROR),
+];
 
 impl Callsite for Probe {
     fn set_interest(&self, _: Interest) {}
 
     fn metadata(&self) -> &Metadata<'_> {
-        &PROBE_META
+        &PROBE_META[self.0]
     }
 }
 
 thread_local! {
-    /// The probe reached an audit layer's filter on this thread.
+    /// A probe reached an audit layer's filter on this thread.
     static PROBE_REACHED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -81,34 +97,45 @@ pub(crate) enum Probed {
     /// It reaches the audit layer.
     Delivered,
     /// The audit layer wanted it and a global filter discarded it: every
-    /// such event is lost before any layer sees it.
-    DiscardedByGlobalFilter,
+    /// such event is lost before any layer sees it. Carries the most
+    /// verbose level that still gets through (`OFF` if none).
+    DiscardedByGlobalFilter(LevelFilter),
     /// A filter in front of the audit layer stopped it: a per-layer filter
     /// on the audit layer (the user's choice), or a global filter added
     /// after it, which cannot be told apart from here.
     FilteredBeforeAudit,
 }
 
-/// Asks `d` whether an INFO audit event is enabled, and whether the
-/// question reached an audit layer's filter. (`LevelFilter::current()`
-/// cannot tell a global filter from a per-layer one on the audit layer, and
-/// an event below the global maximum never reaches any layer to tell.)
+/// Asks `d` whether INFO (then WARN, ERROR) audit events are enabled, and
+/// whether the question reached an audit layer's filter.
+/// (`LevelFilter::current()` cannot tell a global filter from a per-layer
+/// one on the audit layer, and an event below the global maximum never
+/// reaches any layer to tell.)
 ///
 /// It runs on a thread of its own: asking `enabled` leaves per-layer filter
 /// state in the asking thread's locals, which must never leak into the
 /// application's next event.
 pub(crate) fn probe(d: &Dispatch) -> Probed {
-    let ask = || {
+    let ask = |meta: &'static Metadata<'static>| {
         PROBE_REACHED.with(|r| r.set(false));
-        let enabled = d.enabled(&PROBE_META);
-        let reached = PROBE_REACHED.with(|r| r.replace(false));
-        match (enabled, reached) {
-            (true, _) => Probed::Delivered,
-            (false, true) => Probed::DiscardedByGlobalFilter,
-            (false, false) => Probed::FilteredBeforeAudit,
+        let enabled = d.enabled(meta);
+        (enabled, PROBE_REACHED.with(|r| r.replace(false)))
+    };
+    let run = || match ask(&PROBE_META[0]) {
+        (true, _) => Probed::Delivered,
+        (false, false) => Probed::FilteredBeforeAudit,
+        (false, true) => {
+            let through = if ask(&PROBE_META[1]).0 {
+                LevelFilter::WARN
+            } else if ask(&PROBE_META[2]).0 {
+                LevelFilter::ERROR
+            } else {
+                LevelFilter::OFF
+            };
+            Probed::DiscardedByGlobalFilter(through)
         }
     };
-    std::thread::scope(|s| s.spawn(ask).join()).unwrap_or(Probed::Delivered)
+    std::thread::scope(|s| s.spawn(run).join()).unwrap_or(Probed::Delivered)
 }
 
 /// Implements `Layer<S>` for `$outer<S>` by delegating every method to its

@@ -308,7 +308,6 @@ impl Verifier {
                 );
                 self.fail(FailureKind::TornTail, &file, line, detail);
             }
-            return;
         }
     }
 

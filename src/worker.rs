@@ -601,15 +601,15 @@ impl Worker {
         }
         let found = self.probe.lock().ok().and_then(|p| *p);
         let Some(found) = found else { return };
-        if found != Probed::DiscardedByGlobalFilter {
+        let Probed::DiscardedByGlobalFilter(through) = found else {
             st.level_checked = true;
             return;
-        }
+        };
         if st.batch.is_empty() && !self.prepare(st) {
             return;
         }
         st.level_checked = true;
-        let max = tracing_core::LevelFilter::current().to_string();
+        let max = through.to_string();
         let msg = format!(
             "a global filter caps tracing at {max}: INFO audit events (and any less severe than that) are discarded before they reach the audit layer; give that filter to the fmt layer with .with_filter(..) instead"
         );
