@@ -110,8 +110,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(audit.event = "logout", audit.outcome = "success");
     }
     std::thread::sleep(Duration::from_millis(200)); // let the alert record land
-    let stats = guard.stats();
-    drop(guard); // flush, sync, write audit_stopped
+                                                    // Dropping the guard flushes, syncs and writes audit_stopped; read the
+                                                    // counters through a handle afterwards, so they include that record.
+    let handle = guard.handle();
+    drop(guard);
+    let stats = handle.stats();
 
     // 3. Read it back.
     let trail = AuditTrail::open(dir)?;
@@ -139,7 +142,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "  seq {:>4}  {}  {:<14} ip={}",
             r.seq,
-            r.timestamp,
+            r.timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             r.event_type.as_deref().unwrap_or("-"),
             r.ip_address.as_deref().unwrap_or("-")
         );
@@ -180,6 +184,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 String::new()
             } else {
                 format!("  [{}]", r.violations.join("; "))
+            } + &if r.coverage.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "  (coverage: {} required kind(s) not seen)",
+                    r.coverage.len()
+                )
             }
         );
     }

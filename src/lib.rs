@@ -34,8 +34,8 @@ pub use guard::{AuditGuard, AuditHandle, AuditStats};
 pub use layer::AuditLayer;
 pub use pipeline::QueueMode;
 pub use policy::{
-    Alert, AlertHandler, Clock, Compliance, ComplianceReport, ComplianceStats, Policy, PolicyLayer,
-    PolicyLayerBuilder, PolicyStatus, Status,
+    Alert, AlertHandler, Clock, Compliance, ComplianceReport, ComplianceStats, CrossingReport,
+    Policy, PolicyLayer, PolicyLayerBuilder, PolicyStatus, Status,
 };
 pub use reader::{
     AuditTrail, Follower, Query, ReadError, Records, Sealed, SealedRecords, TrailStats, TOP_ACTORS,

@@ -435,9 +435,19 @@ fn report(
         Some(name) => vec![compliance.report(name)?],
         None => compliance.reports(),
     };
+    // Exit 1 when any selected policy has a violation, so CI and cron can
+    // gate on it; the JSON carries the same findings.
+    let code = if reports
+        .iter()
+        .any(|r| r.status == tracing_audit::Status::Violation)
+    {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     for r in &reports {
         println!("{} ({}): {:?}", r.policy_name, r.policy, r.status);
@@ -447,14 +457,17 @@ fn report(
             r.retention_days, r.total_events
         );
         for (kind, n) in &r.events_by_type {
-            println!("    {n:>8}  {kind}");
+            println!("    {n:>8}  {}", printable(kind, usize::MAX));
         }
         for v in &r.violations {
-            println!("  violation: {v}");
+            println!("  violation: {}", printable(v, usize::MAX));
+        }
+        for c in &r.coverage {
+            println!("  coverage: {c}");
         }
         println!();
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// Rows of a count map, most frequent first.

@@ -173,10 +173,14 @@ impl Policy {
                 .require(["data_access", "data_modification", "data_deletion"])
                 .retention(days(90))
                 .threshold(5),
+            // The seed counted every login: three ordinary logins a day
+            // raised an alert. Here it counts failures, with the seed's
+            // name, kinds and numbers.
             Policy::new("authentication_monitoring")
                 .title("Authentication Monitoring")
-                .description("Monitor authentication events")
+                .description("Monitor authentication failures")
                 .require(["login", "logout", "auth_failure"])
+                .outcome(crate::fields::Outcome::Failure)
                 .retention(days(30))
                 .threshold(3),
             Policy::new("security_compliance")

@@ -218,7 +218,13 @@ pub(crate) struct PolicyState {
     recent: Buckets,
     armed: bool,
     pub(crate) alerts: u64,
+    /// The latest threshold crossings (at most [`MAX_CROSSINGS`]), for
+    /// reports: when, the count, who and what brought it there.
+    pub(crate) crossings: VecDeque<Crossing>,
 }
+
+/// Crossings kept per policy for reports.
+pub(crate) const MAX_CROSSINGS: usize = 1000;
 
 impl PolicyState {
     fn new(policy: Policy) -> Self {
@@ -233,6 +239,7 @@ impl PolicyState {
             recent: Buckets::new(policy.window.as_nanos().max(1) as u64, 1),
             armed: true,
             alerts: 0,
+            crossings: VecDeque::new(),
             policy,
         }
     }
@@ -397,14 +404,19 @@ fn count(
     if s.armed && after >= s.window.threshold {
         s.armed = false;
         s.alerts += 1;
+        let crossing = Crossing {
+            policy: i,
+            count: after as u64,
+            at,
+            actor: e.actor.map(str::to_owned),
+            event_type: e.event_type.to_owned(),
+        };
+        if s.crossings.len() == MAX_CROSSINGS {
+            s.crossings.pop_front();
+        }
+        s.crossings.push_back(crossing.clone());
         if !quiet {
-            out.push(Crossing {
-                policy: i,
-                count: after as u64,
-                at,
-                actor: e.actor.map(str::to_owned),
-                event_type: e.event_type.to_owned(),
-            });
+            out.push(crossing);
         }
     }
 }

@@ -426,9 +426,16 @@ pub struct ComplianceReport {
     pub total_events: u64,
     /// Matching events within retention, per required kind (zeros included).
     pub events_by_type: BTreeMap<String, u64>,
-    /// Why it is not compliant: missing required kinds, a reached threshold.
+    /// Coverage findings, informational: required kinds with no event
+    /// within retention (no `data_breach` recorded is not a violation).
+    pub coverage: Vec<String>,
+    /// Every threshold crossing within the report period (retention),
+    /// oldest first.
+    pub crossings: Vec<CrossingReport>,
+    /// The violations: one line per crossing within the report period.
     pub violations: Vec<String>,
-    /// Compliant or violation.
+    /// `violation` when the threshold was crossed within the report period
+    /// (or the window is at the threshold now), else `compliant`.
     pub status: Status,
     /// Matching events in the current window (1/64-window resolution).
     pub window_events: u64,
@@ -438,6 +445,19 @@ pub struct ComplianceReport {
     pub retention_days: f64,
     /// Alerts raised since start.
     pub alerts: u64,
+}
+
+/// A threshold crossing, as reports list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CrossingReport {
+    /// When the event that reached the threshold happened.
+    pub at: DateTime<Utc>,
+    /// Matching events in the window then.
+    pub count: u64,
+    /// That event's actor.
+    pub actor: Option<String>,
+    /// That event's type.
+    pub event_type: String,
 }
 
 /// One policy in [`ComplianceStats`].
@@ -598,19 +618,47 @@ fn report(engine: &mut Engine, i: usize, now: Nanos) -> ComplianceReport {
     let s = &mut engine.policies[i];
     let counts = s.retained(now);
     let mut events_by_type = BTreeMap::new();
-    let mut violations = Vec::new();
+    let mut coverage = Vec::new();
     for (kind, n) in s.policy.require.iter().zip(&counts) {
         events_by_type.insert(kind.clone(), *n);
         if *n == 0 {
-            violations.push(format!("Missing required event type: {kind}"));
+            coverage.push(format!(
+                "no {kind} event within the {:.0}-day retention (coverage, not a violation)",
+                s.policy.retention.as_secs_f64() / 86_400.0
+            ));
         }
     }
     let window_events = s.recent(now);
-    if s.over_threshold(now) {
+    let since = now.saturating_sub(s.policy.retention.as_nanos() as u64);
+    let crossings: Vec<CrossingReport> = s
+        .crossings
+        .iter()
+        .filter(|c| c.at > since && c.at <= now)
+        .map(|c| CrossingReport {
+            at: time(c.at),
+            count: c.count,
+            actor: c.actor.clone(),
+            event_type: c.event_type.clone(),
+        })
+        .collect();
+    let window = s.policy.window.as_secs();
+    let mut violations: Vec<String> = crossings
+        .iter()
+        .map(|c| {
+            format!(
+                "threshold {} reached within {window}s at {} ({} events; last {} by {})",
+                s.policy.threshold,
+                c.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                c.count,
+                c.event_type,
+                c.actor.as_deref().unwrap_or("(no actor)")
+            )
+        })
+        .collect();
+    if violations.is_empty() && s.over_threshold(now) {
         violations.push(format!(
-            "Threshold reached: at least {} events within {}s",
-            s.policy.threshold,
-            s.policy.window.as_secs()
+            "threshold {} reached: at least {} events within {window}s now",
+            s.policy.threshold, s.policy.threshold
         ));
     }
     let p = &s.policy;
@@ -621,6 +669,8 @@ fn report(engine: &mut Engine, i: usize, now: Nanos) -> ComplianceReport {
         generated_at: time(now),
         total_events: counts.iter().sum(),
         events_by_type,
+        coverage,
+        crossings,
         status: if violations.is_empty() {
             Status::Compliant
         } else {
