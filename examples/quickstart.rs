@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .environment("demo")
         .file(
             FileSink::new(dir)
-                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .rotation(tracing_audit::Rotation::DAILY)
                 .max_files(90),
         )
         .durable_at(Risk::High)

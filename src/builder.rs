@@ -16,6 +16,20 @@ use crate::worker::{LineSink, Worker};
 
 /// The environment variable the README and the command-line tool use for
 /// the chain key by convention (see [`AuditLayerBuilder::chain_key_env`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// // In the service: the key comes from the environment at build time.
+/// std::env::set_var(tracing_audit::CHAIN_KEY_ENV, "0123456789abcdef0123456789abcdef");
+/// let (_audit, guard) = tracing_audit::AuditLayer::builder()
+///     .file(dir)
+///     .chain_key_env(tracing_audit::CHAIN_KEY_ENV)
+///     .build::<tracing_subscriber::Registry>()?;
+/// drop(guard);
+/// # Ok(()) }
+/// ```
 pub const CHAIN_KEY_ENV: &str = "TRACING_AUDIT_CHAIN_KEY";
 
 /// Configures an [`AuditLayer`]. Start from [`AuditLayer::builder`].
@@ -31,6 +45,25 @@ pub const CHAIN_KEY_ENV: &str = "TRACING_AUDIT_CHAIN_KEY";
 /// | chain | SHA-256; HMAC-SHA-256 with [`chain_key`](Self::chain_key) |
 /// | `host` | the machine's host name |
 /// | `service`, `version`, `environment` | `null` |
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// use std::time::Duration;
+/// use tracing_audit::{AuditLayer, Risk};
+/// use tracing_subscriber::prelude::*;
+///
+/// let (audit, guard) = AuditLayer::builder()
+///     .service("billing-api")
+///     .file(dir)
+///     .durable_at(Risk::High)
+///     .sync_interval(Duration::from_millis(500))
+///     .build()?;
+/// let _subscriber = tracing_subscriber::registry().with(audit);
+/// drop(guard);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct AuditLayerBuilder {
     service: Option<String>,

@@ -16,6 +16,11 @@ use sha2::{Digest, Sha256};
 use crate::encode;
 
 /// `prev_hash` of the first record of a chain: 64 zeros.
+///
+/// ```
+/// assert_eq!(tracing_audit::GENESIS.len(), 64);
+/// assert!(tracing_audit::GENESIS.bytes().all(|b| b == b'0'));
+/// ```
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Bytes after the hashed range: `"hash":"` + 64 hex + `"}`.

@@ -8,6 +8,21 @@ use std::path::{Path, PathBuf};
 /// Nothing in a layer callback returns this: once built, failures are
 /// counted (see [`AuditStats`](crate::AuditStats)) and never reach the
 /// application.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// // A file where the directory should be: a clear error at build time.
+/// let file = dir.join("not-a-dir");
+/// std::fs::write(&file, b"x")?;
+/// let err = tracing_audit::AuditLayer::builder()
+///     .file(&file)
+///     .build::<tracing_subscriber::Registry>()
+///     .unwrap_err();
+/// assert!(matches!(err, tracing_audit::Error::Io { .. }), "{err}");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

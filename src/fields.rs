@@ -102,6 +102,12 @@ pub(crate) fn is_audit_callsite(meta: &Metadata<'_>) -> bool {
 /// Ordered: `Low < Medium < High < Critical`. When an event has no
 /// `audit.risk`, it follows the level: `ERROR` → `High`, `WARN` → `Medium`,
 /// anything else → `Low`.
+///
+/// ```
+/// use tracing_audit::Risk;
+/// assert_eq!("high".parse::<Risk>().unwrap(), Risk::High);
+/// assert!(Risk::Critical > Risk::Medium);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Risk {
@@ -145,6 +151,11 @@ impl fmt::Display for Risk {
 }
 
 /// The error for a value that is not one of a vocabulary's words.
+///
+/// ```
+/// let err = "severe".parse::<tracing_audit::Risk>().unwrap_err();
+/// assert!(err.to_string().contains("severe"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("`{value}` is not one of: {expected}")]
 pub struct ParseValueError {
@@ -181,6 +192,12 @@ impl FromStr for Risk {
 }
 
 /// Whether the audited action succeeded.
+///
+/// ```
+/// use tracing_audit::Outcome;
+/// assert_eq!("failure".parse::<Outcome>().unwrap(), Outcome::Failure);
+/// assert_eq!(Outcome::Success.as_str(), "success");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {

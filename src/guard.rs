@@ -12,6 +12,19 @@ use serde::Serialize;
 use crate::pipeline::{self, Counters, Msg, Waker};
 
 /// A snapshot of the pipeline's counters.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// let (_audit, guard) = tracing_audit::AuditLayer::builder()
+///     .file(dir)
+///     .build::<tracing_subscriber::Registry>()?;
+/// let stats = guard.stats();
+/// assert!(!stats.storage_failing);
+/// drop(guard);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct AuditStats {
@@ -63,6 +76,19 @@ pub struct AuditStats {
 }
 
 /// A cloneable handle for reading counters and flushing at run time.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// let (_audit, guard) = tracing_audit::AuditLayer::builder()
+///     .file(dir)
+///     .build::<tracing_subscriber::Registry>()?;
+/// let handle = guard.handle(); // cloneable: hand it to a health endpoint
+/// assert_eq!(handle.stats().records_dropped, 0);
+/// drop(guard);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct AuditHandle {
     generation: u64,
@@ -144,6 +170,20 @@ impl AuditHandle {
 /// record, syncs, and joins the workers. Keep it alive for as long as the
 /// application may emit audit events: bind it to a named variable in
 /// `main`, **not** to `_`, which drops it at once.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// let (_audit, guard) = tracing_audit::AuditLayer::builder()
+///     .file(dir)
+///     .build::<tracing_subscriber::Registry>()?;
+/// // Keep `guard` alive for as long as the service runs; dropping it writes
+/// // what is queued and `audit_stopped`, and syncs.
+/// assert!(guard.flush());
+/// drop(guard);
+/// # Ok(()) }
+/// ```
 #[must_use = "dropping the guard stops the audit trail; bind it to a variable, not `_`"]
 #[derive(Debug)]
 pub struct AuditGuard {

@@ -169,6 +169,19 @@ where
 /// Built with [`AuditLayer::builder`]; see the crate docs for the field
 /// convention. It selects its callsites with a per-layer filter, so other
 /// layers in the stack see exactly what they saw without it.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// use tracing_subscriber::prelude::*;
+/// let (audit, guard) = tracing_audit::AuditLayer::builder().file(dir).build()?;
+/// tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+///     tracing::warn!(audit.event = "auth_failure", audit.actor = "mallory", "bad password");
+/// });
+/// drop(guard);
+/// # Ok(()) }
+/// ```
 pub struct AuditLayer<S> {
     pub(crate) inner: Filtered<AuditCore, AuditFilter, S>,
 }

@@ -42,6 +42,9 @@ pub use reader::{
 };
 pub use record::{AuditRecord, RecordSource, SCHEMA_VERSION};
 pub use syslog::{severity, Facility, Format, Framing, SyslogSink};
+/// When a new audit file starts: `tracing-appender`'s rotation, re-exported
+/// so a user needs no `tracing-appender` dependency of their own.
+pub use tracing_appender::rolling::Rotation;
 pub use verify::{
     verify, verify_opts, verify_with, Failure, FailureKind, VerifyOptions, VerifyReport,
 };

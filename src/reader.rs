@@ -25,6 +25,20 @@ use crate::file::{list_files, FileSink};
 use crate::record::AuditRecord;
 
 /// An audit directory opened for reading.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// use tracing_audit::{AuditTrail, Query, Risk};
+/// let trail = AuditTrail::open(dir)?;
+/// let risky = Query { min_risk: Some(Risk::High), ..Query::default() };
+/// for r in trail.query(&risky).flatten() {
+///     println!("{} {:?} {:?}", r.seq, r.event_type, r.actor);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct AuditTrail {
     dir: PathBuf,
@@ -173,6 +187,21 @@ impl AuditTrail {
 /// A record together with the exact bytes it was read from (without the
 /// newline): what a SIEM export must print, since only those bytes hash to
 /// the record's `hash`.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// use std::io::Write;
+/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let mut out = Vec::new();
+/// for s in trail.sealed().flatten() {
+///     out.extend_from_slice(&s.line); // the exact stored bytes: they hash to s.record.hash
+///     out.push(b'\n');
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sealed {
     /// The parsed record.
@@ -183,6 +212,17 @@ pub struct Sealed {
 
 /// Iterator over a trail's records with their stored bytes (see
 /// [`AuditTrail::sealed`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let lines: Vec<Vec<u8>> = trail.sealed().flatten().map(|s| s.line).collect();
+/// # let _ = lines;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct SealedRecords(Records);
 
@@ -206,6 +246,18 @@ impl SealedRecords {
 }
 
 /// A line that is not a readable record.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// for e in trail.records().filter_map(Result::err) {
+///     eprintln!("{}:{}: {}", e.file.display(), e.line, e.message);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{}:{line}: {message}", file.display())]
 pub struct ReadError {
@@ -218,6 +270,18 @@ pub struct ReadError {
 }
 
 /// Iterator over a trail's records (see [`AuditTrail::records`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let mut records = trail.records();
+/// let n = records.by_ref().filter(|r| r.is_ok()).count();
+/// println!("{n} records, {} unverified", records.unverified());
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Records {
     files: VecDeque<PathBuf>,
@@ -340,6 +404,19 @@ fn first_line_declares_keyed(path: &Path) -> io::Result<bool> {
 }
 
 /// A filter over records; every field that is set must match.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// use tracing_audit::{Outcome, Query};
+/// let q = Query { actor: Some("mallory".into()), outcome: Some(Outcome::Failure), ..Query::default() };
+/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let (newest, _errors) = trail.recent(10, &q);
+/// assert!(newest.len() <= 10);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Query {
     /// Exact event type.
@@ -379,9 +456,26 @@ impl Query {
 }
 
 /// Most actors listed in [`TrailStats::by_actor`]; the rest are summed in `other_actors`.
+///
+/// ```
+/// assert!(tracing_audit::TOP_ACTORS >= 10);
+/// ```
 pub const TOP_ACTORS: usize = 50;
 
 /// Totals over a trail.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let stats = trail.stats(&tracing_audit::Query::default());
+/// for (actor, n) in stats.top_actors(5) {
+///     println!("{n:>6} {actor}");
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct TrailStats {
     /// Records counted.
@@ -451,6 +545,18 @@ impl TrailStats {
 /// rotation (the basis of `tracing-audit tail -f`). Like [`Records`], it
 /// yields only sealed records; a line still being written is kept until
 /// its newline arrives.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// let mut f = tracing_audit::Follower::from_end(tracing_audit::FileSink::new(dir))?;
+/// for r in f.poll()?.into_iter().flatten() {
+///     println!("{} {:?}", r.seq, r.event_type);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Follower {
     sink: FileSink,

@@ -19,6 +19,10 @@ use crate::encode;
 use crate::fields::{ContextField, Outcome, Risk};
 
 /// The schema version written in every record's `schema` key.
+///
+/// ```
+/// assert_eq!(tracing_audit::SCHEMA_VERSION, 1);
+/// ```
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Record-wide values fixed at build time (`service`, `version`,
@@ -186,6 +190,18 @@ pub(crate) fn encode_body(
 }
 
 /// Where a record was emitted from.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// for r in trail.records().flatten() {
+///     println!("{} {} {:?}", r.source.level, r.source.target, r.source.span);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordSource {
@@ -202,6 +218,12 @@ pub struct RecordSource {
 /// Field order and names follow the JSON line exactly. Reading is strict:
 /// an unknown or duplicate key (at any depth), an unknown risk or outcome,
 /// a lone surrogate or a number out of range make the line not a record.
+///
+/// ```
+/// let line = br#"{"schema":1}"#;
+/// // Strict: a line that is not a whole record of the schema is an error.
+/// assert!(tracing_audit::AuditRecord::parse(line).is_err());
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRecord {

@@ -36,6 +36,12 @@ use crate::reader::AuditTrail;
 use crate::record::AuditRecord;
 
 /// What kind of failure `verify` found.
+///
+/// ```
+/// use tracing_audit::FailureKind;
+/// assert!(FailureKind::Modified.is_tampering());
+/// assert!(!FailureKind::TornTail.is_tampering());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -88,6 +94,18 @@ impl FailureKind {
 }
 
 /// The first failure found.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// let report = tracing_audit::verify(dir, None)?;
+/// if let Some(f) = &report.failure {
+///     eprintln!("{}:{}: {:?}: {}", f.file.display(), f.line, f.kind, f.detail);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Failure {
     /// Kind of failure.
@@ -101,6 +119,16 @@ pub struct Failure {
 }
 
 /// What `verify` found.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// let report = tracing_audit::verify(dir, None)?;
+/// println!("{} records, seq {:?}..{:?}", report.records, report.first_seq, report.last_seq);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
     /// Records checked.
@@ -155,6 +183,17 @@ pub fn verify_with(sink: &FileSink, key: Option<&[u8]>) -> Result<VerifyReport, 
 }
 
 /// What else a verification must check.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+/// let opts = tracing_audit::VerifyOptions::default().expect_service("billing-api");
+/// let report = tracing_audit::verify_opts(&tracing_audit::FileSink::new(dir), None, &opts)?;
+/// # let _ = report;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VerifyOptions {

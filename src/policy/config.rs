@@ -22,6 +22,17 @@ use crate::fields::{Outcome, Risk};
 /// | `threshold` | 1 |
 /// | `window` | 24 h (the seed monitor's window) |
 /// | `retention` | 30 days |
+///
+/// ```
+/// use std::time::Duration;
+/// use tracing_audit::{Outcome, Policy};
+/// let p = Policy::new("failed_logins")
+///     .require(["auth_failure"])
+///     .outcome(Outcome::Failure)
+///     .threshold(5)
+///     .window(Duration::from_secs(300));
+/// assert_eq!(p.threshold, 5);
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {

@@ -14,6 +14,12 @@ use crate::encode;
 use crate::fields::Risk;
 
 /// Syslog facility (RFC 5424 §6.2.1).
+///
+/// ```
+/// use tracing_audit::{Facility, SyslogSink};
+/// let sink = SyslogSink::udp("127.0.0.1:514").facility(Facility::Auth);
+/// # let _ = sink;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum Facility {
@@ -40,6 +46,12 @@ pub enum Facility {
 }
 
 /// Which syslog message format to send.
+///
+/// ```
+/// use tracing_audit::{Format, SyslogSink};
+/// let sink = SyslogSink::udp("127.0.0.1:514").format(Format::Rfc3164);
+/// # let _ = sink;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Format {
     /// RFC 5424 with structured data (default).
@@ -57,6 +69,12 @@ pub enum Format {
 /// | medium | 5 notice |
 /// | high | 4 warning |
 /// | critical | 2 critical |
+///
+/// ```
+/// use tracing_audit::{severity, Risk};
+/// assert_eq!(severity(Risk::Critical), 2);
+/// assert_eq!(severity(Risk::Low), 6);
+/// ```
 pub fn severity(risk: Risk) -> u8 {
     match risk {
         Risk::Low => 6,

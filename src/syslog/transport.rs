@@ -11,6 +11,12 @@ use std::time::Duration;
 use std::sync::Arc;
 
 /// How messages are delimited on a stream (RFC 6587).
+///
+/// ```
+/// use tracing_audit::{Framing, SyslogSink};
+/// let sink = SyslogSink::tcp("127.0.0.1:601").framing(Framing::Lf);
+/// # let _ = sink;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Framing {
     /// `LEN SP MSG` (default; the only framing RFC 5425 allows on TLS).
