@@ -58,7 +58,11 @@ pub struct AuditStats {
     pub syncs: u64,
     /// Panics caught inside a layer callback (e.g. from a field's `Debug`).
     pub callback_errors: u64,
-    /// Messages delivered to syslog servers.
+    /// Syslog messages written: UDP and Unix datagrams sent, or messages
+    /// written into a TCP/TLS connection. Plain TCP and TLS cannot confirm
+    /// that the relay read them: a connection that then dies may have lost
+    /// what sat in the kernel's buffers (the last messages are resent after
+    /// a dead stream; see the README's syslog section).
     pub syslog_sent: u64,
     /// Messages a syslog sink dropped (lossy mode, or unsendable).
     pub syslog_dropped: u64,

@@ -508,3 +508,51 @@ fn a_full_disk_does_not_freeze_a_tokio_runtime() {
         );
     }
 }
+
+#[test]
+fn dropping_the_guard_while_the_disk_fails_is_bounded_and_counted() {
+    need_root!();
+    let base = tempfile::tempdir().unwrap();
+    let m = tmpfs(&base.path().join("t"), "3m");
+    let dir = m.at.join("audit");
+    let grace = Duration::from_secs(2);
+    let (audit, guard) = AuditLayer::builder()
+        .file(&dir)
+        .shutdown_grace(grace)
+        .build()
+        .unwrap();
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", m.at.join("filler").display()),
+            "bs=64k",
+        ])
+        .stderr(Stdio::null())
+        .status();
+    let pad = "w".repeat(2000);
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        for i in 0..500u64 {
+            tracing::info!(audit.event = "doomed", i, pad = pad.as_str());
+        }
+    });
+    let handle = guard.handle();
+    let t0 = Instant::now();
+    drop(guard);
+    let took = t0.elapsed();
+    let stats = handle.stats();
+    eprintln!("shutdown with a full disk took {took:?}: {stats:?}");
+    assert!(took < grace + Duration::from_secs(2), "took {took:?}");
+    assert!(stats.dropped_unwritten > 0, "{stats:?}");
+    // Every record is on disk or counted as unwritten.
+    std::fs::remove_file(m.at.join("filler")).unwrap();
+    let on_disk = AuditTrail::open(&dir)
+        .unwrap()
+        .records()
+        .filter_map(Result::ok)
+        .filter(|r| r.event_type.as_deref() == Some("doomed"))
+        .count() as u64;
+    assert!(
+        on_disk + stats.dropped_unwritten >= 500,
+        "{on_disk} + {stats:?}"
+    );
+}

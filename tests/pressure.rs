@@ -140,3 +140,104 @@ fn a_unix_socket_receiver_that_stops_reading_cannot_hold_the_drop() {
     let r = verify(&trail, None).unwrap();
     assert!(r.is_ok(), "{r:?}");
 }
+
+#[test]
+fn a_relay_that_accepts_and_closes_at_once_is_not_hammered() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (a, s) = (accepted.clone(), stop.clone());
+    let server = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((conn, _)) = listener.accept() {
+                a.fetch_add(1, Ordering::Relaxed);
+                drop(conn); // accept, then close at once
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let d = common::tempdir();
+    let (audit, guard) = AuditLayer::builder()
+        .file(d.path())
+        .syslog(tracing_audit::SyslogSink::tcp(addr.to_string()))
+        .shutdown_grace(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        tracing::dispatcher::with_default(&dispatch, || tracing::info!(audit.event = "tick"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = guard.stats();
+    drop(guard);
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    let n = accepted.load(Ordering::Relaxed);
+    eprintln!("connections in 3 s against an accept-then-close relay: {n}; {stats:?}");
+    // 100 ms doubling: about 5 attempts in 3 s (30 without the backoff).
+    assert!(
+        n <= 10,
+        "{n} connections: the backoff was reset by each early close"
+    );
+    assert!(stats.syslog_errors > 0 && stats.last_error.is_some());
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn a_tls_relay_that_never_answers_the_handshake_cannot_hold_anything() {
+    // Accepts and never says a word: the handshake's read times out.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < until {
+            if let Ok((c, _)) = listener.accept() {
+                held.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let roots = rustls::RootCertStore::empty();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("relay.test").unwrap();
+    let d = common::tempdir();
+    let grace = Duration::from_secs(2);
+    let (audit, guard) = AuditLayer::builder()
+        .file(d.path())
+        .syslog(tracing_audit::SyslogSink::tls(
+            addr.to_string(),
+            Arc::new(config),
+            name,
+        ))
+        .shutdown_grace(grace)
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        for i in 0..10u64 {
+            tracing::info!(audit.event = "tls", i);
+        }
+    });
+    // The handshake read times out (5 s): an error, visible in the stats.
+    std::thread::sleep(Duration::from_secs(6));
+    let stats = guard.stats();
+    assert!(stats.syslog_errors > 0, "{stats:?}");
+    assert!(stats.last_error.is_some(), "{stats:?}");
+    let t0 = Instant::now();
+    drop(guard);
+    let took = t0.elapsed();
+    eprintln!("drop with a TLS relay that never answers took {took:?}");
+    assert!(took < grace + Duration::from_secs(3), "took {took:?}");
+    assert!(verify(d.path(), None).unwrap().is_ok());
+    drop(holder);
+}

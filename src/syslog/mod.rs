@@ -230,6 +230,7 @@ impl SyslogSink {
             counters: counters.clone(),
             conn: None,
             recent: VecDeque::new(),
+            conn_since: None,
         };
         let thread = std::thread::Builder::new()
             .name("tracing-audit-syslog".into())
@@ -286,7 +287,13 @@ struct Sender {
     conn: Option<Conn>,
     /// Messages sent on the current stream, for a resend if it proves dead.
     recent: VecDeque<Vec<u8>>,
+    /// When the current connection was opened.
+    conn_since: Option<Instant>,
 }
+
+/// How long a connection must stay up before it counts as healthy (and the
+/// reconnect backoff starts again from its minimum).
+const HEALTHY_AFTER: Duration = Duration::from_secs(2);
 
 impl Sender {
     fn run(mut self, rx: Receiver<Vec<u8>>) {
@@ -323,7 +330,16 @@ impl Sender {
                 match self.send(msg, &mut scratch) {
                     Ok(()) => {
                         self.counters.syslog_sent.fetch_add(1, Relaxed);
-                        backoff = self.cfg.backoff_min;
+                        // Only a connection that stayed up proves the peer
+                        // healthy: one that accepts and closes at once must
+                        // not reset the backoff (it would reconnect every
+                        // 100 ms forever).
+                        if self
+                            .conn_since
+                            .is_some_and(|t| t.elapsed() >= HEALTHY_AFTER)
+                        {
+                            backoff = self.cfg.backoff_min;
+                        }
                         if let Some(msg) = pending.pop_front() {
                             if !self.cfg.target.is_datagram() && self.cfg.replay > 0 {
                                 if self.recent.len() >= self.cfg.replay {
@@ -412,6 +428,7 @@ impl Sender {
                 self.counters.syslog_reconnects.fetch_add(1, Relaxed);
             }
             self.conn = Some(c);
+            self.conn_since = Some(Instant::now());
         }
         let conn = self
             .conn
