@@ -79,6 +79,20 @@ pub struct AuditStats {
     pub last_error_at: Option<String>,
 }
 
+/// Whether the audit trail can take and keep records now: what a readiness
+/// probe of a fail-closed service asks (an instance that cannot audit
+/// should stop taking traffic, not hang or crash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Health {
+    /// `true` when nothing below is wrong.
+    pub healthy: bool,
+    /// What is wrong, one line each (empty when healthy).
+    pub reasons: Vec<String>,
+    /// Since when writes or syncs have been failing (RFC 3339), while they do.
+    pub blocked_since: Option<String>,
+}
+
 /// A cloneable handle for reading counters and flushing at run time.
 ///
 /// ```
@@ -140,6 +154,60 @@ impl AuditHandle {
                 chrono::DateTime::<chrono::Utc>::from(e.at)
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
             }),
+        }
+    }
+
+    /// Whether the trail can take and keep records now. Degraded when the
+    /// storage is failing (durable callers are waiting; with the reason and
+    /// since when), when the pipeline is shutting down or its worker is
+    /// gone, or in a process forked after the pipeline was built.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let tmp = tempfile::tempdir()?;
+    /// let (_audit, guard) = tracing_audit::AuditLayer::builder()
+    ///     .file(tmp.path())
+    ///     .build::<tracing_subscriber::Registry>()?;
+    /// let handle = guard.handle();
+    /// // In a readiness route: 200 when healthy, 503 with the reasons otherwise.
+    /// let h = handle.health();
+    /// assert!(h.healthy, "{:?}", h.reasons);
+    /// drop(guard);
+    /// assert!(!handle.health().healthy);
+    /// # Ok(()) }
+    /// ```
+    pub fn health(&self) -> Health {
+        let c = &self.counters;
+        let mut reasons = Vec::new();
+        let mut blocked_since = None;
+        if c.storage_failing.load(Relaxed) {
+            let since = c.failing_since.lock().ok().and_then(|s| *s);
+            blocked_since = since.map(|t| {
+                chrono::DateTime::<chrono::Utc>::from(t)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            });
+            let last = c
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|e| e.as_ref().map(|e| e.message.clone()))
+                .unwrap_or_default();
+            reasons.push(format!(
+                "the audit storage is failing since {}: {last}",
+                blocked_since.as_deref().unwrap_or("now")
+            ));
+        }
+        if pipeline::forked_since(self.generation) {
+            reasons.push("this process was forked after the audit pipeline was built".into());
+        } else if c.worker_gone.load(Relaxed) {
+            reasons.push("the audit worker has stopped".into());
+        } else if c.closed.load(Relaxed) {
+            reasons.push("the audit trail is shutting down".into());
+        }
+        Health {
+            healthy: reasons.is_empty(),
+            reasons,
+            blocked_since,
         }
     }
 

@@ -30,7 +30,7 @@ pub use chain::GENESIS;
 pub use error::Error;
 pub use fields::{Outcome, ParseValueError, Risk};
 pub use file::FileSink;
-pub use guard::{AuditGuard, AuditHandle, AuditStats};
+pub use guard::{AuditGuard, AuditHandle, AuditStats, Health};
 pub use layer::AuditLayer;
 pub use pipeline::QueueMode;
 pub use policy::{

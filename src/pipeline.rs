@@ -91,6 +91,10 @@ pub(crate) struct Counters {
     pub(crate) storage_failing: AtomicBool,
     /// Shutdown has begun: new records are refused.
     pub(crate) closed: AtomicBool,
+    /// The worker thread has ended (shutdown, or a bug).
+    pub(crate) worker_gone: AtomicBool,
+    /// When the current storage failure episode began.
+    pub(crate) failing_since: Mutex<Option<SystemTime>>,
     /// Submissions under way.
     pub(crate) inflight: AtomicUsize,
     pub(crate) last_error: Mutex<Option<LastError>>,

@@ -150,6 +150,15 @@ impl Worker {
             last_busy: Instant::now(),
             opened: None,
         };
+        /// Marks the worker gone however `run` ends (a panic included), so
+        /// `health()` can never report a dead pipeline as healthy.
+        struct Gone(Arc<Counters>);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                self.0.worker_gone.store(true, SeqCst);
+            }
+        }
+        let _gone = Gone(self.counters.clone());
         while self.step(&mut st) == Step::Continue {}
         self.finish(&mut st);
     }
@@ -424,6 +433,9 @@ impl Worker {
 
     fn recovered(&mut self) {
         if self.counters.storage_failing.swap(false, SeqCst) {
+            if let Ok(mut since) = self.counters.failing_since.lock() {
+                *since = None;
+            }
             eprintln!("tracing-audit: the audit file is writable and synced again");
         }
     }
