@@ -41,6 +41,7 @@ fn available() -> bool {
 
 /// Whether rsyslog's TLS driver (`rsyslog-gnutls`) is installed; without
 /// it the TLS test is skipped visibly, or fails at once in CI.
+#[cfg(feature = "tls")]
 fn gtls_available() -> bool {
     let ok = std::fs::read_dir("/usr/lib")
         .into_iter()
