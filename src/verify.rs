@@ -385,14 +385,7 @@ impl Verifier {
             let link = match check_line(&self.hasher, line) {
                 Ok(l) if !unterminated => l,
                 Ok(_) | Err(LinkError::Malformed) => {
-                    self.junk.push(Junk {
-                        file: path.to_path_buf(),
-                        line: line_no,
-                        offset: at,
-                        len: line.len() as u64,
-                        sha256: sha256_hex(line),
-                        unterminated,
-                    });
+                    self.push_junk(path, line_no, at, line, unterminated);
                     continue;
                 }
                 Err(LinkError::HashMismatch)
@@ -402,14 +395,7 @@ impl Verifier {
                 {
                     // After a clean stop nothing may follow but a restart:
                     // a line that does not check there is someone else's.
-                    self.junk.push(Junk {
-                        file: path.to_path_buf(),
-                        line: line_no,
-                        offset: at,
-                        len: line.len() as u64,
-                        sha256: sha256_hex(line),
-                        unterminated,
-                    });
+                    self.push_junk(path, line_no, at, line, unterminated);
                     continue;
                 }
                 Err(LinkError::HashMismatch) => {
@@ -465,6 +451,18 @@ impl Verifier {
                 self.last_ts = Some(t);
             }
         }
+    }
+
+    /// Remembers a line that is not a record until a restart names it.
+    fn push_junk(&mut self, path: &Path, line: u64, offset: u64, bytes: &[u8], unterminated: bool) {
+        self.junk.push(Junk {
+            file: path.to_path_buf(),
+            line,
+            offset,
+            len: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+            unterminated,
+        });
     }
 
     /// A well-formed line whose hash does not check: a missing or wrong

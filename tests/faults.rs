@@ -72,6 +72,16 @@ fn tmpfs(at: &Path, size: &str) -> Mount {
     }
 }
 
+/// Fills the file system holding `file` (dd stops at ENOSPC).
+fn fill(file: &Path, block: &str) {
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", file.display()))
+        .arg(format!("bs={block}"))
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// Kills and reaps a child on drop.
 struct Reap(Child);
 
@@ -204,11 +214,8 @@ fn run_child_through_outage(dir: &Path, filler: &Path, hold: Duration, run_secs:
         acked
     });
     std::thread::sleep(Duration::from_millis(700));
-    // Fill the tmpfs under the image (dd stops at ENOSPC).
-    let _ = Command::new("dd")
-        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M"])
-        .stderr(Stdio::null())
-        .status();
+    // Fill the tmpfs under the image.
+    fill(filler, "1M");
     std::thread::sleep(hold);
     std::fs::remove_file(filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(run_secs + 8);
@@ -345,14 +352,7 @@ fn disk_full_across_a_rotation_never_splits_a_record() {
         });
     });
     std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("dd")
-        .args([
-            "if=/dev/zero",
-            &format!("of={}", filler.display()),
-            "bs=64k",
-        ])
-        .stderr(Stdio::null())
-        .status();
+    fill(&filler, "64k");
     std::thread::sleep(Duration::from_secs(6)); // the minute turns meanwhile
     std::fs::remove_file(&filler).unwrap();
     emitter.join().unwrap();
@@ -446,14 +446,7 @@ fn a_full_disk_does_not_freeze_a_tokio_runtime() {
             .shutdown_grace(Duration::from_secs(2))
             .build()
             .unwrap();
-        let _ = Command::new("dd")
-            .args([
-                "if=/dev/zero",
-                &format!("of={}", m.at.join("filler").display()),
-                "bs=64k",
-            ])
-            .stderr(Stdio::null())
-            .status();
+        fill(&m.at.join("filler"), "64k");
         let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -521,14 +514,7 @@ fn dropping_the_guard_while_the_disk_fails_is_bounded_and_counted() {
         .shutdown_grace(grace)
         .build()
         .unwrap();
-    let _ = Command::new("dd")
-        .args([
-            "if=/dev/zero",
-            &format!("of={}", m.at.join("filler").display()),
-            "bs=64k",
-        ])
-        .stderr(Stdio::null())
-        .status();
+    fill(&m.at.join("filler"), "64k");
     let pad = "w".repeat(2000);
     tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
         for i in 0..500u64 {
