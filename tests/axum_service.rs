@@ -47,6 +47,27 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
     )
 }
 
+/// The example served on 127.0.0.1 by a 2-worker multi-thread runtime;
+/// the server task ends when the returned sender fires or is dropped.
+fn start(
+    rt: &tokio::runtime::Runtime,
+    audit: tracing_audit::AuditHandle,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(axum_service::serve(listener, audit, async {
+        let _ = stop_rx.await;
+    }));
+    (addr, stop_tx, server)
+}
+
 #[test]
 fn the_example_service_keeps_a_verifiable_trail() {
     let dir = common::tempdir();
@@ -57,14 +78,7 @@ fn the_example_service_keeps_a_verifiable_trail() {
         .enable_all()
         .build()
         .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(axum_service::serve(listener, guard.handle(), async {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop_tx, server) = start(&rt, guard.handle());
 
     assert_eq!(get(addr, "/ready", None).0, 200);
     assert_eq!(post(addr, "/login", "mallory:guess").0, 401);
@@ -143,14 +157,7 @@ fn readiness_fails_closed_while_the_audit_disk_is_full() {
         })
         .build()
         .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(axum_service::serve(listener, guard.handle(), async {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop_tx, server) = start(&rt, guard.handle());
     assert_eq!(get(addr, "/ready", None).0, 200);
     let filler = mnt.join("filler");
     let _ = std::process::Command::new("dd")
@@ -191,11 +198,15 @@ fn readiness_fails_closed_while_the_audit_disk_is_full() {
     for c in clients {
         c.join().unwrap();
     }
-    assert_eq!(
-        get(addr, "/ready", None).0,
-        200,
-        "healthy again once space returns"
-    );
+    // The worker retries with a backoff of at most 1 s.
+    let t0 = Instant::now();
+    while get(addr, "/ready", None).0 != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "healthy again once space returns"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = stop_tx.send(());
     rt.block_on(server).unwrap().unwrap();
     rt.shutdown_timeout(Duration::from_secs(5));

@@ -228,33 +228,26 @@ fn deleting_the_head_without_retention_is_deletion() {
 fn retention_is_sealed_and_only_accepted_at_a_file_start() {
     let d = common::tempdir();
     // Two processes, each in a new file, under max_files retention.
-    let sink = || {
-        FileSink::new(d.path())
-            .rotation(tracing_appender::rolling::Rotation::NEVER)
-            .max_files(1)
+    let lifetime = || {
+        let sink = FileSink::new(d.path())
+            .rotation(tracing_audit::Rotation::NEVER)
+            .max_files(1);
+        let (audit, guard) = AuditLayer::builder()
+            .file(sink)
+            .chain_key(KEY.to_vec())
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+            tracing::info!(audit.event = "x");
+        });
+        drop(guard);
     };
-    let (audit, guard) = AuditLayer::builder()
-        .file(sink())
-        .chain_key(KEY.to_vec())
-        .build()
-        .unwrap();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
-        tracing::info!(audit.event = "x");
-    });
-    drop(guard);
+    lifetime();
     // Rename the file to look like an old period, and start again: the new
     // file is created, sealed with its retention, and the old one pruned.
     let p = only_file(d.path());
     std::fs::rename(&p, d.path().join("audit.2020-01-01.jsonl")).unwrap();
-    let (audit, guard) = AuditLayer::builder()
-        .file(sink())
-        .chain_key(KEY.to_vec())
-        .build()
-        .unwrap();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
-        tracing::info!(audit.event = "y");
-    });
-    drop(guard);
+    lifetime();
     let files = audit_files(d.path());
     assert_eq!(files.len(), 1, "max_files 1 pruned the old file");
     let r = verify(d.path(), Some(KEY)).unwrap();
