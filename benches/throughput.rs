@@ -25,6 +25,15 @@ use tracing_audit::{AuditLayer, Outcome, Policy, PolicyLayer};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
+/// A private (0700) temporary directory, as an audit directory should be:
+/// an open one gets tightened and reported with an extra record.
+fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    d
+}
+
 fn quick() -> bool {
     std::env::var_os("BENCH_QUICK").is_some()
 }
@@ -68,7 +77,7 @@ fn run_threads(threads: u64, per_thread: u64, dispatch: &tracing::Dispatch) {
 }
 
 fn audit_run(threads: u64, per_thread: u64) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let (audit, guard) = AuditLayer::builder()
         .service("bench")
         .file(dir.path())
@@ -93,7 +102,7 @@ fn audit_run(threads: u64, per_thread: u64) -> f64 {
 }
 
 fn peer_run(threads: u64, per_thread: u64) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let appender = tracing_appender::rolling::never(dir.path(), "peer.log");
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
@@ -144,7 +153,7 @@ fn ns_per_plain_event(dispatch: &tracing::Dispatch, n: u64) -> f64 {
 
 fn non_audit_overhead() {
     let n = if quick() { 200_000 } else { 20_000_000 };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let base = tracing::Dispatch::new(tracing_subscriber::registry().with(Count(Arc::default())));
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
     let with = tracing::Dispatch::new(
@@ -197,7 +206,7 @@ fn write_trail(dir: &Path, n: u64) {
 
 fn verify_bench() {
     let n = if quick() { 20_000 } else { 1_000_000 };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     write_trail(dir.path(), n);
     let bytes: u64 = std::fs::read_dir(dir.path())
         .unwrap()
@@ -352,7 +361,7 @@ fn main() {
         }
         Some("split") => {
             // Caller cost without backpressure vs the worker's rate.
-            let dir = tempfile::tempdir().unwrap();
+            let dir = private_tempdir();
             let (audit, guard) = AuditLayer::builder()
                 .file(dir.path())
                 .queue_capacity(1 << 21)

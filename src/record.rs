@@ -293,12 +293,148 @@ impl AuditRecord {
     }
 }
 
+/// What `verify` needs of a record on its hot path, read strictly (the same
+/// rules as [`AuditRecord::parse`]: unknown or duplicate keys at any depth,
+/// unknown vocabularies, bad numbers or strings fail) but borrowing from the
+/// line instead of building owned values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckedRecord<'a> {
+    schema: u32,
+    #[serde(borrow, rename = "audit_id")]
+    _audit_id: std::borrow::Cow<'a, str>,
+    #[serde(rename = "seq")]
+    _seq: u64,
+    #[serde(rename = "timestamp")]
+    _timestamp: chrono::DateTime<chrono::Utc>,
+    #[serde(borrow)]
+    pub(crate) event_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "actor")]
+    _actor: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "resource")]
+    _resource: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "action")]
+    _action: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "outcome")]
+    _outcome: Outcome,
+    #[serde(rename = "risk_level")]
+    _risk_level: Risk,
+    #[serde(borrow, rename = "session_id")]
+    _session_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "ip_address")]
+    _ip_address: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "message")]
+    _message: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "details")]
+    _details: strict::Checked,
+    #[serde(borrow)]
+    pub(crate) service: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "version")]
+    _version: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "environment")]
+    _environment: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "host")]
+    _host: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "source")]
+    _source: CheckedSource<'a>,
+    #[serde(borrow, rename = "prev_hash")]
+    _prev_hash: std::borrow::Cow<'a, str>,
+    #[serde(borrow, rename = "hash")]
+    _hash: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckedSource<'a> {
+    #[serde(borrow, rename = "target")]
+    _target: std::borrow::Cow<'a, str>,
+    #[serde(borrow, rename = "level")]
+    _level: std::borrow::Cow<'a, str>,
+    #[serde(borrow, rename = "span")]
+    _span: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> CheckedRecord<'a> {
+    /// Checks `line` strictly as a record of schema [`SCHEMA_VERSION`].
+    pub(crate) fn check(line: &'a [u8]) -> Result<Self, serde_json::Error> {
+        use serde::de::Error as _;
+        let r: CheckedRecord<'a> = serde_json::from_slice(line)?;
+        if r.schema != SCHEMA_VERSION {
+            return Err(serde_json::Error::custom(format!(
+                "schema version {} (this reader knows {SCHEMA_VERSION})",
+                r.schema
+            )));
+        }
+        Ok(r)
+    }
+}
+
 /// JSON values that refuse duplicate object keys at any depth (serde_json
 /// keeps the last one silently, which would hide a value from a reader).
 mod strict {
     use serde::de::{Deserializer, Error, MapAccess, SeqAccess, Visitor};
     use serde_json::{Map, Value};
     use std::fmt;
+
+    /// A value checked like [`map`]'s, without building it.
+    #[derive(Debug)]
+    pub(super) struct Checked;
+
+    impl<'de> serde::Deserialize<'de> for Checked {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(CheckVisitor).map(|()| Checked)
+        }
+    }
+
+    struct CheckVisitor;
+
+    impl<'de> Visitor<'de> for CheckVisitor {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value without duplicate keys")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<(), E> {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(E::custom("a number that is not finite"))
+            }
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_none<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element::<Checked>()?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut keys: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if keys.iter().any(|seen| *seen == k) {
+                    return Err(A::Error::custom(format!("duplicate key {k:?}")));
+                }
+                map.next_value::<Checked>()?;
+                keys.push(k);
+            }
+            Ok(())
+        }
+    }
 
     pub(super) fn map<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
         match d.deserialize_any(StrictVisitor)? {

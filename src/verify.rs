@@ -33,7 +33,7 @@ use crate::chain::{check_line, Hasher, LinkError, GENESIS};
 use crate::error::Error;
 use crate::file::{file_name, FileSink};
 use crate::reader::AuditTrail;
-use crate::record::AuditRecord;
+use crate::record::{AuditRecord, CheckedRecord};
 
 /// What kind of failure `verify` found.
 ///
@@ -403,7 +403,9 @@ impl Verifier {
                     return Ok(());
                 }
             };
-            let record = match AuditRecord::parse(line) {
+            // Strict, but borrowing: the full owned parse only where its
+            // details are read (the first record, after junk).
+            let checked = match CheckedRecord::check(line) {
                 Ok(r) => r,
                 Err(e) => {
                     let detail = format!("a sealed line that is not a record of the schema: {e}");
@@ -411,31 +413,51 @@ impl Verifier {
                     return Ok(());
                 }
             };
-            if !self.junk.is_empty() && !self.acknowledge(&record, link.seq) {
-                return Ok(());
+            let full = if !self.junk.is_empty() || self.expect.is_none() {
+                match AuditRecord::parse(line) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        let detail =
+                            format!("a sealed line that is not a record of the schema: {e}");
+                        self.fail(FailureKind::NotARecord, path, line_no, detail);
+                        return Ok(());
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some(record) = full.as_ref().filter(|_| !self.junk.is_empty()) {
+                if !self.acknowledge(record, link.seq) {
+                    return Ok(());
+                }
             }
             if let Some(want) = &self.expect_service {
-                if record.service.as_deref() != Some(want.as_str()) {
+                if checked.service.as_deref() != Some(want.as_str()) {
                     let detail = format!(
                         "record seq {} is from service {:?}, not {want:?}: the trail was replaced or mixed",
-                        link.seq, record.service
+                        link.seq, checked.service
                     );
                     self.fail(FailureKind::OtherService, path, line_no, detail);
                     return Ok(());
                 }
             }
-            if self.expect.is_none() {
-                self.chain_start(&link, &record, path, line_no, first_file && first_in_file);
-            } else if let Some((seq, prev)) = self.expect {
-                if link.seq != seq || link.prev_hash.as_bytes() != &prev[..] {
-                    self.broken(&link, seq, path, line_no, offset, first_in_file);
+            match (&self.expect, &full) {
+                (None, Some(record)) => {
+                    self.chain_start(&link, record, path, line_no, first_file && first_in_file)
                 }
+                (Some((seq, prev)), _) => {
+                    if link.seq != *seq || link.prev_hash.as_bytes() != &prev[..] {
+                        let seq = *seq;
+                        self.broken(&link, seq, path, line_no, offset, first_in_file);
+                    }
+                }
+                (None, None) => {}
             }
             if self.report.failure.is_some() {
                 return Ok(());
             }
             first_in_file = false;
-            self.last_stopped = record.event_type.as_deref() == Some("audit_stopped");
+            self.last_stopped = checked.event_type.as_deref() == Some("audit_stopped");
             let mut next = [0u8; 64];
             next.copy_from_slice(link.hash.as_bytes());
             self.expect = Some((link.seq + 1, next));
