@@ -211,39 +211,52 @@ impl Capture {
     }
 
     /// Writes a unique key for `name` (a repeat, or a name the crate uses
-    /// itself, gets `#2`, `#3`…) and returns the key written.
-    fn detail_key(&mut self, name: &str) -> String {
+    /// itself, gets `#2`, `#3`…). Returns the new name when it renamed
+    /// (the common case allocates nothing).
+    fn detail_key(&mut self, name: &str) -> Option<String> {
         if !self.details.is_empty() {
             self.details.push(b',');
         }
-        let mut key = name.to_owned();
-        let mut n = 2;
-        while self.key_used(&key) {
-            key = format!("{name}#{n}");
-            n += 1;
-        }
-        self.keys.push_str(&key);
+        let renamed = self.key_used(name).then(|| {
+            let mut n = 2;
+            loop {
+                let key = format!("{name}#{n}");
+                if !self.key_used(&key) {
+                    break key;
+                }
+                n += 1;
+            }
+        });
+        let key = renamed.as_deref().unwrap_or(name);
+        self.keys.push_str(key);
         self.keys.push('\0');
-        encode::write_plain_str(&mut self.details, &key);
+        encode::write_plain_str(&mut self.details, key);
         self.details.push(b':');
-        key
+        renamed
     }
 
     /// Adds a string value to `details`, truncating to the limit.
     pub(crate) fn detail_str(&mut self, name: &str, v: &str) {
-        self.detail_str_dropped(name, v, 0);
+        self.detail_str_dropped(name, v, 0, false);
     }
 
-    /// Adds a string value of which `dropped` bytes were already left out.
-    fn detail_str_dropped(&mut self, name: &str, v: &str, dropped: usize) -> Option<String> {
+    /// Adds a string value of which `dropped` bytes were already left out;
+    /// with `invalid`, flags it (under the key it was written as).
+    fn detail_str_dropped(&mut self, name: &str, v: &str, dropped: usize, invalid: bool) {
         if !self.keep_details {
-            return None;
+            return;
         }
-        let key = self.detail_key(name);
-        if encode::write_str_dropped(&mut self.details, v, self.limit, dropped) {
-            self.truncated.push(key.clone());
+        let renamed = self.detail_key(name);
+        let cut = encode::write_str_dropped(&mut self.details, v, self.limit, dropped);
+        if cut || invalid {
+            let key = renamed.unwrap_or_else(|| name.to_owned());
+            if cut {
+                self.truncated.push(key.clone());
+            }
+            if invalid {
+                self.invalid.push(key);
+            }
         }
-        Some(key)
     }
 
     /// Adds an unsigned number to `details`.
@@ -265,31 +278,21 @@ impl Capture {
     }
 
     /// Adds a `Debug` value, formatted at most to the limit (the rest is
-    /// counted, never built).
-    fn detail_debug(&mut self, name: &str, v: &dyn fmt::Debug) -> Option<String> {
+    /// counted, never built); with `invalid`, flags it.
+    fn detail_debug(&mut self, name: &str, v: &dyn fmt::Debug, invalid: bool) {
         if !self.keep_details {
-            return None;
+            return;
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        let key = match fmt_bounded(&mut scratch, v, self.limit) {
-            Some(dropped) => self.detail_str_dropped(name, &scratch, dropped),
+        match fmt_bounded(&mut scratch, v, self.limit) {
+            Some(dropped) => self.detail_str_dropped(name, &scratch, dropped, invalid),
             None => {
                 self.panics += 1;
-                let key = self.detail_str_dropped(name, PANICKED, 0);
-                self.flag_invalid(key.clone());
-                key
+                self.detail_str_dropped(name, PANICKED, 0, true);
             }
-        };
-        self.scratch = scratch;
-        key
-    }
-
-    /// Flags `key` (as written in `details`) as a value that did not parse.
-    fn flag_invalid(&mut self, key: Option<String>) {
-        if let Some(k) = key {
-            self.invalid.push(k);
         }
+        self.scratch = scratch;
     }
 
     /// Resolves `audit.risk`: parsed if valid, else (kept as given in
@@ -302,12 +305,8 @@ impl Capture {
             Some((Ok(risk), _)) => risk,
             Some((Err(_), r)) => {
                 let s = self.arena[r].to_owned();
-                let key = self.detail_str_dropped(
-                    "audit.risk",
-                    &s,
-                    self.dropped[ContextField::Risk as usize],
-                );
-                self.flag_invalid(key);
+                let dropped = self.dropped[ContextField::Risk as usize];
+                self.detail_str_dropped("audit.risk", &s, dropped, true);
                 let from_span = self
                     .span_risk
                     .clone()
@@ -326,8 +325,7 @@ impl Capture {
             Some((Err(_), r)) => {
                 let s = self.arena[r].to_owned();
                 let dropped = self.dropped[ContextField::Outcome as usize];
-                let key = self.detail_str_dropped("audit.outcome", &s, dropped);
-                self.flag_invalid(key);
+                self.detail_str_dropped("audit.outcome", &s, dropped, true);
                 Outcome::Unknown
             }
         }
@@ -364,10 +362,7 @@ impl Capture {
             Some(AuditName::Event) => self.event = Some(self.push_arena(v)),
             Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena(v)),
             Some(AuditName::Details) => self.detail_str(name, v),
-            Some(AuditName::Unknown) => {
-                let key = self.detail_str_dropped(name, v, 0);
-                self.flag_invalid(key);
-            }
+            Some(AuditName::Unknown) => self.detail_str_dropped(name, v, 0, true),
             None if name == "message" && !self.keep_details => {}
             None if name == "message" => self.message = Some(self.push_arena(v)),
             None => self.detail_str(name.strip_prefix("r#").unwrap_or(name), v),
@@ -390,10 +385,12 @@ impl Capture {
                 if !self.keep_details {
                     return;
                 }
-                let key = self.detail_key(name.strip_prefix("r#").unwrap_or(name));
+                let plain = name.strip_prefix("r#").unwrap_or(name);
+                let renamed = self.detail_key(plain);
                 json(&mut self.details);
                 if other == Some(AuditName::Unknown) {
-                    self.invalid.push(key);
+                    self.invalid
+                        .push(renamed.unwrap_or_else(|| plain.to_owned()));
                 }
             }
         }
@@ -480,13 +477,8 @@ impl Visit for Capture {
             None if name == "message" => {
                 self.message = Some(self.push_arena_fmt(value, MESSAGE_SLOT, name))
             }
-            Some(AuditName::Unknown) => {
-                let key = self.detail_debug(name, value);
-                self.flag_invalid(key);
-            }
-            _ => {
-                self.detail_debug(name.strip_prefix("r#").unwrap_or(name), value);
-            }
+            Some(AuditName::Unknown) => self.detail_debug(name, value, true),
+            _ => self.detail_debug(name.strip_prefix("r#").unwrap_or(name), value, false),
         }
     }
 
@@ -562,8 +554,7 @@ impl Visit for Capture {
                 }
             }
             Err(e) => {
-                let key = self.detail_str_dropped(name, &format!("<unserialisable: {e}>"), 0);
-                self.flag_invalid(key);
+                self.detail_str_dropped(name, &format!("<unserialisable: {e}>"), 0, true);
             }
         }
     }
