@@ -45,7 +45,7 @@ pub(crate) fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>, cap: usize) -> 
         if avail.is_empty() {
             break;
         }
-        let nl = avail.iter().position(|&b| b == b'\n');
+        let nl = memchr::memchr(b'\n', avail);
         let content = &avail[..nl.unwrap_or(avail.len())];
         match &mut hasher {
             Some(h) => h.update(content),

@@ -96,7 +96,7 @@ pub(crate) struct Counters {
     /// When the current storage failure episode began.
     pub(crate) failing_since: Mutex<Option<SystemTime>>,
     /// Submissions under way.
-    pub(crate) inflight: AtomicUsize,
+    pub(crate) inflight: Inflight,
     pub(crate) last_error: Mutex<Option<LastError>>,
 }
 
@@ -220,10 +220,46 @@ pub(crate) struct Submitter {
     pub(crate) waker: Waker,
 }
 
-/// Decrements `inflight` when a submission ends, however it ends.
-struct Inflight<'a>(&'a AtomicUsize);
+/// Submissions under way, counted in per-thread shards on cache lines of
+/// their own: every event touches it twice, and one shared counter would
+/// make emitting threads contend for one cache line. A submission
+/// increments and decrements the same shard, so the sum is exact.
+#[derive(Debug, Default)]
+pub(crate) struct Inflight {
+    shards: [Shard; SHARDS],
+}
 
-impl Drop for Inflight<'_> {
+const SHARDS: usize = 16;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(AtomicUsize);
+
+thread_local! {
+    static SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Relaxed) % SHARDS
+    };
+}
+
+impl Inflight {
+    /// Counts one submission until the returned guard drops.
+    fn enter(&self) -> InflightGuard<'_> {
+        let shard = &self.shards[SHARD.try_with(|s| *s).unwrap_or(0)].0;
+        shard.fetch_add(1, SeqCst);
+        InflightGuard(shard)
+    }
+
+    /// Whether no submission is under way.
+    pub(crate) fn is_zero(&self) -> bool {
+        self.shards.iter().all(|s| s.0.load(SeqCst) == 0)
+    }
+}
+
+/// Ends a submission's count however it ends.
+struct InflightGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, SeqCst);
     }
@@ -286,8 +322,7 @@ impl Submitter {
     /// Puts `msg` on the queue unless shutdown has begun; counts a refusal
     /// or a lossy drop. Returns whether it was queued.
     fn enqueue(&self, msg: Msg, durable: bool) -> bool {
-        self.counters.inflight.fetch_add(1, SeqCst);
-        let _inflight = Inflight(&self.counters.inflight);
+        let _inflight = self.counters.inflight.enter();
         if self.counters.closed.load(SeqCst) {
             self.counters.dropped(DropCause::Closed, 1);
             return false;

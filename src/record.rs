@@ -388,6 +388,29 @@ mod strict {
 
     struct CheckVisitor;
 
+    /// A map key, borrowed from the line unless it had escapes (serde's own
+    /// `Cow<str>` always allocates).
+    struct Key<'de>(std::borrow::Cow<'de, str>);
+
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(std::borrow::Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
     impl<'de> Visitor<'de> for CheckVisitor {
         type Value = ();
 
@@ -424,10 +447,10 @@ mod strict {
             Ok(())
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut keys: Vec<std::borrow::Cow<'de, str>> = Vec::new();
-            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if keys.iter().any(|seen| *seen == k) {
-                    return Err(A::Error::custom(format!("duplicate key {k:?}")));
+            let mut keys: Vec<Key<'de>> = Vec::new();
+            while let Some(k) = map.next_key::<Key<'de>>()? {
+                if keys.iter().any(|seen| seen.0 == k.0) {
+                    return Err(A::Error::custom(format!("duplicate key {:?}", k.0)));
                 }
                 map.next_value::<Checked>()?;
                 keys.push(k);

@@ -174,7 +174,7 @@ impl Worker {
             // Read before the last look at the queue: once nothing is under
             // way, every later submission sees `closed` and is refused, so
             // nothing can follow `audit_stopped`.
-            let settled = self.counters.inflight.load(SeqCst) == 0;
+            let settled = self.counters.inflight.is_zero();
             self.take_all(st);
             self.report_lost(st);
             self.check_max_level(st);
@@ -677,7 +677,7 @@ impl Worker {
         self.counters.closed.store(true, SeqCst);
         let until = Instant::now() + Duration::from_secs(1);
         loop {
-            let settled = self.counters.inflight.load(SeqCst) == 0;
+            let settled = self.counters.inflight.is_zero();
             while let Ok(m) = self.rx.try_recv() {
                 match m {
                     Msg::Record(_) => self.counters.dropped(DropCause::Unwritten, 1),
