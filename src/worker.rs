@@ -420,6 +420,12 @@ impl Worker {
     fn failure(&mut self, st: &mut State, msg: String) {
         self.counters
             .error(&self.counters.write_errors, msg.clone());
+        if !self.counters.storage_failing.load(SeqCst) {
+            // The time first, then the flag: whoever sees the flag sees when.
+            if let Ok(mut since) = self.counters.failing_since.lock() {
+                *since = Some(SystemTime::now());
+            }
+        }
         if !self.counters.storage_failing.swap(true, SeqCst) {
             eprintln!(
                 "tracing-audit: {msg}; retrying (durable records wait until a sync succeeds)"

@@ -193,7 +193,10 @@ fn readiness_fails_closed_while_the_audit_disk_is_full() {
     let (took, body) = answered.expect("readiness never failed closed");
     eprintln!("readiness with a full audit disk: 503 in {took:?}: {body}");
     assert!(took < Duration::from_millis(500), "{took:?}");
-    assert!(body.contains("failing"), "{body}");
+    assert!(
+        body.contains("failing since 20"),
+        "the reason says since when: {body}"
+    );
     std::fs::remove_file(&filler).unwrap();
     for c in clients {
         c.join().unwrap();
