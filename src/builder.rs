@@ -291,8 +291,19 @@ impl AuditLayerBuilder {
             self.host.as_deref(),
         );
         let probe = crate::filter::ProbeSlot::default();
+        let space = self
+            .file
+            .as_ref()
+            .and_then(|f| f.space_left.map(|w| (w, f.on_space_low.clone())))
+            .map(|(watermark, handler)| crate::worker::SpaceWatch {
+                watermark,
+                handler,
+                low: false,
+                last_check: None,
+            });
         let worker = Worker {
             probe: probe.clone(),
+            space,
             rx,
             chain,
             file,

@@ -47,6 +47,9 @@ pub struct AuditStats {
     /// Failed `fdatasync` calls (each repaired by a rewrite; see the
     /// file writer's rules in the README's guarantees).
     pub sync_errors: u64,
+    /// Free space on the audit file system is below the
+    /// [`space_left`](crate::FileSink::space_left) watermark.
+    pub space_low: bool,
     /// Whether the storage is failing now: a write or sync failed and none
     /// has succeeded since. Durable callers wait while this is `true`.
     pub storage_failing: bool,
@@ -140,6 +143,7 @@ impl AuditHandle {
             write_errors: c.write_errors.load(Relaxed),
             sync_errors: c.sync_errors.load(Relaxed),
             storage_failing: c.storage_failing.load(Relaxed),
+            space_low: c.space_low.load(Relaxed),
             bytes_written: c.bytes_written.load(Relaxed),
             writes: c.writes.load(Relaxed),
             syncs: c.syncs.load(Relaxed),
@@ -159,7 +163,8 @@ impl AuditHandle {
 
     /// Whether the trail can take and keep records now. Degraded when the
     /// storage is failing (durable callers are waiting; with the reason and
-    /// since when), when the pipeline is shutting down or its worker is
+    /// since when), when free space is below the `space_left` watermark,
+    /// when the pipeline is shutting down or its worker is
     /// gone, or in a process forked after the pipeline was built.
     ///
     /// ```
@@ -196,6 +201,11 @@ impl AuditHandle {
                 "the audit storage is failing since {}: {last}",
                 blocked_since.as_deref().unwrap_or("now")
             ));
+        }
+        if c.space_low.load(Relaxed) {
+            reasons.push(
+                "free space on the audit file system is below the space_left watermark".into(),
+            );
         }
         if pipeline::forked_since(self.generation) {
             reasons.push("this process was forked after the audit pipeline was built".into());

@@ -91,6 +91,8 @@ pub(crate) struct Counters {
     pub(crate) storage_failing: AtomicBool,
     /// Shutdown has begun: new records are refused.
     pub(crate) closed: AtomicBool,
+    /// Free space on the audit file system is below the watermark.
+    pub(crate) space_low: AtomicBool,
     /// The worker thread has ended (shutdown, or a bug).
     pub(crate) worker_gone: AtomicBool,
     /// When the current storage failure episode began.

@@ -87,8 +87,30 @@ pub(crate) struct Worker {
     pub(crate) config_warnings: Vec<String>,
     /// What the global-filter probe found when the layer joined a subscriber.
     pub(crate) probe: crate::filter::ProbeSlot,
+    /// The free-space watermark, if one is set.
+    pub(crate) space: Option<SpaceWatch>,
     pub(crate) pid: u32,
 }
+
+/// A free-space watermark the worker checks about once a second.
+pub(crate) struct SpaceWatch {
+    pub(crate) watermark: crate::file::SpaceLeft,
+    pub(crate) handler: Option<crate::file::SpaceHandler>,
+    pub(crate) low: bool,
+    pub(crate) last_check: Option<Instant>,
+}
+
+impl std::fmt::Debug for SpaceWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpaceWatch")
+            .field("watermark", &self.watermark)
+            .field("low", &self.low)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often free space is looked at.
+const SPACE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// What one turn of the loop decided.
 #[derive(Debug, PartialEq, Eq)]
@@ -189,6 +211,7 @@ impl Worker {
         if !stopping {
             self.report_lost(st);
             self.check_max_level(st);
+            self.check_space(st);
         }
         if healthy {
             self.write_and_sync(st, stopping);
@@ -634,6 +657,66 @@ impl Worker {
         eprintln!("tracing-audit: {msg}");
         self.own_record(st, "audit_config_warning", &Level::WARN, &msg, |c| {
             c.detail_str("max_level", &max);
+        });
+    }
+
+    /// Once a second: has free space crossed the watermark? Each crossing
+    /// is a record, a stats flag, a line on stderr and the callback.
+    fn check_space(&mut self, st: &mut State) {
+        let (Some(space), Some(file)) = (&mut self.space, &self.file) else {
+            return;
+        };
+        if space
+            .last_check
+            .is_some_and(|t| t.elapsed() < SPACE_CHECK_EVERY)
+        {
+            return;
+        }
+        space.last_check = Some(Instant::now());
+        let Ok((available, total)) = crate::file::free_space(file.dir()) else {
+            return;
+        };
+        let watermark = space.watermark.bytes(total);
+        let low = available < watermark;
+        if low == space.low {
+            return;
+        }
+        if st.batch.is_empty() && !self.prepare(st) {
+            return;
+        }
+        let Some(space) = &mut self.space else { return };
+        space.low = low;
+        let report = crate::file::SpaceLow {
+            available,
+            total,
+            watermark,
+            low,
+        };
+        if let Some(h) = space.handler.clone() {
+            let r = report.clone();
+            let _ = std::thread::Builder::new()
+                .name("tracing-audit-space".into())
+                .spawn(move || h(&r));
+        }
+        self.counters.space_low.store(low, SeqCst);
+        let (event, level, msg) = if low {
+            (
+                "disk_space_low",
+                Level::WARN,
+                format!("free space on the audit file system is below the watermark: {available} of {total} bytes free, watermark {watermark}"),
+            )
+        } else {
+            (
+                "disk_space_recovered",
+                Level::INFO,
+                format!("free space on the audit file system is above the watermark again: {available} of {total} bytes free"),
+            )
+        };
+        eprintln!("tracing-audit: {msg}");
+        self.own_record(st, event, &level, &msg, |c| {
+            c.detail_u64("available_bytes", available);
+            c.detail_u64("total_bytes", total);
+            c.detail_u64("watermark_bytes", watermark);
         });
     }
 

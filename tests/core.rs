@@ -543,3 +543,39 @@ fn spans_deeper_than_the_kept_names_are_marked_as_cut() {
         .any(|v| v == "source.span"));
     assert!(app[1]["details"].get("audit.truncated").is_none());
 }
+
+#[test]
+fn a_free_space_watermark_is_seen_before_the_disk_fills() {
+    // A watermark above any real free space: low from the first check.
+    let dir = common::tempdir();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = tracing_audit::FileSink::new(dir.path())
+        .space_left(tracing_audit::SpaceLeft::Percent(100.0))
+        .on_space_low(move |s| tx.send(s.clone()).unwrap());
+    let (audit, guard) = AuditLayer::builder().file(sink).build().unwrap();
+    let report = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the callback ran");
+    assert!(
+        report.low && report.available < report.watermark,
+        "{report:?}"
+    );
+    assert!(guard.stats().space_low);
+    let health = guard.handle().health();
+    assert!(
+        !health.healthy && health.reasons[0].contains("watermark"),
+        "{health:?}"
+    );
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::info!(audit.event = "still_written");
+    });
+    drop(guard);
+    let all = common::read_trail(dir.path());
+    let low: Vec<_> = all
+        .iter()
+        .filter(|r| r["event_type"] == "disk_space_low")
+        .collect();
+    assert_eq!(low.len(), 1, "once per crossing");
+    assert!(low[0]["details"]["available_bytes"].as_u64().is_some());
+    assert!(all.iter().any(|r| r["event_type"] == "still_written"));
+}

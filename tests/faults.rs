@@ -542,3 +542,43 @@ fn dropping_the_guard_while_the_disk_fails_is_bounded_and_counted() {
         "{on_disk} + {stats:?}"
     );
 }
+
+#[test]
+fn the_space_watermark_is_crossed_both_ways_once_each() {
+    need_root!();
+    let base = tempfile::tempdir().unwrap();
+    let m = tmpfs(&base.path().join("t"), "8m");
+    let dir = m.at.join("audit");
+    let sink = FileSink::new(&dir).space_left(tracing_audit::SpaceLeft::Bytes(4 << 20));
+    let (audit, guard) = AuditLayer::builder().file(sink).build().unwrap();
+    let wait_for = |want: bool| {
+        let t0 = Instant::now();
+        while guard.stats().space_low != want {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "space_low never became {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!guard.stats().space_low, "8 MB free, 4 MB watermark");
+    // 5 MB of filler: 3 MB left, below the watermark.
+    std::fs::write(m.at.join("filler"), vec![0u8; 5 << 20]).unwrap();
+    wait_for(true);
+    assert!(!guard.handle().health().healthy);
+    std::fs::remove_file(m.at.join("filler")).unwrap();
+    wait_for(false);
+    assert!(guard.handle().health().healthy);
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::info!(audit.event = "after");
+    });
+    drop(guard);
+    let all = common::read_trail(&dir);
+    let count = |t: &str| all.iter().filter(|r| r["event_type"] == t).count();
+    assert_eq!(
+        (count("disk_space_low"), count("disk_space_recovered")),
+        (1, 1)
+    );
+    assert!(verify(&dir, None).unwrap().is_ok());
+}

@@ -47,13 +47,98 @@ pub(crate) const LOCK_FILE: &str = ".lock";
 /// let sink = FileSink::new("./audit").rotation(Rotation::HOURLY).max_files(24 * 90);
 /// # let _ = sink;
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FileSink {
     pub(crate) dir: PathBuf,
     pub(crate) rotation: Rotation,
     pub(crate) max_files: Option<usize>,
     pub(crate) prefix: String,
     pub(crate) suffix: String,
+    pub(crate) space_left: Option<SpaceLeft>,
+    pub(crate) on_space_low: Option<SpaceHandler>,
+}
+
+impl std::fmt::Debug for FileSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSink")
+            .field("dir", &self.dir)
+            .field("rotation", &self.rotation)
+            .field("max_files", &self.max_files)
+            .field("prefix", &self.prefix)
+            .field("suffix", &self.suffix)
+            .field("space_left", &self.space_left)
+            .field("on_space_low", &self.on_space_low.as_ref().map(|_| "Fn"))
+            .finish()
+    }
+}
+
+/// A free-space watermark for the audit file system (see
+/// [`FileSink::space_left`]).
+///
+/// ```
+/// use tracing_audit::{FileSink, SpaceLeft};
+/// let sink = FileSink::new("./audit").space_left(SpaceLeft::Bytes(512 << 20));
+/// # let _ = sink;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum SpaceLeft {
+    /// At least this many bytes must stay free.
+    Bytes(u64),
+    /// At least this percentage of the file system must stay free.
+    Percent(f64),
+}
+
+impl SpaceLeft {
+    /// The watermark in bytes for a file system of `total` bytes.
+    pub(crate) fn bytes(self, total: u64) -> u64 {
+        match self {
+            SpaceLeft::Bytes(b) => b,
+            SpaceLeft::Percent(p) => (total as f64 * p.clamp(0.0, 100.0) / 100.0) as u64,
+        }
+    }
+}
+
+/// What a free-space crossing reports (to [`FileSink::on_space_low`]).
+///
+/// ```
+/// let sink = tracing_audit::FileSink::new("./audit")
+///     .space_left(tracing_audit::SpaceLeft::Percent(10.0))
+///     .on_space_low(|s: &tracing_audit::SpaceLow| {
+///         eprintln!("audit disk: {} of {} bytes free (watermark {})", s.available, s.total, s.watermark)
+///     });
+/// # let _ = sink;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SpaceLow {
+    /// Bytes free for this process.
+    pub available: u64,
+    /// Size of the file system.
+    pub total: u64,
+    /// The watermark, in bytes.
+    pub watermark: u64,
+    /// `true` when the space fell below the watermark, `false` when it
+    /// came back above it.
+    pub low: bool,
+}
+
+/// A callback for free-space crossings; runs on a thread of its own.
+pub(crate) type SpaceHandler = std::sync::Arc<dyn Fn(&SpaceLow) + Send + Sync>;
+
+/// Free and total bytes of the file system holding `dir`.
+pub(crate) fn free_space(dir: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a zeroed statvfs is a valid out-parameter, the path is a
+    // NUL-terminated string that outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
 }
 
 impl FileSink {
@@ -68,6 +153,8 @@ impl FileSink {
             dir: dir.as_ref().to_path_buf(),
             rotation: Rotation::DAILY,
             max_files: None,
+            space_left: None,
+            on_space_low: None,
             prefix: "audit".into(),
             suffix: "jsonl".into(),
         }
@@ -100,6 +187,39 @@ impl FileSink {
     #[must_use]
     pub fn max_files(mut self, n: usize) -> Self {
         self.max_files = Some(n.max(1));
+        self
+    }
+
+    /// Watches the free space of the audit file system: when it falls below
+    /// the watermark, once per crossing, a `disk_space_low` record enters
+    /// the trail, `AuditStats::space_low` and `health()` show it, stderr says
+    /// so, and [`on_space_low`](Self::on_space_low) runs; when space returns,
+    /// a `disk_space_recovered` record and the callback again. Checked about
+    /// once a second by the worker.
+    ///
+    /// ```
+    /// use tracing_audit::{FileSink, SpaceLeft};
+    /// let sink = FileSink::new("./audit").space_left(SpaceLeft::Percent(5.0));
+    /// # let _ = sink;
+    /// ```
+    #[must_use]
+    pub fn space_left(mut self, watermark: SpaceLeft) -> Self {
+        self.space_left = Some(watermark);
+        self
+    }
+
+    /// Runs `f` (on a thread of its own, never the worker's) at every
+    /// free-space crossing of the [`space_left`](Self::space_left) watermark.
+    ///
+    /// ```
+    /// let sink = tracing_audit::FileSink::new("./audit")
+    ///     .space_left(tracing_audit::SpaceLeft::Bytes(1 << 30))
+    ///     .on_space_low(|s| eprintln!("audit disk low: {s:?}"));
+    /// # let _ = sink;
+    /// ```
+    #[must_use]
+    pub fn on_space_low(mut self, f: impl Fn(&SpaceLow) + Send + Sync + 'static) -> Self {
+        self.on_space_low = Some(std::sync::Arc::new(f));
         self
     }
 

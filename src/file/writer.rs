@@ -264,6 +264,11 @@ impl FileWriter {
         Ok(())
     }
 
+    /// The directory written.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// A problem that did not fail an operation (or that a retry
     /// repaired), once.
     pub(crate) fn take_warning(&mut self) -> Option<String> {
