@@ -361,3 +361,61 @@ fn tail_follow_started_mid_line_prints_that_record_once_complete() {
         Some("audit_stopped")
     );
 }
+
+#[test]
+fn age_and_size_retention_remove_whole_old_files_and_verify_as_retention() {
+    let d = common::tempdir();
+    let day = std::time::Duration::from_secs(86_400);
+    // Three old "days", written by earlier runs, last touched long ago.
+    let mut old = Vec::new();
+    for date in ["2020-01-01", "2020-01-02"] {
+        let (audit, guard) = AuditLayer::builder()
+            .file(FileSink::new(d.path()).rotation(tracing_audit::Rotation::NEVER))
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+            tracing::info!(audit.event = "old");
+        });
+        drop(guard);
+        let p = d.path().join(format!("audit.{date}.jsonl"));
+        std::fs::rename(d.path().join("audit.jsonl"), &p).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_modified(std::time::SystemTime::now() - 30 * day)
+            .unwrap();
+        old.push(p);
+    }
+    // Today's run starts a new file under max_age: both old files go.
+    let (audit, guard) = AuditLayer::builder()
+        .file(FileSink::new(d.path()).max_age(7 * day))
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::info!(audit.event = "new");
+    });
+    drop(guard);
+    assert!(
+        old.iter().all(|p| !p.exists()),
+        "files older than max_age pruned"
+    );
+    let r = verify(d.path(), None).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    assert!(r.notes.iter().any(|n| n.contains("max_age_secs")), "{r:?}");
+    // A size cap: the next new file leaves only what fits (never itself).
+    let today = only_file(d.path());
+    std::fs::rename(&today, d.path().join("audit.2021-01-01.jsonl")).unwrap();
+    let (audit, guard) = AuditLayer::builder()
+        .file(FileSink::new(d.path()).max_total_bytes(1))
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::info!(audit.event = "newest");
+    });
+    drop(guard);
+    assert_eq!(audit_files(d.path()).len(), 1);
+    let r = verify(d.path(), None).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("max_total_bytes")),
+        "{r:?}"
+    );
+}

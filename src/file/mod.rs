@@ -52,6 +52,8 @@ pub struct FileSink {
     pub(crate) dir: PathBuf,
     pub(crate) rotation: Rotation,
     pub(crate) max_files: Option<usize>,
+    pub(crate) max_age: Option<std::time::Duration>,
+    pub(crate) max_total_bytes: Option<u64>,
     pub(crate) prefix: String,
     pub(crate) suffix: String,
     pub(crate) space_left: Option<SpaceLeft>,
@@ -64,6 +66,8 @@ impl std::fmt::Debug for FileSink {
             .field("dir", &self.dir)
             .field("rotation", &self.rotation)
             .field("max_files", &self.max_files)
+            .field("max_age", &self.max_age)
+            .field("max_total_bytes", &self.max_total_bytes)
             .field("prefix", &self.prefix)
             .field("suffix", &self.suffix)
             .field("space_left", &self.space_left)
@@ -153,6 +157,8 @@ impl FileSink {
             dir: dir.as_ref().to_path_buf(),
             rotation: Rotation::DAILY,
             max_files: None,
+            max_age: None,
+            max_total_bytes: None,
             space_left: None,
             on_space_low: None,
             prefix: "audit".into(),
@@ -223,6 +229,35 @@ impl FileSink {
         self
     }
 
+    /// Deletes files last written more than `age` ago, oldest first, when
+    /// a new file starts. Like every retention setting it is sealed into the
+    /// trail, so `verify` can tell it from deletion.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let sink = tracing_audit::FileSink::new("./audit").max_age(Duration::from_secs(400 * 86_400));
+    /// # let _ = sink;
+    /// ```
+    #[must_use]
+    pub fn max_age(mut self, age: std::time::Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// Keeps the audit files under `bytes` in all: when a new file starts,
+    /// the oldest files are deleted until the rest fit (never the current
+    /// one). Sealed into the trail like every retention setting.
+    ///
+    /// ```
+    /// let sink = tracing_audit::FileSink::new("./audit").max_total_bytes(10 << 30);
+    /// # let _ = sink;
+    /// ```
+    #[must_use]
+    pub fn max_total_bytes(mut self, bytes: u64) -> Self {
+        self.max_total_bytes = Some(bytes);
+        self
+    }
+
     /// File name prefix (default `audit`). Must not be empty or start with `.`.
     ///
     /// ```
@@ -260,9 +295,20 @@ impl FileSink {
     /// The retention in force, as sealed into the trail: a JSON object, or
     /// `null` when every file is kept.
     pub(crate) fn retention_json(&self) -> String {
-        match self.max_files {
-            Some(n) => format!("{{\"max_files\":{n}}}"),
-            None => "null".to_owned(),
+        let mut parts = Vec::new();
+        if let Some(n) = self.max_files {
+            parts.push(format!("\"max_files\":{n}"));
+        }
+        if let Some(a) = self.max_age {
+            parts.push(format!("\"max_age_secs\":{}", a.as_secs()));
+        }
+        if let Some(b) = self.max_total_bytes {
+            parts.push(format!("\"max_total_bytes\":{b}"));
+        }
+        if parts.is_empty() {
+            "null".to_owned()
+        } else {
+            format!("{{{}}}", parts.join(","))
         }
     }
 

@@ -178,11 +178,20 @@ impl FileWriter {
         })
     }
 
-    /// Deletes the oldest files beyond `max_files` (never the current one).
+    /// Applies retention: deletes the oldest files, in order, while there
+    /// are more than `max_files`, the oldest is older than `max_age`, or all
+    /// of them pass `max_total_bytes`. Only whole files from the oldest end
+    /// (so `verify` sees a chain that starts at a file boundary), never the
+    /// current one.
     fn prune(&mut self, current: &str) {
-        let Some(max) = self.sink.max_files else {
+        let (max_files, max_age, max_total) = (
+            self.sink.max_files,
+            self.sink.max_age,
+            self.sink.max_total_bytes,
+        );
+        if max_files.is_none() && max_age.is_none() && max_total.is_none() {
             return;
-        };
+        }
         let files = match list_files(&self.dir, &self.sink.prefix, &self.sink.suffix) {
             Ok(f) => f,
             Err(e) => {
@@ -190,16 +199,36 @@ impl FileWriter {
                 return;
             }
         };
-        let excess = files.len().saturating_sub(max);
-        for old in files.iter().take(excess) {
+        let meta: Vec<(u64, SystemTime)> = files
+            .iter()
+            .map(|f| {
+                fs::metadata(f).map_or((0, SystemTime::now()), |m| {
+                    (m.len(), m.modified().unwrap_or_else(|_| SystemTime::now()))
+                })
+            })
+            .collect();
+        let mut total: u64 = meta.iter().map(|m| m.0).sum();
+        let now = SystemTime::now();
+        for (i, (old, (size, modified))) in files.iter().zip(&meta).enumerate() {
             if super::file_name(old) == current {
-                continue;
+                break;
             }
-            if let Err(e) = fs::remove_file(old) {
-                self.warning = Some(format!(
-                    "cannot remove {} for retention: {e}",
-                    old.display()
-                ));
+            let over_count = max_files.is_some_and(|m| files.len() - i > m);
+            let too_old =
+                max_age.is_some_and(|a| now.duration_since(*modified).is_ok_and(|age| age > a));
+            let too_big = max_total.is_some_and(|cap| total > cap);
+            if !(over_count || too_old || too_big) {
+                break;
+            }
+            match fs::remove_file(old) {
+                Ok(()) => total -= size,
+                Err(e) => {
+                    self.warning = Some(format!(
+                        "cannot remove {} for retention: {e}",
+                        old.display()
+                    ));
+                    break;
+                }
             }
         }
     }
