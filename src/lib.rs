@@ -38,7 +38,8 @@ pub use policy::{
     Policy, PolicyLayer, PolicyLayerBuilder, PolicyStatus, Status,
 };
 pub use reader::{
-    AuditTrail, Follower, Query, ReadError, Records, Sealed, SealedRecords, TrailStats, TOP_ACTORS,
+    AuditTrail, Follower, Query, ReadError, Records, Sealed, SealedRecords, TrailStats,
+    ACTORS_TRACKED, TOP_ACTORS,
 };
 pub use record::{AuditRecord, RecordSource, SCHEMA_VERSION};
 pub use syslog::{severity, Facility, Format, Framing, SyslogSink};

@@ -180,6 +180,7 @@ impl AuditTrail {
             }
         }
         s.unverified = records.unverified();
+        s.finish();
         s
     }
 }
@@ -455,7 +456,15 @@ impl Query {
     }
 }
 
-/// Most actors listed in [`TrailStats::by_actor`]; the rest are summed in `other_actors`.
+/// Distinct actors counted one by one while computing [`TrailStats`].
+///
+/// ```
+/// assert!(tracing_audit::ACTORS_TRACKED >= tracing_audit::TOP_ACTORS);
+/// ```
+pub const ACTORS_TRACKED: usize = 100_000;
+
+/// Most actors listed in [`TrailStats::by_actor`]; the rest are summed in
+/// [`TrailStats::other_actors`].
 ///
 /// ```
 /// assert!(tracing_audit::TOP_ACTORS >= 10);
@@ -489,6 +498,11 @@ pub struct TrailStats {
     pub by_event_type: BTreeMap<String, u64>,
     /// By actor: the [`TOP_ACTORS`] most frequent (see [`TrailStats::top_actors`]).
     pub by_actor: BTreeMap<String, u64>,
+    /// Records of every other actor, summed. While reading, at most
+    /// [`ACTORS_TRACKED`] distinct actors are counted one by one (memory
+    /// stays bounded whatever the trail holds); records of actors first seen
+    /// after that are summed here too.
+    pub other_actors: u64,
     /// By outcome.
     pub by_outcome: BTreeMap<String, u64>,
     /// By risk.
@@ -508,10 +522,15 @@ impl TrailStats {
             .by_event_type
             .entry(r.event_type.clone().unwrap_or_else(|| "(none)".into()))
             .or_default() += 1;
-        *self
-            .by_actor
-            .entry(r.actor.clone().unwrap_or_else(|| "(none)".into()))
-            .or_default() += 1;
+        let actor = r.actor.as_deref().unwrap_or("(none)");
+        let tracked = self.by_actor.len();
+        match self.by_actor.get_mut(actor) {
+            Some(n) => *n += 1,
+            None if tracked < ACTORS_TRACKED => {
+                self.by_actor.insert(actor.to_owned(), 1);
+            }
+            None => self.other_actors += 1,
+        }
         *self
             .by_outcome
             .entry(r.outcome.as_str().into())
@@ -526,6 +545,23 @@ impl TrailStats {
             .or_default() += 1;
         self.first = Some(self.first.map_or(r.timestamp, |f| f.min(r.timestamp)));
         self.last = Some(self.last.map_or(r.timestamp, |l| l.max(r.timestamp)));
+    }
+
+    /// Keeps the [`TOP_ACTORS`] most frequent actors and sums the rest into
+    /// `other_actors`.
+    fn finish(&mut self) {
+        if self.by_actor.len() <= TOP_ACTORS {
+            return;
+        }
+        let top: BTreeMap<String, u64> = self
+            .top_actors(TOP_ACTORS)
+            .into_iter()
+            .map(|(a, n)| (a.to_owned(), n))
+            .collect();
+        let kept: u64 = top.values().sum();
+        let all: u64 = self.by_actor.values().sum();
+        self.other_actors += all - kept;
+        self.by_actor = top;
     }
 
     /// Actors by count, most first, at most `k`.

@@ -579,3 +579,29 @@ fn a_free_space_watermark_is_seen_before_the_disk_fills() {
     assert!(low[0]["details"]["available_bytes"].as_u64().is_some());
     assert!(all.iter().any(|r| r["event_type"] == "still_written"));
 }
+
+#[test]
+fn trail_stats_keep_the_top_actors_and_sum_the_rest() {
+    let dir = common::tempdir();
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        for i in 0..60 {
+            // user-0 most often, then a long tail of one event each.
+            let n = if i == 0 { 5 } else { 1 };
+            for _ in 0..n {
+                tracing::info!(
+                    audit.event = "e",
+                    audit.actor = format!("user-{i}").as_str()
+                );
+            }
+        }
+    });
+    drop(guard);
+    let s = tracing_audit::AuditTrail::open(dir.path())
+        .unwrap()
+        .stats(&tracing_audit::Query::default());
+    assert_eq!(s.by_actor.len(), tracing_audit::TOP_ACTORS);
+    assert_eq!(s.by_actor["user-0"], 5);
+    assert_eq!(s.by_actor.values().sum::<u64>() + s.other_actors, s.total);
+    assert!(s.other_actors > 0);
+}

@@ -3,7 +3,7 @@
 //! restart in the middle of a TCP stream.
 //!
 //! rsyslog runs as a child process with its own config and work directory
-//! (see shared/rsyslog-loopback.md). Without rsyslogd these tests fail in CI
+//! (the `Rsyslog` helper below). Without rsyslogd these tests fail in CI
 //! (which installs it) and are skipped elsewhere with a message.
 
 mod common;

@@ -398,7 +398,13 @@ fn stats(trail: &Trail, filters: &Filters, json: bool) -> Res {
         }
     };
     section("by event type", sorted(&s.by_event_type));
-    section("by actor (top 20)", s.top_actors(20));
+    let mut actors = s.top_actors(20);
+    let shown: u64 = actors.iter().map(|(_, n)| n).sum();
+    let rest = s.by_actor.values().sum::<u64>() + s.other_actors - shown;
+    if rest > 0 {
+        actors.push(("(all other actors)", rest));
+    }
+    section("by actor (top 20)", actors);
     section("by outcome", sorted(&s.by_outcome));
     section("by risk", sorted(&s.by_risk));
     section(
