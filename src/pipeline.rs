@@ -332,14 +332,11 @@ impl Submitter {
         let sent = match self.tx.try_send(msg) {
             Ok(()) => true,
             Err(TrySendError::Disconnected(_)) => false,
-            Err(TrySendError::Full(msg)) => {
-                if self.mode == QueueMode::Lossy && !durable {
-                    self.counters.dropped(DropCause::QueueFull, 1);
-                    return false;
-                }
-                self.waker.wake();
-                wait(|| self.tx.send(msg).is_ok())
+            Err(TrySendError::Full(_)) if self.mode == QueueMode::Lossy && !durable => {
+                self.counters.dropped(DropCause::QueueFull, 1);
+                return false;
             }
+            Err(TrySendError::Full(msg)) => send_waiting(&self.tx, &self.waker, msg),
         };
         if !sent {
             self.counters.dropped(DropCause::Closed, 1);
@@ -348,19 +345,23 @@ impl Submitter {
     }
 }
 
-/// Sends a flush and waits up to `timeout` for it.
-pub(crate) fn flush(tx: &SyncSender<Msg>, waker: &Waker, timeout: Option<Duration>) -> bool {
-    let (done_tx, done_rx) = mpsc::sync_channel(1);
-    let msg = Msg::Flush(done_tx);
-    let sent = match tx.try_send(msg) {
+/// Sends `msg`, waiting for room in the queue (the worker is woken, and
+/// the wait cannot freeze an async runtime). `false` if the worker is gone.
+fn send_waiting(tx: &SyncSender<Msg>, waker: &Waker, msg: Msg) -> bool {
+    match tx.try_send(msg) {
         Ok(()) => true,
         Err(TrySendError::Disconnected(_)) => false,
         Err(TrySendError::Full(msg)) => {
             waker.wake();
             wait(|| tx.send(msg).is_ok())
         }
-    };
-    if !sent {
+    }
+}
+
+/// Sends a flush and waits up to `timeout` for it.
+pub(crate) fn flush(tx: &SyncSender<Msg>, waker: &Waker, timeout: Option<Duration>) -> bool {
+    let (done_tx, done_rx) = mpsc::sync_channel(1);
+    if !send_waiting(tx, waker, Msg::Flush(done_tx)) {
         return false;
     }
     waker.wake();

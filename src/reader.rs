@@ -113,9 +113,11 @@ impl AuditTrail {
             files: self.files.clone().into(),
             current: None,
             buf: Vec::new(),
-            hasher: self.hasher.clone(),
-            accept_unverified: self.unverified(),
-            unverified: 0,
+            check: SealCheck {
+                hasher: self.hasher.clone(),
+                accept_unverified: self.unverified(),
+                unverified: 0,
+            },
             offset: 0,
             last_line: Vec::new(),
         }
@@ -242,7 +244,7 @@ impl Iterator for SealedRecords {
 impl SealedRecords {
     /// Records yielded whose HMAC could not be checked (keyed trail, no key).
     pub fn unverified(&self) -> u64 {
-        self.0.unverified
+        self.0.check.unverified
     }
 }
 
@@ -288,10 +290,7 @@ pub struct Records {
     files: VecDeque<PathBuf>,
     current: Option<(PathBuf, BufReader<File>, u64)>,
     buf: Vec<u8>,
-    hasher: Hasher,
-    /// Keyed trail, no key: yield well-formed sealed lines, counted.
-    accept_unverified: bool,
-    unverified: u64,
+    check: SealCheck,
     /// Byte offset of the next line in the current file.
     offset: u64,
     /// The bytes of the last record yielded (for [`SealedRecords`]).
@@ -301,10 +300,22 @@ pub struct Records {
 impl Records {
     /// Records yielded whose HMAC could not be checked (keyed trail, no key).
     pub fn unverified(&self) -> u64 {
-        self.unverified
+        self.check.unverified
     }
+}
 
-    /// Whether `line` (complete, without its newline) is a record.
+/// Whether a complete line is a record: its hash (or HMAC) checks, and it
+/// parses strictly. Shared by [`Records`] and [`Follower`].
+#[derive(Debug, Clone)]
+struct SealCheck {
+    hasher: Hasher,
+    /// Keyed trail, no key: yield well-formed sealed lines, counted.
+    accept_unverified: bool,
+    unverified: u64,
+}
+
+impl SealCheck {
+    /// `line` is complete, without its newline.
     fn record(&mut self, line: &[u8]) -> Result<AuditRecord, String> {
         match check_line(&self.hasher, line) {
             Ok(_) => {}
@@ -312,12 +323,10 @@ impl Records {
             Err(LinkError::HashMismatch) => {
                 return Err("not a record: its hash does not check (edited, or a wrong key)".into())
             }
-            Err(LinkError::Malformed) => {
-                return Err(format!(
+            Err(LinkError::Malformed) => return Err(format!(
                 "not a record ({} bytes): a torn line from a crash, or bytes someone else wrote",
                 line.len()
-            ))
-            }
+            )),
         }
         AuditRecord::parse(line).map_err(|e| format!("not a record of the schema: {e}"))
     }
@@ -371,7 +380,7 @@ impl Iterator for Records {
                         return Some(Err(err("torn last line (no newline): not a record".into())));
                     }
                     let line = std::mem::take(&mut self.buf);
-                    let r = self.record(&line).map_err(err);
+                    let r = self.check.record(&line).map_err(err);
                     self.last_line.clear();
                     self.last_line.extend_from_slice(&line);
                     self.buf = line;
@@ -600,8 +609,7 @@ pub struct Follower {
     partial: Vec<u8>,
     /// The line being read passed the length cap.
     overlong: bool,
-    hasher: Hasher,
-    accept_unverified: bool,
+    check: SealCheck,
 }
 
 impl Follower {
@@ -623,8 +631,11 @@ impl Follower {
             file: None,
             partial: Vec::new(),
             overlong: false,
-            hasher: Hasher::new(key),
-            accept_unverified: key.is_none() && declares_keyed,
+            check: SealCheck {
+                hasher: Hasher::new(key),
+                accept_unverified: key.is_none() && declares_keyed,
+                unverified: 0,
+            },
         };
         if let Some(newest) = files.last() {
             let mut r = BufReader::new(File::open(newest)?);
@@ -697,17 +708,11 @@ impl Follower {
             if line.is_empty() {
                 continue;
             }
-            let mut rec = Records {
-                files: VecDeque::new(),
-                current: None,
-                buf: Vec::new(),
-                hasher: self.hasher.clone(),
-                accept_unverified: self.accept_unverified,
-                unverified: 0,
-                offset: 0,
-                last_line: Vec::new(),
-            };
-            out.push(rec.record(&line).map(|record| Sealed { record, line }));
+            out.push(
+                self.check
+                    .record(&line)
+                    .map(|record| Sealed { record, line }),
+            );
         }
     }
 }

@@ -315,7 +315,7 @@ impl Worker {
     /// During shutdown: takes everything queued (bounded by the queue's
     /// capacity, since new records are refused), into the current batch.
     fn take_all(&mut self, st: &mut State) {
-        if st.batch.is_empty() && !self.prepare(st) {
+        if !self.prepare(st) {
             return;
         }
         self.drain(st, usize::MAX);
@@ -596,7 +596,7 @@ impl Worker {
     fn report_lost(&mut self, st: &mut State) {
         let c = &self.counters;
         let dropped = c.records_dropped.load(Relaxed);
-        if dropped <= st.lost_reported || (st.batch.is_empty() && !self.prepare(st)) {
+        if dropped <= st.lost_reported || (!self.prepare(st)) {
             return;
         }
         let c = &self.counters;
@@ -646,7 +646,7 @@ impl Worker {
             st.level_checked = true;
             return;
         };
-        if st.batch.is_empty() && !self.prepare(st) {
+        if !self.prepare(st) {
             return;
         }
         st.level_checked = true;
@@ -681,7 +681,7 @@ impl Worker {
         if low == space.low {
             return;
         }
-        if st.batch.is_empty() && !self.prepare(st) {
+        if !self.prepare(st) {
             return;
         }
         let Some(space) = &mut self.space else { return };
