@@ -268,6 +268,9 @@ impl AuditLayerBuilder {
         let mut threads = Vec::new();
         let mut forwards: Vec<Box<dyn LineSink>> = Vec::new();
         for sink in self.syslog {
+            // A sink never gets longer than the pipeline's own grace: the
+            // guard's drop is bounded by it.
+            let sink = sink.bounded_by(self.shutdown_grace);
             let (fwd, thread) = sink.start(counters.clone(), self.host.as_deref())?;
             forwards.push(Box::new(fwd));
             threads.push(thread);

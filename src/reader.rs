@@ -323,10 +323,12 @@ impl SealCheck {
             Err(LinkError::HashMismatch) => {
                 return Err("not a record: its hash does not check (edited, or a wrong key)".into())
             }
-            Err(LinkError::Malformed) => return Err(format!(
+            Err(LinkError::Malformed) => {
+                return Err(format!(
                 "not a record ({} bytes): a torn line from a crash, or bytes someone else wrote",
                 line.len()
-            )),
+            ))
+            }
         }
         AuditRecord::parse(line).map_err(|e| format!("not a record of the schema: {e}"))
     }

@@ -182,7 +182,7 @@ impl Worker {
         }
         let _gone = Gone(self.counters.clone());
         while self.step(&mut st) == Step::Continue {}
-        self.finish(&mut st);
+        self.finish();
     }
 
     fn step(&mut self, st: &mut State) -> Step {
@@ -762,7 +762,7 @@ impl Worker {
 
     /// After the loop: waits (briefly) for submissions under way and counts
     /// whatever is still queued, then closes the forwarders.
-    fn finish(&mut self, st: &mut State) {
+    fn finish(&mut self) {
         self.counters.closed.store(true, SeqCst);
         let until = Instant::now() + Duration::from_secs(1);
         loop {
@@ -781,9 +781,9 @@ impl Worker {
             }
             std::thread::yield_now();
         }
-        let lost = self.counters.records_dropped.load(Relaxed) - st.lost_reported;
-        if lost > 0 && st.stopped_sealed {
-            eprintln!("tracing-audit: {lost} audit record(s) arrived during shutdown and were dropped (counted in records_dropped)");
+        let refused = self.counters.dropped_closed.load(Relaxed);
+        if refused > 0 {
+            eprintln!("tracing-audit: {refused} audit record(s) emitted after shutdown began were refused (counted in dropped_after_shutdown)");
         }
         for f in &mut self.forwards {
             f.close();

@@ -276,6 +276,14 @@ impl LineSink for Forwarder {
     }
 }
 
+impl SyslogSink {
+    /// The sink with its shutdown grace no longer than `grace`.
+    pub(crate) fn bounded_by(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = self.shutdown_grace.min(grace);
+        self
+    }
+}
+
 /// Default for [`SyslogSink::shutdown_grace`].
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -327,7 +335,12 @@ impl Sender {
                 }
             }
             while let Some(msg) = pending.front() {
-                match self.send(msg, &mut scratch) {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if let (Some(left), Some(c)) = (left, &self.conn) {
+                    // A blocked write must not outlive the shutdown grace.
+                    c.bound_timeouts(left);
+                }
+                match self.send(msg, &mut scratch, left.unwrap_or(Duration::MAX)) {
                     Ok(()) => {
                         self.counters.syslog_sent.fetch_add(1, Relaxed);
                         // Only a connection that stayed up proves the peer
@@ -413,7 +426,7 @@ impl Sender {
         msg
     }
 
-    fn send(&mut self, msg: &[u8], scratch: &mut Vec<u8>) -> std::io::Result<()> {
+    fn send(&mut self, msg: &[u8], scratch: &mut Vec<u8>, limit: Duration) -> std::io::Result<()> {
         if self.conn.as_ref().is_some_and(Conn::peer_closed) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
@@ -421,7 +434,7 @@ impl Sender {
             ));
         }
         if self.conn.is_none() {
-            let c = Conn::open(&self.cfg.target)?;
+            let c = Conn::open(&self.cfg.target, limit)?;
             if self.counters.syslog_sent.load(Relaxed) > 0
                 || self.counters.syslog_errors.load(Relaxed) > 0
             {

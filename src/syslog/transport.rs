@@ -96,17 +96,20 @@ fn resolve(addr: &str) -> io::Result<SocketAddr> {
     })
 }
 
-fn tcp(addr: &str) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&resolve(addr)?, CONNECT_TIMEOUT)?;
+fn tcp(addr: &str, limit: Duration) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&resolve(addr)?, CONNECT_TIMEOUT.min(limit))?;
     s.set_nodelay(true)?;
-    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    s.set_write_timeout(Some(WRITE_TIMEOUT.min(limit)))?;
     // Reads happen only in the TLS handshake and close.
-    s.set_read_timeout(Some(READ_TIMEOUT))?;
+    s.set_read_timeout(Some(READ_TIMEOUT.min(limit)))?;
     Ok(s)
 }
 
 impl Conn {
-    pub(crate) fn open(target: &Target) -> io::Result<Conn> {
+    /// Connects; no call takes longer than `limit` (the time left before a
+    /// shutdown deadline, or the usual timeouts).
+    pub(crate) fn open(target: &Target, limit: Duration) -> io::Result<Conn> {
+        let limit = limit.max(Duration::from_millis(1));
         Ok(match target {
             Target::Udp(addr) => {
                 let to = resolve(addr)?;
@@ -120,10 +123,10 @@ impl Conn {
                 s.connect(to)?;
                 Conn::Udp(s)
             }
-            Target::Tcp(addr) => Conn::Tcp(tcp(addr)?),
+            Target::Tcp(addr) => Conn::Tcp(tcp(addr, limit)?),
             #[cfg(feature = "tls")]
             Target::Tls(addr, config, name) => {
-                let sock = tcp(addr)?;
+                let sock = tcp(addr, limit)?;
                 let conn = rustls::ClientConnection::new(config.clone(), name.clone())
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 let mut stream = rustls::StreamOwned::new(conn, sock);
@@ -135,11 +138,32 @@ impl Conn {
             }
             Target::Unix(path) => {
                 let s = UnixDatagram::unbound()?;
-                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT.min(limit)))?;
                 s.connect(path)?;
                 Conn::Unix(s)
             }
         })
+    }
+
+    /// Shortens the socket's write and read timeouts to `left` (at least
+    /// 1 ms), so no call outlives a shutdown deadline.
+    pub(crate) fn bound_timeouts(&self, left: Duration) {
+        let t = Some(left.clamp(Duration::from_millis(1), WRITE_TIMEOUT));
+        match self {
+            Conn::Tcp(s) => {
+                let _ = s.set_write_timeout(t);
+                let _ = s.set_read_timeout(t);
+            }
+            #[cfg(feature = "tls")]
+            Conn::Tls(s) => {
+                let _ = s.sock.set_write_timeout(t);
+                let _ = s.sock.set_read_timeout(t);
+            }
+            Conn::Unix(s) => {
+                let _ = s.set_write_timeout(t);
+            }
+            Conn::Udp(_) => {}
+        }
     }
 
     /// Whether a stream's peer has closed it (checked before sending, so a
