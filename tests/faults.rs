@@ -222,12 +222,15 @@ fn run_child_through_outage(dir: &Path, filler: &Path, hold: Duration, run_secs:
     while child.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A child still waiting on a file system that never recovers (the
+    // journal aborted) is killed first: its stderr ends only when it does.
+    let stderr = child.0.stderr.take();
+    drop(child);
     let mut err = String::new();
-    if let Some(mut e) = child.0.stderr.take() {
+    if let Some(mut e) = stderr {
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
     }
     eprintln!("child stderr: {err}");
-    drop(child);
     reader.join().unwrap()
 }
 
