@@ -18,7 +18,7 @@ mod guard;
 mod layer;
 mod lines;
 mod pipeline;
-mod policy;
+pub mod policy;
 mod reader;
 mod record;
 mod syslog;

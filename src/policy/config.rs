@@ -68,6 +68,72 @@ pub struct Policy {
     /// How long counts are kept for reports, e.g. `"90d"`.
     #[serde(default = "month", with = "duration")]
     pub retention: Duration,
+    /// Count per actor, ip, resource or session instead of per policy: each
+    /// group has its own window, and an alert names the group's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<GroupBy>,
+}
+
+/// What a policy's thresholds are counted per (`group_by`).
+///
+/// ```
+/// use tracing_audit::policy::GroupBy;
+/// let p = tracing_audit::Policy::new("brute_force")
+///     .require(["auth_failure"])
+///     .threshold(10)
+///     .group_by(GroupBy::Actor);
+/// assert_eq!(p.group_by, Some(GroupBy::Actor));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// `audit.actor`.
+    Actor,
+    /// `audit.ip`.
+    Ip,
+    /// `audit.resource`.
+    Resource,
+    /// `audit.session`.
+    Session,
+}
+
+impl GroupBy {
+    /// The name as written in a policy file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Actor => "actor",
+            GroupBy::Ip => "ip",
+            GroupBy::Resource => "resource",
+            GroupBy::Session => "session",
+        }
+    }
+}
+
+/// The largest threshold a policy may have.
+pub const MAX_THRESHOLD: u64 = 10_000;
+/// The shortest window.
+pub const MIN_WINDOW: Duration = Duration::from_millis(1);
+/// The shortest retention.
+pub const MIN_RETENTION: Duration = Duration::from_secs(1);
+/// The longest window or retention: 100 years of 365 days.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A policy setting outside what can be counted exactly.
+///
+/// ```
+/// let err = tracing_audit::Policy::new("p").threshold(0).validate().unwrap_err();
+/// assert_eq!(err.field, "threshold");
+/// assert!(err.to_string().contains("1..=10000"), "{err}");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("policy `{policy}`: {field} {problem}")]
+pub struct InvalidPolicy {
+    /// The policy's name.
+    pub policy: String,
+    /// The field at fault (`name`, `threshold`, `window`, `retention`, `require`).
+    pub field: &'static str,
+    /// What is wrong, with the allowed range.
+    pub problem: String,
 }
 
 fn one() -> u64 {
@@ -95,6 +161,7 @@ impl Policy {
             threshold: 1,
             window: day(),
             retention: month(),
+            group_by: None,
         }
     }
 
@@ -151,10 +218,17 @@ impl Policy {
         self
     }
 
-    /// Events within the window that raise an alert (at least 1).
+    /// Events within the window that raise an alert (1 to [`MAX_THRESHOLD`]).
     #[must_use]
     pub fn threshold(mut self, n: u64) -> Self {
-        self.threshold = n.max(1);
+        self.threshold = n;
+        self
+    }
+
+    /// Counts per actor, ip, resource or session (see [`GroupBy`]).
+    #[must_use]
+    pub fn group_by(mut self, by: GroupBy) -> Self {
+        self.group_by = Some(by);
         self
     }
 
@@ -203,24 +277,71 @@ impl Policy {
         ]
     }
 
-    /// Checks that the policy can be counted.
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    /// Checks every setting against what can be counted exactly: a name,
+    /// a threshold in `1..=`[`MAX_THRESHOLD`], a window in
+    /// [`MIN_WINDOW`]`..=`[`MAX_DURATION`], a retention in
+    /// [`MIN_RETENTION`]`..=`[`MAX_DURATION`], required kinds non-empty and
+    /// each named once. [`Policy::load`] and `PolicyLayerBuilder::try_build`
+    /// reject what fails here.
+    pub fn validate(&self) -> Result<(), InvalidPolicy> {
+        let bad = |field: &'static str, problem: String| InvalidPolicy {
+            policy: self.name.clone(),
+            field,
+            problem,
+        };
         if self.name.is_empty() {
-            return Err("a policy needs a name".into());
+            return Err(bad("name", "is empty".into()));
         }
-        if self.window.is_zero() {
-            return Err(format!("policy {}: window must be > 0", self.name));
-        }
-        if self.threshold == 0 {
-            return Err(format!("policy {}: threshold must be >= 1", self.name));
-        }
-        if self.threshold > 1_000_000 {
-            return Err(format!(
-                "policy {}: threshold above 1 000 000 is not supported",
-                self.name
+        if !(1..=MAX_THRESHOLD).contains(&self.threshold) {
+            return Err(bad(
+                "threshold",
+                format!("{} is out of range (1..={MAX_THRESHOLD})", self.threshold),
             ));
         }
+        for (field, d, min) in [
+            ("window", self.window, MIN_WINDOW),
+            ("retention", self.retention, MIN_RETENTION),
+        ] {
+            if d < min || d > MAX_DURATION {
+                return Err(bad(
+                    field,
+                    format!(
+                        "{} is out of range ({}..={})",
+                        show_duration(d),
+                        show_duration(min),
+                        show_duration(MAX_DURATION)
+                    ),
+                ));
+            }
+        }
+        for (i, kind) in self.require.iter().enumerate() {
+            if kind.is_empty() {
+                return Err(bad("require", "names an empty kind".into()));
+            }
+            if self.require[..i].contains(kind) {
+                return Err(bad(
+                    "require",
+                    format!("names {kind:?} twice (each kind is counted once)"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The policy as counted: each setting brought into its allowed range
+    /// and each required kind kept once. What `PolicyLayerBuilder::build`
+    /// uses, and what its reports, stats and alerts show.
+    pub(crate) fn effective(mut self) -> Policy {
+        if self.name.is_empty() {
+            self.name = "(unnamed)".into();
+        }
+        self.threshold = self.threshold.clamp(1, MAX_THRESHOLD);
+        self.window = self.window.clamp(MIN_WINDOW, MAX_DURATION);
+        self.retention = self.retention.clamp(MIN_RETENTION, MAX_DURATION);
+        let mut seen = std::collections::HashSet::new();
+        self.require
+            .retain(|k| !k.is_empty() && seen.insert(k.clone()));
+        self
     }
 
     /// Loads policies from a TOML (`[[policy]]` tables) or JSON (an array,
@@ -264,27 +385,40 @@ impl Policy {
                 .policy
         };
         for p in &policies {
-            p.validate().map_err(err)?;
+            p.validate().map_err(|e| err(e.to_string()))?;
         }
         Ok(policies)
     }
 }
 
-/// Durations as `"90s"`, `"5m"`, `"24h"`, `"30d"`, `"2w"` or whole seconds.
+/// A duration as a policy shows it: `"5m"`, `"30d"`, `"1500ms"`, `"7ns"`.
+pub(crate) fn show_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        duration::text(d.as_secs())
+    } else if d.as_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}ns", d.as_nanos())
+    }
+}
+
+/// Durations as `"90s"`, `"5m"`, `"24h"`, `"30d"`, `"2w"`, `"500ms"` or whole seconds.
 mod duration {
     use std::time::Duration;
 
     use serde::{de, Deserialize, Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        let secs = d.as_secs();
-        let text = match secs {
+        s.serialize_str(&super::show_duration(*d))
+    }
+
+    pub(super) fn text(secs: u64) -> String {
+        match secs {
             s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
             s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
             s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
             s => format!("{s}s"),
-        };
-        s.serialize_str(&text)
+        }
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -307,15 +441,19 @@ mod duration {
         let split = t.find(|c: char| !c.is_ascii_digit())?;
         let (n, unit) = t.split_at(split);
         let n: u64 = n.parse().ok()?;
-        let mult = match unit.trim() {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            "w" => 7 * 86_400,
+        let nanos_per: u64 = match unit.trim() {
+            "ns" => 1,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            "w" => 7 * 86_400_000_000_000,
             _ => return None,
         };
-        Some(Duration::from_secs(n.checked_mul(mult)?))
+        let nanos = u128::from(n) * u128::from(nanos_per);
+        let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
+        Some(Duration::new(secs, (nanos % 1_000_000_000) as u32))
     }
 }
 

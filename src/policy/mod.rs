@@ -4,14 +4,48 @@
 //!
 //! The layer recognises audit events with the same per-layer filter and the
 //! same field reading as `AuditLayer` (span context included), and works
-//! with or without an `AuditLayer` in the stack. Counting is in
-//! [`engine`]: O(1) per event per matching policy, bounded memory.
+//! with or without an `AuditLayer` in the stack.
+//!
+//! Counting (the private `engine` module) is exact under any clock: every
+//! event counts at its own timestamp, whatever order events arrive in (a
+//! clock stepped back by NTP, records merged from many instances). A policy
+//! is over its threshold at time `x` when `threshold` of its events fall in
+//! `(x − window, x]`; an alert is raised when an event starts a new
+//! stretch of such times, so a burst is one alert. Memory is bounded: at
+//! most max(4 × threshold + 4, 256) timestamps and 1 024 episodes per
+//! policy (per group with `group_by`, and at most `max_groups` groups); an
+//! event so late that part of its window was already forgotten is still
+//! counted, and `inexact_events` says so. In-order events are O(1) per
+//! matching policy.
+//!
+//! Policies are checked when loaded ([`Policy::validate`]): a threshold in
+//! `1..=`[`MAX_THRESHOLD`], durations up to [`MAX_DURATION`], each required
+//! kind named once.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tracing_audit::policy::{GroupBy, Policy, PolicyLayer};
+//! // PCI DSS 8.3.4: lock out after at most 10 invalid attempts, per account.
+//! let (layer, compliance) = PolicyLayer::builder()
+//!     .policy(
+//!         Policy::new("brute_force")
+//!             .require(["auth_failure"])
+//!             .threshold(10)
+//!             .window(Duration::from_secs(15 * 60))
+//!             .group_by(GroupBy::Actor),
+//!     )
+//!     .try_build::<tracing_subscriber::Registry>()?;
+//! assert_eq!(compliance.report("brute_force")?.group_by, Some(GroupBy::Actor));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! Alerts leave the hot path: a crossing is queued to an alert thread that
 //! runs the callback and emits a `policy_threshold_exceeded` audit event
-//! through the subscriber the layer is part of. Events emitted by that
-//! thread are counted but can never raise an alert, so an alert record that
-//! matches a policy cannot loop.
+//! through the subscriber the layer is part of. Events emitted on that
+//! thread (the alert records, and whatever a callback emits) are counted
+//! only by policies that name their kind, and their alerts are delivered
+//! like any other; the events emitted while handling *such* an alert are
+//! counted by no policy, so alerts cannot loop.
 
 mod config;
 mod engine;
@@ -31,13 +65,20 @@ use tracing_subscriber::filter::Filtered;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-pub use config::Policy;
-use engine::{Crossing, Engine, Nanos, Observed};
+use config::show_duration;
+pub use config::{
+    GroupBy, InvalidPolicy, Policy, MAX_DURATION, MAX_THRESHOLD, MIN_RETENTION, MIN_WINDOW,
+};
+use engine::{Crossing, Engine, Nanos, Observed, Source, EPOCH};
 
 use crate::capture::{with_reused, Capture, SpanContext};
 
-/// Longest span value the policy layer keeps (as the audit layer's default).
+/// Longest value (span field, actor, group key) the policy layer keeps,
+/// as the audit layer's default `max_value_len`: longer ones are cut.
 const POLICY_VALUE_LIMIT: usize = 8 * 1024;
+
+/// Groups tracked per `group_by` policy unless the builder says otherwise.
+pub const DEFAULT_MAX_GROUPS: usize = 10_000;
 use crate::error::Error;
 use crate::fields::ContextField;
 use crate::filter::{delegate_layer, AuditFilter};
@@ -79,13 +120,22 @@ fn coarse_now() -> SystemTime {
     UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// A clock reading on the policy timeline (before the epoch included).
 fn nanos(t: SystemTime) -> Nanos {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    let cap = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => EPOCH.saturating_add(cap(d)),
+        Err(e) => EPOCH.saturating_sub(cap(e.duration())),
+    }
 }
 
 fn time(n: Nanos) -> DateTime<Utc> {
-    DateTime::<Utc>::from(UNIX_EPOCH + Duration::from_nanos(n))
+    let t = if n >= EPOCH {
+        UNIX_EPOCH.checked_add(Duration::from_nanos(n - EPOCH))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_nanos(EPOCH - n))
+    };
+    t.map_or(DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::from)
 }
 
 /// A policy's window count reached its threshold.
@@ -113,6 +163,8 @@ pub struct Alert {
     pub actor: Option<String>,
     /// The kind of the triggering event.
     pub event_type: String,
+    /// For a policy with `group_by`: which field, and the group's key.
+    pub group: Option<(GroupBy, String)>,
 }
 
 /// Configures a [`PolicyLayer`]. Start from [`PolicyLayer::builder`].
@@ -123,6 +175,7 @@ pub struct Alert {
 /// | alert callback | none (alerts are still counted and written) |
 /// | `policy_threshold_exceeded` records | emitted |
 /// | top actors kept for stats | 100 |
+/// | groups tracked per `group_by` policy | 10 000 ([`DEFAULT_MAX_GROUPS`]) |
 /// | clock | the system's coarse real-time clock (1–4 ms resolution) |
 ///
 /// ```
@@ -137,6 +190,7 @@ pub struct PolicyLayerBuilder {
     clock: Option<Clock>,
     emit_records: bool,
     top_k: usize,
+    max_groups: usize,
 }
 
 impl std::fmt::Debug for PolicyLayerBuilder {
@@ -179,10 +233,26 @@ impl PolicyLayerBuilder {
         self
     }
 
-    /// How many actors (and 4× as many event types) statistics keep.
+    /// How many actors statistics keep, and how many event types beyond
+    /// those the policies name (4× as many).
     #[must_use]
     pub fn top_k(mut self, k: usize) -> Self {
         self.top_k = k.max(1);
+        self
+    }
+
+    /// How many groups each `group_by` policy tracks (least recently seen
+    /// evicted first, counted in `groups_evicted`). Each group holds at
+    /// most max(4 × threshold + 4, 256) timestamps and 1 024 episodes.
+    ///
+    /// ```
+    /// let (_layer, _c) = tracing_audit::PolicyLayer::builder()
+    ///     .max_groups(1_000)
+    ///     .build::<tracing_subscriber::Registry>();
+    /// ```
+    #[must_use]
+    pub fn max_groups(mut self, n: usize) -> Self {
+        self.max_groups = n.max(1);
         self
     }
 
@@ -194,20 +264,31 @@ impl PolicyLayerBuilder {
         self
     }
 
-    /// Builds the layer and its [`Compliance`] handle.
+    /// Builds the layer and its [`Compliance`] handle, after checking every
+    /// policy with [`Policy::validate`].
+    ///
+    /// ```
+    /// let err = tracing_audit::PolicyLayer::builder()
+    ///     .policy(tracing_audit::Policy::new("p").require(["a", "a"]))
+    ///     .try_build::<tracing_subscriber::Registry>()
+    ///     .unwrap_err();
+    /// assert_eq!(err.field, "require");
+    /// ```
+    pub fn try_build<S>(self) -> Result<(PolicyLayer<S>, Compliance), InvalidPolicy> {
+        for p in &self.policies {
+            p.validate()?;
+        }
+        Ok(self.build())
+    }
+
+    /// Builds the layer and its [`Compliance`] handle. A setting out of its
+    /// range is brought into it and a kind named twice is counted once
+    /// (use [`try_build`](Self::try_build) to reject them instead); reports,
+    /// stats and alerts show the policy as counted.
     pub fn build<S>(self) -> (PolicyLayer<S>, Compliance) {
-        let policies: Vec<Policy> = self
-            .policies
-            .into_iter()
-            .map(|mut p| {
-                p.window = p.window.max(Duration::from_millis(1));
-                p.retention = p.retention.max(Duration::from_secs(1));
-                p.threshold = p.threshold.clamp(1, 1_000_000);
-                p
-            })
-            .collect();
+        let policies: Vec<Policy> = self.policies.into_iter().map(Policy::effective).collect();
         let shared = Arc::new(PolicyShared {
-            engine: Mutex::new(Engine::new(policies, self.top_k)),
+            engine: Mutex::new(Engine::new(policies, self.top_k, self.max_groups)),
             clock: self.clock.unwrap_or_else(|| Arc::new(coarse_now)),
             alerts: OnceLock::new(),
             on_alert: self.on_alert,
@@ -233,7 +314,7 @@ struct PolicyShared {
     engine: Mutex<Engine>,
     clock: Clock,
     /// Started on the first crossing.
-    alerts: OnceLock<SyncSender<Alert>>,
+    alerts: OnceLock<SyncSender<(Alert, bool)>>,
     on_alert: Option<AlertHandler>,
     emit_records: bool,
     dispatch: OnceLock<tracing_core::dispatcher::WeakDispatch>,
@@ -242,8 +323,9 @@ struct PolicyShared {
 }
 
 thread_local! {
-    /// Set on the alert thread: events it emits never raise alerts.
-    static IN_ALERT: Cell<bool> = const { Cell::new(false) };
+    /// Where events emitted on this thread come from (the alert thread
+    /// changes it).
+    static SOURCE: Cell<Source> = const { Cell::new(Source::App) };
     static CAPTURE: RefCell<Capture> = RefCell::new(Capture::audit_only());
 }
 
@@ -254,32 +336,39 @@ impl PolicyShared {
         let Some(event_type) = c.event_type() else {
             return;
         };
+        let ctx = |f| c.context(f).map(|v| cut(v, POLICY_VALUE_LIMIT));
         let e = Observed {
-            event_type,
-            actor: c.context(ContextField::Actor),
-            resource: c.context(ContextField::Resource),
+            event_type: cut(event_type, POLICY_VALUE_LIMIT),
+            actor: ctx(ContextField::Actor),
+            resource: ctx(ContextField::Resource),
+            ip: ctx(ContextField::Ip),
+            session: ctx(ContextField::Session),
             outcome,
             risk,
             at: nanos((self.clock)()),
+            source: SOURCE.try_with(Cell::get).unwrap_or(Source::ChainedAlert),
         };
-        let quiet = IN_ALERT.try_with(Cell::get).unwrap_or(true);
         let mut crossings = Vec::new();
-        let alerts: Vec<Alert> = {
+        let alerts: Vec<(Alert, bool)> = {
             let Ok(mut engine) = self.engine.lock() else {
+                self.callback_errors.fetch_add(1, Relaxed);
                 return;
             };
-            engine.observe(&e, quiet, &mut crossings);
+            engine.observe(&e, false, &mut crossings);
             if crossings.is_empty() {
                 return;
             }
-            crossings.into_iter().map(|c| alert(&engine, c)).collect()
+            crossings
+                .into_iter()
+                .map(|c| (alert(&engine, &c), c.chained))
+                .collect()
         };
         for a in alerts {
             self.raise(a);
         }
     }
 
-    fn raise(self: &PolicyShared, a: Alert) {
+    fn raise(self: &PolicyShared, a: (Alert, bool)) {
         let Some(tx) = self.alerts.get() else {
             self.alerts_dropped.fetch_add(1, Relaxed);
             return;
@@ -290,7 +379,7 @@ impl PolicyShared {
     }
 }
 
-fn alert(engine: &Engine, c: Crossing) -> Alert {
+fn alert(engine: &Engine, c: &Crossing) -> Alert {
     let p = &engine.policies[c.policy].policy;
     Alert {
         policy: p.name.clone(),
@@ -298,23 +387,30 @@ fn alert(engine: &Engine, c: Crossing) -> Alert {
         threshold: p.threshold,
         window: p.window,
         at: time(c.at),
-        actor: c.actor,
-        event_type: c.event_type,
+        actor: c.actor.clone(),
+        event_type: c.event_type.clone(),
+        group: p.group_by.zip(c.group.clone()),
     }
 }
 
 /// Starts the alert thread (once per layer).
 fn start_alert_thread(shared: &Arc<PolicyShared>) {
     let weak = Arc::downgrade(shared);
-    let (tx, rx) = mpsc::sync_channel::<Alert>(1024);
+    // (alert, caused by an alert-thread event)
+    let (tx, rx) = mpsc::sync_channel::<(Alert, bool)>(1024);
     if shared.alerts.set(tx).is_err() {
         return;
     }
     let _ = std::thread::Builder::new()
         .name("tracing-audit-alerts".into())
         .spawn(move || {
-            let _ = IN_ALERT.try_with(|f| f.set(true));
-            for a in rx {
+            for (a, chained) in rx {
+                let source = if chained {
+                    Source::ChainedAlert
+                } else {
+                    Source::Alert
+                };
+                let _ = SOURCE.try_with(|f| f.set(source));
                 let Some(shared) = weak.upgrade() else { return };
                 if let Some(cb) = &shared.on_alert {
                     let cb = cb.clone();
@@ -324,40 +420,38 @@ fn start_alert_thread(shared: &Arc<PolicyShared>) {
                 }
                 if shared.emit_records {
                     if let Some(d) = shared.dispatch.get().and_then(|w| w.upgrade()) {
-                        tracing::dispatcher::with_default(&d, || emit(&a));
+                        tracing::dispatcher::with_default(&d, || emit(&a, chained));
                     }
                 }
             }
         });
 }
 
+/// The field of an alert record that marks one caused by an alert-thread
+/// event; offline replay skips such records as the live layer does.
+pub(crate) const CHAINED_FIELD: &str = "triggered_by_alert";
+
 /// The `policy_threshold_exceeded` audit event.
-fn emit(a: &Alert) {
-    let window_secs = a.window.as_secs();
-    let msg = "compliance policy threshold exceeded";
-    match a.actor.as_deref() {
-        Some(actor) => tracing::warn!(
-            audit.event = "policy_threshold_exceeded",
-            audit.actor = actor,
-            audit.risk = "high",
-            policy = a.policy.as_str(),
-            count = a.count,
-            threshold = a.threshold,
-            window_secs,
-            trigger_event = a.event_type.as_str(),
-            "{msg}"
-        ),
-        None => tracing::warn!(
-            audit.event = "policy_threshold_exceeded",
-            audit.risk = "high",
-            policy = a.policy.as_str(),
-            count = a.count,
-            threshold = a.threshold,
-            window_secs,
-            trigger_event = a.event_type.as_str(),
-            "{msg}"
-        ),
-    }
+fn emit(a: &Alert, chained: bool) {
+    let window_secs = a.window.as_secs_f64();
+    let window = show_duration(a.window);
+    let group_by = a.group.as_ref().map(|(by, _)| by.as_str());
+    let group = a.group.as_ref().map(|(_, key)| key.as_str());
+    tracing::warn!(
+        audit.event = "policy_threshold_exceeded",
+        audit.actor = a.actor.as_deref(),
+        audit.risk = "high",
+        policy = a.policy.as_str(),
+        count = a.count,
+        threshold = a.threshold,
+        window = window.as_str(),
+        window_secs,
+        trigger_event = a.event_type.as_str(),
+        group_by,
+        group,
+        triggered_by_alert = chained,
+        "compliance policy threshold exceeded"
+    );
 }
 
 /// The layer behind the per-layer filter.
@@ -389,7 +483,7 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let run = |c: &mut Capture| {
-            c.reset(usize::MAX);
+            c.reset(POLICY_VALUE_LIMIT);
             event.record(c);
             if let Some(scope) = ctx.event_scope(event) {
                 for span in scope {
@@ -429,6 +523,7 @@ impl PolicyLayer<()> {
             clock: None,
             emit_records: true,
             top_k: 100,
+            max_groups: DEFAULT_MAX_GROUPS,
         }
     }
 }
@@ -479,10 +574,16 @@ pub struct ComplianceReport {
     pub description: String,
     /// When the report was made.
     pub generated_at: DateTime<Utc>,
-    /// Matching events within retention.
+    /// Matching events within retention (to `counts_precision_secs`).
     pub total_events: u64,
     /// Matching events within retention, per required kind (zeros included).
     pub events_by_type: BTreeMap<String, u64>,
+    /// How far outside their period counted events may lie: counts are kept
+    /// in 64 buckets per period, so `total_events` and `events_by_type` may
+    /// include events up to this many seconds older than the retention (or
+    /// newer than `generated_at`), and `window_events` up to 1/64 of the
+    /// window. Crossings, violations and `status` are exact.
+    pub counts_precision_secs: f64,
     /// Coverage findings, informational: required kinds with no event
     /// within retention (no `data_breach` recorded is not a violation).
     pub coverage: Vec<String>,
@@ -498,10 +599,21 @@ pub struct ComplianceReport {
     pub window_events: u64,
     /// The alert threshold.
     pub threshold: u64,
+    /// The window, as counted (e.g. `"5m"`).
+    pub window: String,
     /// Retention in days.
     pub retention_days: f64,
     /// Alerts raised since start.
     pub alerts: u64,
+    /// What the policy counts per (`actor`, `ip`, `resource`, `session`), if anything.
+    pub group_by: Option<GroupBy>,
+    /// Groups forgotten to stay within the bound (least recently seen
+    /// first); a forgotten group's window starts again empty.
+    pub groups_evicted: u64,
+    /// Events that arrived so late that part of their window had already
+    /// been forgotten: counted, but their alerting was judged on what was
+    /// kept. 0 means every alert decision was exact.
+    pub inexact_events: u64,
 }
 
 /// A threshold crossing, as reports list it.
@@ -527,6 +639,8 @@ pub struct CrossingReport {
     pub actor: Option<String>,
     /// That event's type.
     pub event_type: String,
+    /// The group's key, for a policy with `group_by`.
+    pub group: Option<String>,
 }
 
 /// One policy in [`ComplianceStats`].
@@ -546,10 +660,16 @@ pub struct PolicyStatus {
     pub recent_events: u64,
     /// The threshold.
     pub violation_threshold: u64,
-    /// Compliant or violation.
+    /// Compliant or violation: the same verdict as the policy's report.
     pub status: Status,
     /// Alerts raised since start.
     pub alerts: u64,
+    /// Groups tracked now (policies with `group_by`).
+    pub groups: usize,
+    /// Groups forgotten to stay within the bound.
+    pub groups_evicted: u64,
+    /// Events judged with part of their window forgotten (see the report).
+    pub inexact_events: u64,
 }
 
 /// Statistics over everything the layer has counted.
@@ -566,13 +686,16 @@ pub struct PolicyStatus {
 pub struct ComplianceStats {
     /// Audit events counted.
     pub total_events: u64,
-    /// By event type (the first 4 × top-k distinct types; see `other_event_types`).
+    /// By event type: every type a policy names, plus the first 4 × top-k
+    /// other distinct types (see `other_event_types`).
     pub events_by_type: BTreeMap<String, u64>,
     /// Events of types beyond that bound.
     pub other_event_types: u64,
-    /// By actor (bounded top-k; counts of evicted actors are in `actors_evicted`).
+    /// By actor: at most top-k actors, each counted since it was last
+    /// admitted (actors longer than 8 KiB are cut, as record values are).
     pub events_by_actor: BTreeMap<String, u64>,
-    /// Events whose actor fell out of the top-k.
+    /// Events whose actor was evicted from the top-k: with
+    /// `events_by_actor` they sum to `total_events`.
     pub actors_evicted: u64,
     /// Every policy's status.
     pub policy_status: BTreeMap<String, PolicyStatus>,
@@ -606,28 +729,31 @@ impl std::fmt::Debug for Compliance {
 }
 
 impl Compliance {
+    /// The engine, even if a panic elsewhere poisoned its lock: every
+    /// update leaves it consistent, and a report is better than none.
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.shared
+            .engine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The report for policy `name`.
     pub fn report(&self, name: &str) -> Result<ComplianceReport, Error> {
         let now = nanos((self.shared.clock)());
-        let mut engine = self
-            .shared
-            .engine
-            .lock()
-            .map_err(|_| Error::UnknownPolicy(name.into()))?;
+        let engine = self.engine();
         let i = engine
             .index(name)
             .ok_or_else(|| Error::UnknownPolicy(name.into()))?;
-        Ok(report(&mut engine, i, now))
+        Ok(report(&engine, i, now))
     }
 
     /// Reports for every policy, in the order they were given.
     pub fn reports(&self) -> Vec<ComplianceReport> {
         let now = nanos((self.shared.clock)());
-        let Ok(mut engine) = self.shared.engine.lock() else {
-            return Vec::new();
-        };
+        let engine = self.engine();
         (0..engine.policies.len())
-            .map(|i| report(&mut engine, i, now))
+            .map(|i| report(&engine, i, now))
             .collect()
     }
 
@@ -644,48 +770,43 @@ impl Compliance {
             alerts_dropped: self.shared.alerts_dropped.load(Relaxed),
             callback_errors: self.shared.callback_errors.load(Relaxed),
         };
-        let Ok(mut engine) = self.shared.engine.lock() else {
-            return stats;
-        };
+        let engine = self.engine();
         stats.total_events = engine.total;
         stats.events_by_type = engine.by_type();
         stats.other_event_types = engine.other_kinds;
         stats.events_by_actor = engine.by_actor.to_map();
         stats.actors_evicted = engine.by_actor.evicted;
-        for s in engine.policies.iter_mut() {
-            let total = s.retained(now).iter().sum();
-            let over = s.over_threshold(now);
+        for s in engine.policies.iter() {
             stats.policy_status.insert(
                 s.policy.name.clone(),
                 PolicyStatus {
-                    total_events: total,
+                    total_events: s.retained(now).iter().sum(),
                     recent_events: s.recent(now),
                     violation_threshold: s.policy.threshold,
-                    status: if over {
-                        Status::Violation
-                    } else {
-                        Status::Compliant
-                    },
+                    status: status(s.violated(now)),
                     alerts: s.alerts,
+                    groups: s.groups(),
+                    groups_evicted: s.groups_evicted(),
+                    inexact_events: s.inexact,
                 },
             );
         }
         stats
     }
 
-    /// Replays a trail's records (their own timestamps) through `policies`,
-    /// without alerts: the report `tracing-audit report` prints. Returns the
-    /// handle and the number of unreadable lines skipped.
+    /// Replays a trail's records through `policies`, each at its own
+    /// timestamp in whatever order the files hold them, without alerts:
+    /// the report `tracing-audit report` prints. Alert records count as on
+    /// the live layer (only for policies that name their kind; those an
+    /// alert record caused, for none). Returns the handle and the number of
+    /// unreadable lines skipped.
     pub fn from_trail(trail: &AuditTrail, policies: Vec<Policy>) -> (Compliance, u64) {
         let (_, compliance) = PolicyLayer::builder()
             .policies(policies)
             .emit_records(false)
             .build::<()>();
         let mut unreadable = 0;
-        let mut engine = match compliance.shared.engine.lock() {
-            Ok(e) => e,
-            Err(_) => return (compliance.clone(), 0),
-        };
+        let mut engine = compliance.engine();
         let mut sink = Vec::new();
         for r in trail.records() {
             let Ok(r) = r else {
@@ -695,14 +816,30 @@ impl Compliance {
             let Some(kind) = r.event_type.as_deref() else {
                 continue;
             };
-            let at = r.timestamp.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+            let source = if kind != "policy_threshold_exceeded" {
+                Source::App
+            } else if r.details.get(CHAINED_FIELD) == Some(&serde_json::Value::Bool(true)) {
+                Source::ChainedAlert
+            } else {
+                Source::Alert
+            };
+            let at = r.timestamp.timestamp_nanos_opt().map_or(0, |n| {
+                (i128::from(n) + i128::from(EPOCH)).clamp(0, i128::from(u64::MAX)) as u64
+            });
+            fn cut_opt(v: &Option<String>) -> Option<&str> {
+                v.as_deref().map(|v| cut(v, POLICY_VALUE_LIMIT))
+            }
+            let cut = cut_opt;
             let e = Observed {
                 event_type: kind,
-                actor: r.actor.as_deref(),
-                resource: r.resource.as_deref(),
+                actor: cut(&r.actor),
+                resource: cut(&r.resource),
+                ip: cut(&r.ip_address),
+                session: cut(&r.session_id),
                 outcome: r.outcome,
                 risk: r.risk_level,
                 at,
+                source,
             };
             engine.observe(&e, true, &mut sink);
         }
@@ -711,40 +848,63 @@ impl Compliance {
     }
 }
 
-fn report(engine: &mut Engine, i: usize, now: Nanos) -> ComplianceReport {
-    let s = &mut engine.policies[i];
+/// `s` cut to at most `max` bytes at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn status(violated: bool) -> Status {
+    if violated {
+        Status::Violation
+    } else {
+        Status::Compliant
+    }
+}
+
+fn report(engine: &Engine, i: usize, now: Nanos) -> ComplianceReport {
+    let s = &engine.policies[i];
+    let p = &s.policy;
     let counts = s.retained(now);
+    let retention = show_duration(p.retention);
     let mut events_by_type = BTreeMap::new();
     let mut coverage = Vec::new();
-    for (kind, n) in s.policy.require.iter().zip(&counts) {
+    for (kind, n) in p.require.iter().zip(&counts) {
         events_by_type.insert(kind.clone(), *n);
         if *n == 0 {
             coverage.push(format!(
-                "no {kind} event within the {:.0}-day retention (coverage, not a violation)",
-                s.policy.retention.as_secs_f64() / 86_400.0
+                "no {kind} event within the {retention} retention (coverage, not a violation)"
             ));
         }
     }
-    let window_events = s.recent(now);
-    let since = now.saturating_sub(s.policy.retention.as_nanos() as u64);
     let crossings: Vec<CrossingReport> = s
-        .crossings
-        .iter()
-        .filter(|c| c.at > since && c.at <= now)
+        .crossings_within(now)
+        .into_iter()
         .map(|c| CrossingReport {
             at: time(c.at),
             count: c.count,
             actor: c.actor.clone(),
             event_type: c.event_type.clone(),
+            group: c.group.clone(),
         })
         .collect();
-    let window = s.policy.window.as_secs();
+    let window = show_duration(p.window);
     let mut violations: Vec<String> = crossings
         .iter()
         .map(|c| {
+            let group = match (p.group_by, &c.group) {
+                (Some(by), Some(key)) => format!(" for {} {key}", by.as_str()),
+                _ => String::new(),
+            };
             format!(
-                "threshold {} reached within {window}s at {} ({} events; last {} by {})",
-                s.policy.threshold,
+                "threshold {} reached within {window}{group} at {} ({} events; last {} by {})",
+                p.threshold,
                 c.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                 c.count,
                 c.event_type,
@@ -754,11 +914,10 @@ fn report(engine: &mut Engine, i: usize, now: Nanos) -> ComplianceReport {
         .collect();
     if violations.is_empty() && s.over_threshold(now) {
         violations.push(format!(
-            "threshold {} reached: at least {} events within {window}s now",
-            s.policy.threshold, s.policy.threshold
+            "threshold {} reached: at least {} events within {window} now",
+            p.threshold, p.threshold
         ));
     }
-    let p = &s.policy;
     ComplianceReport {
         policy: p.name.clone(),
         policy_name: p.title.clone().unwrap_or_else(|| p.name.clone()),
@@ -766,17 +925,18 @@ fn report(engine: &mut Engine, i: usize, now: Nanos) -> ComplianceReport {
         generated_at: time(now),
         total_events: counts.iter().sum(),
         events_by_type,
+        counts_precision_secs: s.precision() as f64 / 1e9,
         coverage,
         crossings,
-        status: if violations.is_empty() {
-            Status::Compliant
-        } else {
-            Status::Violation
-        },
+        status: status(s.violated(now)),
         violations,
-        window_events,
+        window_events: s.recent(now),
         threshold: p.threshold,
+        window,
         retention_days: p.retention.as_secs_f64() / 86_400.0,
         alerts: s.alerts,
+        group_by: p.group_by,
+        groups_evicted: s.groups_evicted(),
+        inexact_events: s.inexact,
     }
 }
