@@ -1058,9 +1058,13 @@ mod model {
     fn policy() -> impl Strategy<Value = Policy> {
         (
             1u64..5,
-            prop_oneof![Just(1_000u64), Just(5_000), Just(10_000), Just(3)],
+            prop_oneof![
+                4 => prop_oneof![Just(1_000u64), Just(5_000), Just(10_000), Just(3)],
+                1 => Just(super::super::MAX_DURATION.as_millis() as u64),
+            ],
             prop_oneof![Just(1u64), Just(10), Just(64)],
             proptest::sample::subsequence(KINDS.to_vec(), 0..=3),
+            any::<bool>(),
             prop_oneof![
                 Just(None),
                 Just(Some(GroupBy::Actor)),
@@ -1069,7 +1073,10 @@ mod model {
             prop_oneof![Just(None), Just(Some(Outcome::Failure))],
             prop_oneof![Just(None), Just(Some(Risk::High))],
         )
-            .prop_map(|(t, w_ms, r_mult, kinds, group, outcome, risk)| {
+            .prop_map(|(t, w_ms, r_mult, mut kinds, twice, group, outcome, risk)| {
+                if twice && !kinds.is_empty() {
+                    kinds.push(kinds[0]); // counted once, as `effective` keeps it
+                }
                 let mut p = Policy::new("p")
                     .threshold(t)
                     .window(Duration::from_millis(w_ms))
@@ -1078,7 +1085,7 @@ mod model {
                 p.group_by = group;
                 p.outcome = outcome;
                 p.min_risk = risk;
-                p
+                p.effective()
             })
     }
 
