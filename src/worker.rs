@@ -122,6 +122,8 @@ enum Step {
 /// The worker's moving parts.
 struct State {
     batch: Vec<u8>,
+    /// The last drain stopped because the queue was empty.
+    queue_empty: bool,
     /// End offsets of the lines in `batch` (for forwarding).
     ends: Vec<usize>,
     records_in_batch: u64,
@@ -154,6 +156,7 @@ impl Worker {
     pub(crate) fn run(mut self) {
         let mut st = State {
             batch: Vec::with_capacity(64 * 1024),
+            queue_empty: false,
             ends: Vec::new(),
             records_in_batch: 0,
             batch_waiters: Vec::new(),
@@ -200,7 +203,7 @@ impl Worker {
             self.take_all(st);
             self.report_lost(st);
             self.check_max_level(st);
-            if settled && self.prepare(st) {
+            if settled && st.queue_empty && self.prepare(st) {
                 self.stopped(st);
                 st.stopped_sealed = true;
                 st.want_sync = true;
@@ -288,7 +291,8 @@ impl Worker {
             Some(t) => self.sync_interval.saturating_sub(t.elapsed()),
             None => self.sync_interval,
         };
-        let mut n = self.drain(st, MAX_BATCH_BYTES);
+        let limit = self.batch_limit();
+        let mut n = self.drain(st, limit);
         if n == 0 {
             if st.last_busy.elapsed() < POLL_FOR {
                 // Recently busy: poll, so senders never pay for a wake-up.
@@ -305,34 +309,54 @@ impl Worker {
                     }
                 }
             }
-            n += self.drain(st, MAX_BATCH_BYTES);
+            n += self.drain(st, limit);
         }
         if n > 0 {
             st.last_busy = Instant::now();
         }
     }
 
-    /// During shutdown: takes everything queued (bounded by the queue's
-    /// capacity, since new records are refused), into the current batch.
+    /// Most bytes in a batch: [`MAX_BATCH_BYTES`], or less when the file's
+    /// size limit is nearer (the batch is never empty: a record that does
+    /// not fit the room gets the batch, and the file after it rotates).
+    fn batch_limit(&self) -> usize {
+        let room = self.file.as_ref().map_or(usize::MAX, |f| f.room());
+        MAX_BATCH_BYTES.min(room.max(1))
+    }
+
+    /// During shutdown: takes what is queued (bounded by the queue's
+    /// capacity, since new records are refused) into the current batch, as
+    /// far as the file's size limit lets it; the rest waits for the next
+    /// batch, and `audit_stopped` for an empty queue.
     fn take_all(&mut self, st: &mut State) {
         if !self.prepare(st) {
             return;
         }
-        self.drain(st, usize::MAX);
+        let limit = match self.file.as_ref().map(|f| f.room()) {
+            Some(room) if room < usize::MAX => room.max(1),
+            _ => usize::MAX,
+        };
+        self.drain(st, limit);
     }
 
     /// Takes what is queued, without blocking; returns how many messages.
+    /// Sets `queue_empty` when it stopped because nothing was left.
     fn drain(&mut self, st: &mut State, max_bytes: usize) -> usize {
         let mut n = 0;
+        st.queue_empty = false;
         while st.batch.len() < max_bytes {
             match self.rx.try_recv() {
                 Ok(m) => {
                     n += 1;
                     self.take(st, m);
                 }
-                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Empty) => {
+                    st.queue_empty = true;
+                    break;
+                }
                 Err(TryRecvError::Disconnected) => {
                     self.counters.closed.store(true, SeqCst);
+                    st.queue_empty = true;
                     break;
                 }
             }

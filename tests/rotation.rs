@@ -73,3 +73,68 @@ fn rotation_splits_between_records() {
         files[0].file_name().unwrap().to_str().unwrap()
     );
 }
+
+/// `max_file_size`: files close once they hold the limit, never split a
+/// record, pass it by less than one record, sort in writing order, and a
+/// restart continues the period's last file (or the next one when full)
+/// without forking the chain.
+#[test]
+fn size_limit_rotates_between_records_and_survives_restarts() {
+    const LIMIT: u64 = 16 * 1024;
+    let dir = common::tempdir();
+    let sink = || FileSink::new(dir.path()).max_file_size(LIMIT);
+    let mut emitted = 0u64;
+    let mut longest = 0usize;
+    for run in 0..3 {
+        let (audit, guard) = AuditLayer::builder()
+            .file(sink())
+            .max_value_len(64 * 1024)
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+            for i in 0..300u64 {
+                // Records of varied sizes, one far larger than the limit.
+                let pad = if run == 1 && i == 150 {
+                    "y".repeat(40 * 1024)
+                } else {
+                    "x".repeat((i as usize * 37) % 400)
+                };
+                tracing::info!(audit.event = "tick", run, i, pad = pad.as_str());
+                emitted += 1;
+            }
+        });
+        drop(guard);
+    }
+    let files = common::audit_files(dir.path());
+    assert!(files.len() >= 6, "{files:?}");
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    // The first file of the period keeps the appender's name; the rest are
+    // numbered in order.
+    assert!(
+        names[0].ends_with(".jsonl") && !names[0].contains('_'),
+        "{names:?}"
+    );
+    for (k, n) in names.iter().enumerate().skip(1) {
+        assert!(n.contains(&format!("_{k:06}.")), "{names:?}");
+    }
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let last = lines.last().unwrap().len() as u64 + 1;
+        longest = longest.max(last as usize);
+        let before_last = text.len() as u64 - last;
+        // Without its last record, a file is under the limit.
+        assert!(before_last < LIMIT, "{}: {} bytes", f.display(), text.len());
+    }
+    assert!(longest > 40 * 1024, "the large record was written whole");
+    let r = verify(dir.path(), None).unwrap();
+    assert!(r.failure.is_none(), "{r:?}");
+    let ticks = common::read_trail(dir.path())
+        .into_iter()
+        .filter(|r| r["event_type"] == "tick")
+        .count() as u64;
+    assert_eq!(ticks, emitted);
+}

@@ -32,12 +32,16 @@ pub(crate) const LOCK_FILE: &str = ".lock";
 /// |---|---|
 /// | rotation | [`Rotation::DAILY`] |
 /// | `max_files` | unlimited (keep every file) |
+/// | `max_file_size` | none (time rotation only) |
 /// | file name prefix | `audit` |
 /// | file name suffix | `jsonl` |
 ///
 /// Files are named as `tracing-appender` names them, `<prefix>.<date>.<suffix>`
 /// (e.g. `audit.2026-11-22.jsonl`; `<prefix>.<suffix>` with
-/// [`Rotation::NEVER`]), in UTC. Every file is created `0600`; the directory
+/// [`Rotation::NEVER`]), in UTC; with [`max_file_size`](FileSink::max_file_size),
+/// the second and later files of a period are `<prefix>.<date>_000001.<suffix>`,
+/// `_000002`, …, so that names sort in the order files were written. Every
+/// file is created `0600`; the directory
 /// is created `0700` (see [`AuditLayerBuilder::build`](crate::AuditLayerBuilder::build)
 /// for a directory that already exists).
 ///
@@ -54,6 +58,7 @@ pub struct FileSink {
     pub(crate) max_files: Option<usize>,
     pub(crate) max_age: Option<std::time::Duration>,
     pub(crate) max_total_bytes: Option<u64>,
+    pub(crate) max_file_size: Option<u64>,
     pub(crate) prefix: String,
     pub(crate) suffix: String,
     pub(crate) space_left: Option<SpaceLeft>,
@@ -68,6 +73,7 @@ impl std::fmt::Debug for FileSink {
             .field("max_files", &self.max_files)
             .field("max_age", &self.max_age)
             .field("max_total_bytes", &self.max_total_bytes)
+            .field("max_file_size", &self.max_file_size)
             .field("prefix", &self.prefix)
             .field("suffix", &self.suffix)
             .field("space_left", &self.space_left)
@@ -159,6 +165,7 @@ impl FileSink {
             max_files: None,
             max_age: None,
             max_total_bytes: None,
+            max_file_size: None,
             space_left: None,
             on_space_low: None,
             prefix: "audit".into(),
@@ -255,6 +262,25 @@ impl FileSink {
     #[must_use]
     pub fn max_total_bytes(mut self, bytes: u64) -> Self {
         self.max_total_bytes = Some(bytes);
+        self
+    }
+
+    /// Starts a new file once the current one holds `bytes` (at least 1),
+    /// as well as at each rotation period: whichever comes first. `tracing-appender`
+    /// rotates by time only; the crate's own writer does this, and keeps its
+    /// rule that a batch, and so a record, is never split across files: a
+    /// batch takes records only while the file has room, so a file passes
+    /// `bytes` by less than one record (a record larger than the limit gets
+    /// a file of its own). The one exception is the last batch at shutdown,
+    /// which takes everything still queued.
+    ///
+    /// ```
+    /// let sink = tracing_audit::FileSink::new("./audit").max_file_size(64 << 20);
+    /// # let _ = sink;
+    /// ```
+    #[must_use]
+    pub fn max_file_size(mut self, bytes: u64) -> Self {
+        self.max_file_size = Some(bytes.max(1));
         self
     }
 

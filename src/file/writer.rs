@@ -33,6 +33,12 @@
 //! - **Rotation only from a synced file**: the old file is synced (and
 //!   repaired) before the new one is opened, so records never sit unsynced
 //!   in a file the writer no longer holds.
+//! - **Size limit** (`max_file_size`): [`rotation_due`](FileWriter::rotation_due)
+//!   is also true once the file holds the limit, and [`room`](FileWriter::room)
+//!   tells the worker how many bytes the next batch may take. The k-th
+//!   extra file of a period is named `<prefix>.<period>_<k:06>.<suffix>`:
+//!   `_` sorts after the `.` of the period's first file, so names sort in
+//!   writing order and an existing trail's names are unchanged.
 //! - `max_files` retention, applied when a new file is created.
 
 use std::fs::{self, File, OpenOptions};
@@ -68,6 +74,8 @@ struct Current {
     name: String,
     /// The rotation period it belongs to (its date part).
     period: String,
+    /// Its place among the period's files (0 for the first).
+    index: u32,
     file: File,
     /// End of the last complete line written.
     len: u64,
@@ -123,19 +131,72 @@ impl FileWriter {
         }
     }
 
-    fn file_name_for(&self, period: &str) -> String {
+    /// The name of a period's file without its suffix.
+    fn stem(&self, period: &str) -> String {
         if period.is_empty() {
-            format!("{}.{}", self.sink.prefix, self.sink.suffix)
+            self.sink.prefix.clone()
         } else {
-            format!("{}.{}.{}", self.sink.prefix, period, self.sink.suffix)
+            format!("{}.{}", self.sink.prefix, period)
         }
     }
 
-    /// Whether the next batch belongs in another file than the current one.
+    fn file_name_for(&self, period: &str, index: u32) -> String {
+        let stem = self.stem(period);
+        match index {
+            0 => format!("{stem}.{}", self.sink.suffix),
+            k => format!("{stem}_{k:06}.{}", self.sink.suffix),
+        }
+    }
+
+    /// The last file of `period` already in the directory: its index, and
+    /// whether it is full.
+    fn last_of_period(&self, period: &str) -> io::Result<Option<(u32, bool)>> {
+        let stem = self.stem(period);
+        let dot_suffix = format!(".{}", self.sink.suffix);
+        let mut last: Option<(u32, u64)> = None;
+        for path in list_files(&self.dir, &self.sink.prefix, &self.sink.suffix)? {
+            let name = super::file_name(&path);
+            let Some(rest) = name
+                .strip_prefix(stem.as_str())
+                .and_then(|r| r.strip_suffix(dot_suffix.as_str()))
+            else {
+                continue;
+            };
+            let index = match rest.strip_prefix('_') {
+                None if rest.is_empty() => 0,
+                Some(k) if k.len() == 6 && k.bytes().all(|b| b.is_ascii_digit()) => {
+                    k.parse().unwrap_or(0)
+                }
+                _ => continue,
+            };
+            if last.is_none_or(|(i, _)| index > i) {
+                last = Some((index, fs::metadata(&path)?.len()));
+            }
+        }
+        Ok(last.map(|(i, len)| (i, self.full(len))))
+    }
+
+    fn full(&self, len: u64) -> bool {
+        self.sink.max_file_size.is_some_and(|m| len >= m)
+    }
+
+    /// Whether the next batch belongs in another file than the current one:
+    /// a new period, or the size limit reached.
     pub(crate) fn rotation_due(&self, now: SystemTime) -> bool {
         self.cur
             .as_ref()
-            .is_none_or(|c| c.period != self.period(now))
+            .is_none_or(|c| c.period != self.period(now) || self.full(c.len))
+    }
+
+    /// Bytes the next batch may take before the file reaches its size limit
+    /// (`usize::MAX` without one).
+    pub(crate) fn room(&self) -> usize {
+        match (&self.cur, self.sink.max_file_size) {
+            (Some(c), Some(max)) => {
+                usize::try_from(max.saturating_sub(c.len)).unwrap_or(usize::MAX)
+            }
+            _ => usize::MAX,
+        }
     }
 
     /// Moves to the file for `now`: syncs the current one first (failing if
@@ -145,7 +206,18 @@ impl FileWriter {
         if self.cur.is_some() {
             self.sync()?;
         }
-        let name = self.file_name_for(&self.period(now));
+        let period = self.period(now);
+        let index = match &self.cur {
+            Some(c) if c.period == period => c.index + 1,
+            Some(_) => 0,
+            // Starting: continue the period's last file unless it is full.
+            None => match self.last_of_period(&period)? {
+                Some((i, true)) => i + 1,
+                Some((i, false)) => i,
+                None => 0,
+            },
+        };
+        let name = self.file_name_for(&period, index);
         let path = self.dir.join(&name);
         let (file, created) = open_private(&path)?;
         let len = file.metadata()?.len();
@@ -160,7 +232,8 @@ impl FileWriter {
         self.cur = Some(Current {
             path,
             name: name.clone(),
-            period: self.period(now),
+            period,
+            index,
             file,
             len,
             synced_len: len,
@@ -363,7 +436,7 @@ mod tests {
         ];
         for (r, want) in cases {
             let w = writer(d.path(), r);
-            assert_eq!(w.file_name_for(&w.period(t)), want);
+            assert_eq!(w.file_name_for(&w.period(t), 0), want);
         }
     }
 

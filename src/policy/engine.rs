@@ -1073,20 +1073,22 @@ mod model {
             prop_oneof![Just(None), Just(Some(Outcome::Failure))],
             prop_oneof![Just(None), Just(Some(Risk::High))],
         )
-            .prop_map(|(t, w_ms, r_mult, mut kinds, twice, group, outcome, risk)| {
-                if twice && !kinds.is_empty() {
-                    kinds.push(kinds[0]); // counted once, as `effective` keeps it
-                }
-                let mut p = Policy::new("p")
-                    .threshold(t)
-                    .window(Duration::from_millis(w_ms))
-                    .retention(Duration::from_millis((w_ms * r_mult).max(1_000)))
-                    .require(kinds);
-                p.group_by = group;
-                p.outcome = outcome;
-                p.min_risk = risk;
-                p.effective()
-            })
+            .prop_map(
+                |(t, w_ms, r_mult, mut kinds, twice, group, outcome, risk)| {
+                    if twice && !kinds.is_empty() {
+                        kinds.push(kinds[0]); // counted once, as `effective` keeps it
+                    }
+                    let mut p = Policy::new("p")
+                        .threshold(t)
+                        .window(Duration::from_millis(w_ms))
+                        .retention(Duration::from_millis((w_ms * r_mult).max(1_000)))
+                        .require(kinds);
+                    p.group_by = group;
+                    p.outcome = outcome;
+                    p.min_risk = risk;
+                    p.effective()
+                },
+            )
     }
 
     /// Time steps: mostly small forward moves, with equal times, steps of
