@@ -12,6 +12,8 @@ use tracing_subscriber::layer::SubscriberExt;
 
 const CHILD_ENV: &str = "TRACING_AUDIT_CRASH_CHILD_DIR";
 const PANIC_ENV: &str = "TRACING_AUDIT_PANIC_CHILD_DIR";
+const SIZE_ENV: &str = "TRACING_AUDIT_CRASH_CHILD_FILE_SIZE";
+const ROUND_ENV: &str = "TRACING_AUDIT_CRASH_CHILD_ROUND";
 
 /// The child for the panic hook: emits ordinary records, never drops its
 /// guard, and panics at once. Only the hook can get them to disk in time.
@@ -61,15 +63,21 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (audit, _guard) = AuditLayer::builder().file(&dir).build().unwrap();
+    // With a size limit, the parent kills it in the middle of rotations.
+    let sink = match std::env::var(SIZE_ENV) {
+        Ok(bytes) => tracing_audit::FileSink::new(&dir).max_file_size(bytes.parse().unwrap()),
+        Err(_) => tracing_audit::FileSink::new(&dir),
+    };
+    let (audit, _guard) = AuditLayer::builder().file(sink).build().unwrap();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(audit)).unwrap();
+    let round: u64 = std::env::var(ROUND_ENV).map_or(0, |r| r.parse().unwrap());
     let mut out = std::io::stdout().lock();
     for i in 0u64.. {
         // Non-durable records in between, which may or may not survive.
         for j in 0..20 {
             tracing::info!(audit.event = "page_view", i, j);
         }
-        tracing::info!(audit.event = "payment", audit.risk = "high", i);
+        tracing::info!(audit.event = "payment", audit.risk = "high", i, round);
         writeln!(out, "acked {i}").unwrap();
         out.flush().unwrap();
     }
@@ -128,4 +136,66 @@ fn sigkill_loses_no_acknowledged_record() {
     let r = verify(dir.path(), None).unwrap();
     assert!(r.is_ok(), "after restart: {r:?}");
     assert_eq!(r.records as usize, records.len() + 3);
+}
+
+/// SIGKILL while files rotate (a 4 KiB size limit: a rotation every few
+/// records), five times over in one directory, at different points: after
+/// each kill every acknowledged durable record is there and the chain
+/// verifies; each restart continues it.
+#[test]
+fn sigkill_during_rotation_loses_nothing_and_restarts_continue() {
+    let dir = common::tempdir();
+    for (round, kill_at) in [37u64, 5, 120, 1, 64].into_iter().enumerate() {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path())
+            .env(SIZE_ENV, "4096")
+            .env(ROUND_ENV, round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut acked = None;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            if let Some(n) = line.unwrap().strip_prefix("acked ") {
+                let n: u64 = n.parse().unwrap();
+                acked = Some(n);
+                if n == kill_at {
+                    child.kill().unwrap();
+                    break;
+                }
+            }
+        }
+        child.wait().unwrap();
+        assert_eq!(acked, Some(kill_at), "round {round}");
+        // Every acknowledged payment of every round so far is there.
+        let payments: std::collections::HashSet<(u64, u64)> = common::read_trail(dir.path())
+            .iter()
+            .filter(|r| r["event_type"] == "payment")
+            .map(|r| {
+                (
+                    r["details"]["round"].as_u64().unwrap(),
+                    r["details"]["i"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        for (r, k) in [37u64, 5, 120, 1, 64]
+            .into_iter()
+            .enumerate()
+            .take(round + 1)
+        {
+            for i in 0..=k {
+                assert!(
+                    payments.contains(&(r as u64, i)),
+                    "round {r}: acknowledged payment {i} lost"
+                );
+            }
+        }
+        let r = verify(dir.path(), None).unwrap();
+        assert!(r.is_ok(), "round {round}: {r:?}");
+        assert!(
+            common::audit_files(dir.path()).len() > round + 2,
+            "the size limit rotated files"
+        );
+    }
 }
