@@ -19,7 +19,8 @@ mod transport;
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -224,6 +225,7 @@ impl SyslogSink {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(self.capacity);
         let what = format!("syslog sink {:?}", self.target);
         let mode = self.mode;
+        let closing = Arc::new(AtomicBool::new(false));
         let sender = Sender {
             cfg: self,
             header,
@@ -231,6 +233,7 @@ impl SyslogSink {
             conn: None,
             recent: VecDeque::new(),
             conn_since: None,
+            closing: closing.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("tracing-audit-syslog".into())
@@ -241,6 +244,7 @@ impl SyslogSink {
                 tx: Some(tx),
                 mode,
                 counters,
+                closing,
             },
             thread,
         ))
@@ -253,6 +257,9 @@ pub(crate) struct Forwarder {
     tx: Option<SyncSender<Vec<u8>>>,
     mode: QueueMode,
     counters: Arc<Counters>,
+    /// Tells the sink's thread that no more lines come, even while the
+    /// queue is still full (a closed channel is only seen once empty).
+    closing: Arc<AtomicBool>,
 }
 
 impl LineSink for Forwarder {
@@ -272,6 +279,7 @@ impl LineSink for Forwarder {
     }
 
     fn close(&mut self) {
+        self.closing.store(true, SeqCst);
         self.tx = None;
     }
 }
@@ -297,6 +305,8 @@ struct Sender {
     recent: VecDeque<Vec<u8>>,
     /// When the current connection was opened.
     conn_since: Option<Instant>,
+    /// Set by the pipeline when it closes the queue.
+    closing: Arc<AtomicBool>,
 }
 
 /// How long a connection must stay up before it counts as healthy (and the
@@ -312,6 +322,15 @@ impl Sender {
         let mut deadline: Option<Instant> = None;
         let mut backoff = self.cfg.backoff_min;
         loop {
+            if deadline.is_none() && self.closing.load(SeqCst) {
+                deadline = Some(Instant::now() + self.cfg.shutdown_grace);
+            }
+            if pending.is_empty() && deadline.is_some() {
+                // Closing: what is still queued is taken in order.
+                if let Ok(line) = rx.try_recv() {
+                    pending.push_back(self.message(&line));
+                }
+            }
             if pending.is_empty() {
                 if deadline.is_some() {
                     break;
@@ -374,8 +393,13 @@ impl Sender {
                                 pending.push_front(m);
                             }
                         }
+                        if deadline.is_none() && self.closing.load(SeqCst) {
+                            deadline = Some(Instant::now() + self.cfg.shutdown_grace);
+                        }
                         if deadline.is_some_and(|d| Instant::now() >= d) {
-                            let n = pending.len() as u64;
+                            // Everything not sent: the pending messages and
+                            // what is still queued behind them.
+                            let n = (pending.len() + rx.try_iter().count()) as u64;
                             self.counters.syslog_dropped.fetch_add(n, Relaxed);
                             eprintln!(
                                 "tracing-audit: syslog {:?} unreachable at shutdown; {n} messages not sent",
@@ -401,7 +425,7 @@ impl Sender {
                         if let Some(d) = deadline {
                             pause = pause.min(d.saturating_duration_since(Instant::now()));
                         }
-                        std::thread::sleep(pause);
+                        self.pause(pause, deadline.is_none());
                         backoff = (backoff * 2).min(self.cfg.backoff_max);
                     }
                 }
@@ -409,6 +433,19 @@ impl Sender {
         }
         if let Some(c) = self.conn.take() {
             c.close();
+        }
+    }
+
+    /// Sleeps `d`; when `until_closing`, wakes early once the pipeline
+    /// closes the queue (a long backoff must not outlast the shutdown grace).
+    fn pause(&self, d: Duration, until_closing: bool) {
+        let end = Instant::now() + d;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() || (until_closing && self.closing.load(SeqCst)) {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
         }
     }
 
