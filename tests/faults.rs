@@ -585,3 +585,124 @@ fn the_space_watermark_is_crossed_both_ways_once_each() {
     );
     assert!(verify(&dir, None).unwrap().is_ok());
 }
+
+/// `FS_IOC_SHUTDOWN` (what `xfs_io -x -c shutdown` sends; ext4 has it too)
+/// with `EXT4_GOING_FLAGS_NOLOGFLUSH`: from now on every write and sync on
+/// the file system returns EIO, and what the journal had not committed is
+/// gone, as after a power cut.
+fn shut_down(mnt: &Path) {
+    const FS_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
+    const NOLOGFLUSH: u32 = 2;
+    let dir = std::fs::File::open(mnt).unwrap();
+    let flags = NOLOGFLUSH;
+    // SAFETY: a valid descriptor and a pointer to a u32, as the ioctl takes.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            FS_IOC_SHUTDOWN,
+            &flags as *const u32,
+        )
+    };
+    assert_eq!(rc, 0, "shutdown ioctl: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn an_io_error_is_seen_and_the_writer_goes_on_after_a_remount() {
+    need_root!();
+    let base = tempfile::tempdir().unwrap();
+    let (backing, mut fs, _) = ext4_on_thin_image(base.path(), false);
+    let mnt = fs.at.clone();
+    let dir = mnt.join("audit");
+    let mut child = Reap(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "durable_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &dir)
+            .env("TRACING_AUDIT_FAULT_CHILD_SECS", "6")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stdout = child.0.stdout.take().unwrap();
+    let sink = acked.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(n) = line.strip_prefix("acked ") {
+                sink.lock().unwrap().push(n.parse::<u64>().unwrap());
+            }
+        }
+    });
+    let count = || acked.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(count() > 20, "the child wrote too little before the fault");
+    shut_down(&mnt);
+    std::thread::sleep(Duration::from_millis(300));
+    let during = count();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        count(),
+        during,
+        "a durable record was acknowledged on a dead file system"
+    );
+    // Mount what the file system holds now, as a new one at the same place.
+    // The dead mount goes lazily (the child still holds descriptors on it),
+    // and it is torn down only when they close, writing its stale metadata
+    // to its device; so the new mount is of a copy of the image, taken now.
+    sh(&format!("umount -l {}", mnt.display()));
+    let old_dev = fs.loopdev.take();
+    std::mem::forget(fs);
+    let img = base.path().join("img-after-shutdown");
+    sh(&format!(
+        "cp --sparse=always {} {}",
+        backing.at.join("img").display(),
+        img.display()
+    ));
+    let dev = sh(&format!("losetup -f --show {}", img.display()))
+        .trim()
+        .to_owned();
+    sh(&format!("mount -t ext4 {dev} {}", mnt.display()));
+    let fs = Mount {
+        at: mnt.clone(),
+        loopdev: Some(dev),
+    };
+    // The writer reopens the file by path and goes on by itself.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stderr = child.0.stderr.take();
+    drop(child);
+    reader.join().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = stderr {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    eprintln!("child stderr: {err}");
+    if let Some(dev) = old_dev {
+        let _ = Command::new("losetup").arg("-d").arg(dev).status();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > during + 20,
+        "no durable record after the remount: {} then {}",
+        during,
+        acked.len()
+    );
+    let failures = err
+        .lines()
+        .filter(|l| l.contains("Input/output error"))
+        .count();
+    assert!(
+        (1..=3).contains(&failures),
+        "the error said once per episode, not per retry: {failures} lines"
+    );
+    remount_and_check(fs, &img, base.path(), &acked, false);
+    drop(backing);
+}

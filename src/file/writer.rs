@@ -30,6 +30,10 @@
 //!   writes the kept bytes again and syncs; only a sync that succeeded after
 //!   that covers them. Until then [`sync`](FileWriter::sync) fails, and the
 //!   worker keeps every durable caller waiting.
+//! - **A write error other than "out of space"** (EIO, EROFS, a stale
+//!   handle) makes the descriptor suspect too: the next attempt reopens the
+//!   file by path and rewrites from the last good sync, so a file system
+//!   that was shut down and mounted again is written without a restart.
 //! - **Rotation only from a synced file**: the old file is synced (and
 //!   repaired) before the new one is opened, so records never sit unsynced
 //!   in a file the writer no longer holds.
@@ -311,8 +315,9 @@ impl FileWriter {
     /// next write) and nothing of `batch` counts as written.
     pub(crate) fn write(&mut self, batch: &[u8]) -> io::Result<()> {
         if self.cur.as_ref().is_some_and(|c| {
-            !c.unsynced.is_empty() && c.unsynced.len() + batch.len() > MAX_UNSYNCED
+            c.suspect || (!c.unsynced.is_empty() && c.unsynced.len() + batch.len() > MAX_UNSYNCED)
         }) {
+            // A suspect descriptor is repaired first (reopened by path).
             self.sync()?;
         }
         let Some(c) = self.cur.as_mut() else {
@@ -325,6 +330,17 @@ impl FileWriter {
         if let Err(e) = c.file.write_all_at(batch, c.len) {
             if c.file.set_len(c.len).is_err() {
                 c.dirty_tail = true;
+            }
+            // Out of space, the descriptor is still good. Any other error
+            // (EIO from a failing or shut-down file system, EROFS, a stale
+            // handle) distrusts it: the next attempt reopens the file by
+            // path, as after a failed sync, so a file system that was
+            // remounted is written again without a restart.
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EINTR)
+            ) {
+                c.suspect = true;
             }
             return Err(e);
         }
