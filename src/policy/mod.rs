@@ -104,9 +104,10 @@ pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// ```
 pub type AlertHandler = Arc<dyn Fn(&Alert) + Send + Sync>;
 
-/// The default clock: `CLOCK_REALTIME_COARSE`, a few nanoseconds a read
-/// instead of ~80 on a VM, with the kernel tick's resolution (1–4 ms), which
-/// is ample for policy windows of seconds to days.
+/// The default clock on Linux: `CLOCK_REALTIME_COARSE`, a few nanoseconds a
+/// read instead of ~80 on a VM, with the kernel tick's resolution (1–4 ms),
+/// which is ample for policy windows of seconds to days.
+#[cfg(target_os = "linux")]
 fn coarse_now() -> SystemTime {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -118,6 +119,12 @@ fn coarse_now() -> SystemTime {
         return SystemTime::now();
     }
     UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The default clock elsewhere: the system clock.
+#[cfg(not(target_os = "linux"))]
+fn coarse_now() -> SystemTime {
+    SystemTime::now()
 }
 
 /// A clock reading on the policy timeline (before the epoch included).
