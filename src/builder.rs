@@ -320,6 +320,10 @@ impl AuditLayerBuilder {
             retention,
             config_warnings,
             pid: std::process::id(),
+            drop_on_error: self
+                .file
+                .as_ref()
+                .is_some_and(|f| f.on_error == crate::file::OnError::Drop),
         };
         let main = std::thread::Builder::new()
             .name("tracing-audit".into())

@@ -79,7 +79,7 @@ impl Hasher {
 }
 
 /// The writer's chain state: next `seq` and the last hash.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Chain {
     hasher: Hasher,
     next_seq: u64,

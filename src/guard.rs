@@ -38,6 +38,10 @@ pub struct AuditStats {
     pub dropped_after_shutdown: u64,
     /// Still unwritten when the shutdown grace ran out.
     pub dropped_unwritten: u64,
+    /// Records dropped because writing failed, with [`OnError::Drop`](crate::OnError::Drop)
+    /// (never a durable record; a `records_lost` record says how many once
+    /// writing works again).
+    pub dropped_write_error: u64,
     /// Lost to a panic while recording the event (a field's `Debug`, say).
     pub dropped_panic: u64,
     /// Emitted in a child process forked after the pipeline was built.
@@ -138,6 +142,7 @@ impl AuditHandle {
             dropped_queue_full: c.dropped_queue_full.load(Relaxed),
             dropped_after_shutdown: c.dropped_closed.load(Relaxed),
             dropped_unwritten: c.dropped_unwritten.load(Relaxed),
+            dropped_write_error: c.dropped_write_error.load(Relaxed),
             dropped_panic: c.dropped_panic.load(Relaxed),
             dropped_forked: c.dropped_forked.load(Relaxed),
             write_errors: c.write_errors.load(Relaxed),

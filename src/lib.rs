@@ -29,7 +29,7 @@ pub use builder::{AuditLayerBuilder, CHAIN_KEY_ENV};
 pub use chain::GENESIS;
 pub use error::Error;
 pub use fields::{Outcome, ParseValueError, Risk};
-pub use file::{FileSink, SpaceLeft, SpaceLow};
+pub use file::{FileSink, OnError, SpaceLeft, SpaceLow};
 pub use guard::{AuditGuard, AuditHandle, AuditStats, Health};
 pub use layer::AuditLayer;
 pub use pipeline::QueueMode;

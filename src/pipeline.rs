@@ -56,6 +56,8 @@ pub(crate) enum DropCause {
     /// Emitted in a child process forked after the pipeline was built (the
     /// child has none of the pipeline's threads).
     Forked,
+    /// Not written because the file failed, with `OnError::Drop`.
+    WriteError,
 }
 
 /// The most recent error and when it happened.
@@ -75,6 +77,7 @@ pub(crate) struct Counters {
     pub(crate) dropped_unwritten: AtomicU64,
     pub(crate) dropped_panic: AtomicU64,
     pub(crate) dropped_forked: AtomicU64,
+    pub(crate) dropped_write_error: AtomicU64,
     pub(crate) write_errors: AtomicU64,
     pub(crate) sync_errors: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
@@ -124,6 +127,7 @@ impl Counters {
             DropCause::Unwritten => &self.dropped_unwritten,
             DropCause::Panic => &self.dropped_panic,
             DropCause::Forked => &self.dropped_forked,
+            DropCause::WriteError => &self.dropped_write_error,
         };
         c.fetch_add(n, Relaxed);
         self.records_dropped.fetch_add(n, Relaxed);

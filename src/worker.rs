@@ -90,6 +90,9 @@ pub(crate) struct Worker {
     /// The free-space watermark, if one is set.
     pub(crate) space: Option<SpaceWatch>,
     pub(crate) pid: u32,
+    /// `OnError::Drop`: records that cannot be written are dropped and
+    /// counted instead of waiting (durable and own records excepted).
+    pub(crate) drop_on_error: bool,
 }
 
 /// A free-space watermark the worker checks about once a second.
@@ -122,6 +125,13 @@ enum Step {
 /// The worker's moving parts.
 struct State {
     batch: Vec<u8>,
+    /// With `OnError::Drop`: the chain as it was before the batch's first
+    /// record, and the records of the batch that must not be dropped.
+    batch_chain: Option<Chain>,
+    kept: Vec<(uuid::Uuid, Vec<u8>)>,
+    /// Durable records taken off the queue while the file fails (with
+    /// `OnError::Drop`), sealed first when it works again.
+    held: Vec<Pending>,
     /// The last drain stopped because the queue was empty.
     queue_empty: bool,
     /// End offsets of the lines in `batch` (for forwarding).
@@ -156,6 +166,9 @@ impl Worker {
     pub(crate) fn run(mut self) {
         let mut st = State {
             batch: Vec::with_capacity(64 * 1024),
+            batch_chain: None,
+            kept: Vec::new(),
+            held: Vec::new(),
             queue_empty: false,
             ends: Vec::new(),
             records_in_batch: 0,
@@ -209,7 +222,10 @@ impl Worker {
                 st.want_sync = true;
             }
         } else if !stopping && healthy && st.batch.is_empty() && self.prepare(st) {
+            self.seal_held(st);
             self.intake(st);
+        } else if !stopping && !healthy && self.drop_on_error {
+            self.shed(st);
         }
         if !stopping {
             self.report_lost(st);
@@ -369,7 +385,8 @@ impl Worker {
             Msg::Record(p) => {
                 // A durable record is synced with this batch (group commit).
                 st.want_sync |= p.done.is_some();
-                self.seal(st, p);
+                let keep = p.done.is_some();
+                self.seal(st, p, keep);
             }
             Msg::Flush(w) => {
                 st.batch_waiters.push(w);
@@ -379,7 +396,17 @@ impl Worker {
         }
     }
 
-    fn seal(&mut self, st: &mut State, p: Pending) {
+    /// Seals `p` into the batch. With `OnError::Drop`, `keep` marks a
+    /// record that a failed write must not drop (durable, or the trail's own).
+    fn seal(&mut self, st: &mut State, p: Pending, keep: bool) {
+        if self.drop_on_error {
+            if st.records_in_batch == 0 {
+                st.batch_chain = Some(self.chain.clone());
+            }
+            if keep {
+                st.kept.push((p.id, p.body.clone()));
+            }
+        }
         self.chain.seal(&mut st.batch, &p.id, &p.body);
         st.ends.push(st.batch.len());
         st.records_in_batch += 1;
@@ -394,6 +421,9 @@ impl Worker {
         if !st.batch.is_empty() || !st.batch_waiters.is_empty() {
             if let Err(e) = self.write_batch(st) {
                 self.failure(st, format!("audit file write failed: {e}"));
+                if self.drop_on_error {
+                    self.drop_batch(st);
+                }
                 return;
             }
         }
@@ -447,6 +477,8 @@ impl Worker {
             st.batch.clear();
             st.ends.clear();
             st.records_in_batch = 0;
+            st.batch_chain = None;
+            st.kept.clear();
         }
         st.sync_waiters.append(&mut st.batch_waiters);
         if self.file.is_none() {
@@ -474,9 +506,12 @@ impl Worker {
             }
         }
         if !self.counters.storage_failing.swap(true, SeqCst) {
-            eprintln!(
-                "tracing-audit: {msg}; retrying (durable records wait until a sync succeeds)"
-            );
+            let meanwhile = if self.drop_on_error {
+                "records are dropped and counted until it works (on_error = drop); durable records wait"
+            } else {
+                "durable records wait until a sync succeeds"
+            };
+            eprintln!("tracing-audit: {msg}; retrying ({meanwhile})");
             st.backoff = BACKOFF_MIN;
         } else {
             st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
@@ -548,7 +583,61 @@ impl Worker {
                 body,
                 done: None,
             },
+            true,
         );
+    }
+
+    /// `OnError::Drop`, after a failed write: the batch's records are
+    /// dropped and counted, except those kept (durable, own), which are
+    /// sealed again from where the chain stood before the batch: the trail
+    /// stays contiguous. The waiters stay: their records are still there.
+    fn drop_batch(&mut self, st: &mut State) {
+        let Some(chain) = st.batch_chain.take() else {
+            return;
+        };
+        let kept = std::mem::take(&mut st.kept);
+        let dropped = st.records_in_batch - kept.len() as u64;
+        self.chain = chain;
+        st.batch.clear();
+        st.ends.clear();
+        st.records_in_batch = 0;
+        for (id, body) in kept {
+            let p = Pending {
+                id,
+                body,
+                done: None,
+            };
+            self.seal(st, p, true);
+        }
+        self.counters.dropped(DropCause::WriteError, dropped);
+    }
+
+    /// `OnError::Drop`, while the file fails: takes what is queued so that
+    /// callers never wait for the disk; ordinary records are dropped and
+    /// counted, durable ones held (their callers wait), flushes answered
+    /// "not synced".
+    fn shed(&mut self, st: &mut State) {
+        let mut dropped = 0;
+        for _ in 0..65_536 {
+            match self.rx.try_recv() {
+                Ok(Msg::Record(p)) if p.done.is_some() => st.held.push(p),
+                Ok(Msg::Record(_)) => dropped += 1,
+                Ok(Msg::Flush(w)) => {
+                    let _ = w.try_send(false);
+                }
+                Ok(Msg::Wake) => {}
+                Err(_) => break,
+            }
+        }
+        self.counters.dropped(DropCause::WriteError, dropped);
+    }
+
+    /// Seals the durable records held while the file failed, in order.
+    fn seal_held(&mut self, st: &mut State) {
+        for p in std::mem::take(&mut st.held) {
+            st.want_sync = true;
+            self.seal(st, p, true);
+        }
     }
 
     fn started(&mut self, st: &mut State) {
@@ -620,7 +709,12 @@ impl Worker {
     fn report_lost(&mut self, st: &mut State) {
         let c = &self.counters;
         let dropped = c.records_dropped.load(Relaxed);
-        if dropped <= st.lost_reported || (!self.prepare(st)) {
+        // Said once the file works again: while it fails, one record with
+        // the whole count follows, instead of one per retry.
+        if dropped <= st.lost_reported
+            || (c.storage_failing.load(SeqCst) && !c.closed.load(SeqCst))
+            || !self.prepare(st)
+        {
             return;
         }
         let c = &self.counters;
@@ -630,6 +724,7 @@ impl Worker {
         let closed = c.dropped_closed.load(Relaxed);
         let panic = c.dropped_panic.load(Relaxed);
         let unwritten = c.dropped_unwritten.load(Relaxed);
+        let write_error = c.dropped_write_error.load(Relaxed);
         let mut causes = Vec::new();
         for (k, what) in [
             (c.dropped_forked.load(Relaxed), "emitted in a forked child"),
@@ -637,6 +732,7 @@ impl Worker {
             (closed, "sent after shutdown began"),
             (panic, "a panic while recording the event"),
             (unwritten, "unwritable before the shutdown grace ran out"),
+            (write_error, "the audit file failed (on_error = drop)"),
         ] {
             if k > 0 {
                 causes.push(format!("{k} {what}"));
@@ -649,6 +745,7 @@ impl Worker {
             c.detail_u64("queue_full", full);
             c.detail_u64("after_shutdown", closed);
             c.detail_u64("panic", panic);
+            c.detail_u64("write_error", write_error);
         });
     }
 
@@ -764,7 +861,13 @@ impl Worker {
     /// The shutdown grace ran out: count what is not written, say so, and
     /// release every waiter.
     fn give_up(&mut self, st: &mut State) {
-        let lost = st.records_in_batch;
+        let held = std::mem::take(&mut st.held);
+        for p in &held {
+            if let Some(w) = &p.done {
+                let _ = w.try_send(false);
+            }
+        }
+        let lost = st.records_in_batch + held.len() as u64;
         self.counters.dropped(DropCause::Unwritten, lost);
         let unsynced = st.unsynced_since.is_some();
         eprintln!(

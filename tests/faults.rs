@@ -706,3 +706,94 @@ fn an_io_error_is_seen_and_the_writer_goes_on_after_a_remount() {
     remount_and_check(fs, &img, base.path(), &acked, false);
     drop(backing);
 }
+
+/// `OnError::Drop` on a full disk: the application never waits for the
+/// disk; every record is either in the trail or counted, exactly; a
+/// `records_lost` record gives the count once writing works again; durable
+/// records are never dropped (their callers wait); the chain stays whole.
+#[test]
+fn drop_mode_on_a_full_disk_never_blocks_and_counts_exactly() {
+    need_root!();
+    let base = tempfile::tempdir().unwrap();
+    let m = tmpfs(&base.path().join("t"), "3m");
+    let dir = m.at.join("audit");
+    let (audit, guard) = AuditLayer::builder()
+        .file(FileSink::new(&dir).on_error(tracing_audit::OnError::Drop))
+        .queue_capacity(1024)
+        .build()
+        .unwrap();
+    let handle = guard.handle();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let emit = |from: u64, to: u64| {
+        let d = dispatch.clone();
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&d, || {
+                for i in from..to {
+                    tracing::info!(audit.event = "view", i, pad = "x".repeat(300).as_str());
+                }
+            })
+        })
+    };
+    emit(0, 1000).join().unwrap();
+    fill(&m.at.join("filler"), "64k");
+    // The disk is full: 50 000 more records, through a queue of 1 024,
+    // must not wait for it (in block mode this never returns).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dispatch.clone();
+    std::thread::spawn(move || {
+        tracing::dispatcher::with_default(&d, || {
+            for i in 1000..51_000u64 {
+                tracing::info!(audit.event = "view", i, pad = "x".repeat(300).as_str());
+            }
+        });
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("drop mode blocked the application on a full disk");
+    // A durable record waits for the disk instead of being dropped.
+    let d = dispatch.clone();
+    let durable = std::thread::spawn(move || {
+        tracing::dispatcher::with_default(&d, || {
+            // Larger than any slack left in the file's last page.
+            let pad = "p".repeat(7000);
+            tracing::info!(
+                audit.event = "payment",
+                audit.risk = "high",
+                pad = pad.as_str()
+            );
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !durable.is_finished(),
+        "a durable record returned on a full disk"
+    );
+    assert!(!handle.health().healthy, "{:?}", handle.health());
+    std::fs::remove_file(m.at.join("filler")).unwrap();
+    durable.join().unwrap();
+    emit(51_000, 51_100).join().unwrap();
+    drop(dispatch);
+    drop(guard);
+    let stats = handle.stats();
+    let all = common::read_trail(&dir);
+    let views = all.iter().filter(|r| r["event_type"] == "view").count() as u64;
+    assert!(stats.dropped_write_error > 0, "{stats:?}");
+    assert_eq!(
+        views + stats.dropped_write_error,
+        51_100,
+        "written + counted = emitted: {stats:?}"
+    );
+    assert_eq!(stats.records_dropped, stats.dropped_write_error);
+    assert_eq!(
+        all.iter().filter(|r| r["event_type"] == "payment").count(),
+        1
+    );
+    let lost: u64 = all
+        .iter()
+        .filter(|r| r["event_type"] == "records_lost")
+        .map(|r| r["details"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lost, stats.dropped_write_error, "records_lost says it all");
+    let r = verify(&dir, None).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+}

@@ -26,6 +26,33 @@ pub(crate) use writer::FileWriter;
 /// Name of the lock file held while a process writes the directory.
 pub(crate) const LOCK_FILE: &str = ".lock";
 
+/// What the pipeline does with records while the audit file fails (a
+/// write or sync returns ENOSPC, EIO, EROFS, EDQUOT, ...). Either way the
+/// failure is said once per episode on stderr, shows in the stats
+/// (`storage_failing`, `write_errors`, `last_error_at`) and in `health()`,
+/// and the worker retries with a backoff (10 ms to 1 s) and resumes by
+/// itself.
+///
+/// ```
+/// use tracing_audit::OnError;
+/// assert_eq!(OnError::default(), OnError::Block);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// Nothing is lost: the records wait, the queue fills, and callers
+    /// wait for room (a lossless queue) until the file works again. For
+    /// services that must not act without an audit record.
+    #[default]
+    Block,
+    /// Callers never wait for the disk: records that cannot be written are
+    /// dropped and counted (`dropped_write_error`), and once writing works
+    /// again a `records_lost` record gives the exact count. The chain stays
+    /// contiguous (a dropped record never got a `seq`). Durable records
+    /// (`durable_at`) and the trail's own records are never dropped: they
+    /// wait for the file, and so do their callers.
+    Drop,
+}
+
 /// Where and how audit records are written to disk.
 ///
 /// | setting | default |
@@ -33,6 +60,7 @@ pub(crate) const LOCK_FILE: &str = ".lock";
 /// | rotation | [`Rotation::DAILY`] |
 /// | `max_files` | unlimited (keep every file) |
 /// | `max_file_size` | none (time rotation only) |
+/// | `on_error` | [`OnError::Block`] |
 /// | file name prefix | `audit` |
 /// | file name suffix | `jsonl` |
 ///
@@ -59,6 +87,7 @@ pub struct FileSink {
     pub(crate) max_age: Option<std::time::Duration>,
     pub(crate) max_total_bytes: Option<u64>,
     pub(crate) max_file_size: Option<u64>,
+    pub(crate) on_error: OnError,
     pub(crate) prefix: String,
     pub(crate) suffix: String,
     pub(crate) space_left: Option<SpaceLeft>,
@@ -74,6 +103,7 @@ impl std::fmt::Debug for FileSink {
             .field("max_age", &self.max_age)
             .field("max_total_bytes", &self.max_total_bytes)
             .field("max_file_size", &self.max_file_size)
+            .field("on_error", &self.on_error)
             .field("prefix", &self.prefix)
             .field("suffix", &self.suffix)
             .field("space_left", &self.space_left)
@@ -166,6 +196,7 @@ impl FileSink {
             max_age: None,
             max_total_bytes: None,
             max_file_size: None,
+            on_error: OnError::Block,
             space_left: None,
             on_space_low: None,
             prefix: "audit".into(),
@@ -281,6 +312,20 @@ impl FileSink {
     #[must_use]
     pub fn max_file_size(mut self, bytes: u64) -> Self {
         self.max_file_size = Some(bytes.max(1));
+        self
+    }
+
+    /// What happens to records while the file cannot be written or synced
+    /// (ENOSPC, EIO, EROFS, EDQUOT): see [`OnError`].
+    ///
+    /// ```
+    /// use tracing_audit::{FileSink, OnError};
+    /// let sink = FileSink::new("./audit").on_error(OnError::Drop);
+    /// # let _ = sink;
+    /// ```
+    #[must_use]
+    pub fn on_error(mut self, action: OnError) -> Self {
+        self.on_error = action;
         self
     }
 
