@@ -11,7 +11,6 @@
 //! their place, never as records.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -21,7 +20,7 @@ use serde::Serialize;
 use crate::chain::{check_line, Hasher, LinkError};
 use crate::error::Error;
 use crate::fields::{Outcome, Risk};
-use crate::file::{list_files, FileSink};
+use crate::file::{list_files, open_read, plain_name, AuditRead, FileSink};
 use crate::record::AuditRecord;
 
 /// An audit directory opened for reading.
@@ -288,7 +287,7 @@ pub struct ReadError {
 #[derive(Debug)]
 pub struct Records {
     files: VecDeque<PathBuf>,
-    current: Option<(PathBuf, BufReader<File>, u64)>,
+    current: Option<(PathBuf, BufReader<AuditRead>, u64)>,
     buf: Vec<u8>,
     check: SealCheck,
     /// Byte offset of the next line in the current file.
@@ -341,7 +340,7 @@ impl Iterator for Records {
         loop {
             if self.current.is_none() {
                 let path = self.files.pop_front()?;
-                match File::open(&path) {
+                match open_read(&path) {
                     Ok(f) => self.current = Some((path, BufReader::with_capacity(1 << 16, f), 0)),
                     Err(e) => {
                         return Some(Err(ReadError {
@@ -406,7 +405,7 @@ impl Iterator for Records {
 /// Whether the first line of `path` declares an HMAC chain.
 fn first_line_declares_keyed(path: &Path) -> io::Result<bool> {
     let mut line = Vec::new();
-    BufReader::new(File::open(path)?)
+    BufReader::new(open_read(path)?)
         .take(crate::file::resume::MAX_LINE)
         .read_until(b'\n', &mut line)?;
     let declared = serde_json::from_slice::<serde_json::Value>(line.trim_ascii_end())
@@ -607,7 +606,7 @@ impl TrailStats {
 #[derive(Debug)]
 pub struct Follower {
     sink: FileSink,
-    file: Option<(PathBuf, BufReader<File>)>,
+    file: Option<(PathBuf, BufReader<AuditRead>)>,
     partial: Vec<u8>,
     /// The line being read passed the length cap.
     overlong: bool,
@@ -640,7 +639,7 @@ impl Follower {
             },
         };
         if let Some(newest) = files.last() {
-            let mut r = BufReader::new(File::open(newest)?);
+            let mut r = BufReader::new(open_read(newest)?);
             let mut line = Vec::new();
             let mut complete_end = 0u64;
             let mut at = 0u64;
@@ -655,8 +654,10 @@ impl Follower {
                     complete_end = at;
                 }
             }
-            use std::io::{Seek, SeekFrom};
-            r.seek(SeekFrom::Start(complete_end))?;
+            // Again from the start, up to the end of the last complete line
+            // (a compressed file cannot seek).
+            let mut r = BufReader::new(open_read(newest)?);
+            io::copy(&mut (&mut r).take(complete_end), &mut io::sink())?;
             f.file = Some((newest.clone(), r));
         }
         Ok(f)
@@ -677,8 +678,13 @@ impl Follower {
         loop {
             self.drain(&mut out)?;
             let files = list_files(&self.sink.dir, &self.sink.prefix, &self.sink.suffix)?;
+            // By name before compression: the file being read may have
+            // become `<name>.gz` meanwhile, and is not a next file.
             let next = match &self.file {
-                Some((cur, _)) => files.into_iter().find(|f| f > cur),
+                Some((cur, _)) => {
+                    let cur = plain_name(cur);
+                    files.into_iter().find(|f| plain_name(f) > cur)
+                }
                 None => files.into_iter().next(),
             };
             let Some(next) = next else { return Ok(out) };
@@ -686,7 +692,7 @@ impl Follower {
             // read what reached it after the last read, then switch.
             self.drain(&mut out)?;
             self.partial.clear();
-            self.file = Some((next.clone(), BufReader::new(File::open(&next)?)));
+            self.file = Some((next.clone(), BufReader::new(open_read(&next)?)));
         }
     }
 

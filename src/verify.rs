@@ -23,7 +23,6 @@
 //!   [`VerifyOptions::expect_service`] catches a trail swapped for another
 //!   service's.
 
-use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
@@ -31,7 +30,7 @@ use serde::Serialize;
 
 use crate::chain::{check_line, Hasher, LinkError, GENESIS};
 use crate::error::Error;
-use crate::file::{file_name, FileSink};
+use crate::file::{file_name, open_read, FileSink};
 use crate::reader::AuditTrail;
 use crate::record::{AuditRecord, CheckedRecord};
 
@@ -351,7 +350,7 @@ impl Verifier {
     }
 
     fn file(&mut self, path: &Path, first_file: bool) -> std::io::Result<()> {
-        let mut r = BufReader::with_capacity(1 << 16, File::open(path)?);
+        let mut r = BufReader::with_capacity(1 << 16, open_read(path)?);
         let mut buf = Vec::with_capacity(1024);
         let (mut line_no, mut offset) = (0u64, 0u64);
         let mut first_in_file = true;
@@ -709,15 +708,15 @@ impl Verifier {
     /// Looks for `seq` after byte `from` of `path` and in the later files
     /// (only on the failure path, to tell reordering from deletion).
     fn find_seq(&self, seq: u64, path: &Path, from: u64) -> Option<(PathBuf, u64)> {
-        use std::io::{Seek, SeekFrom};
+        use std::io::Read;
         let mut budget: u64 = 1_000_000;
         for (i, p) in std::iter::once(path)
             .chain(self.later.iter().map(PathBuf::as_path))
             .enumerate()
         {
-            let mut f = File::open(p).ok()?;
+            let mut f = open_read(p).ok()?;
             let start = if i == 0 { from } else { 0 };
-            f.seek(SeekFrom::Start(start)).ok()?;
+            std::io::copy(&mut (&mut f).take(start), &mut std::io::sink()).ok()?;
             let mut line_no = if i == 0 { count_lines(path, from)? } else { 0 };
             let mut r = BufReader::new(f);
             let mut line = Vec::new();
@@ -744,7 +743,7 @@ fn count_lines(path: &Path, upto: u64) -> Option<u64> {
     use std::io::Read;
     let mut n = 0;
     let mut buf = vec![0u8; 1 << 16];
-    let mut f = File::open(path).ok()?.take(upto);
+    let mut f = open_read(path).ok()?.take(upto);
     loop {
         let k = f.read(&mut buf).ok()?;
         if k == 0 {

@@ -88,6 +88,7 @@ pub struct FileSink {
     pub(crate) max_total_bytes: Option<u64>,
     pub(crate) max_file_size: Option<u64>,
     pub(crate) on_error: OnError,
+    pub(crate) compress: bool,
     pub(crate) prefix: String,
     pub(crate) suffix: String,
     pub(crate) space_left: Option<SpaceLeft>,
@@ -104,6 +105,7 @@ impl std::fmt::Debug for FileSink {
             .field("max_total_bytes", &self.max_total_bytes)
             .field("max_file_size", &self.max_file_size)
             .field("on_error", &self.on_error)
+            .field("compress", &self.compress)
             .field("prefix", &self.prefix)
             .field("suffix", &self.suffix)
             .field("space_left", &self.space_left)
@@ -197,6 +199,7 @@ impl FileSink {
             max_total_bytes: None,
             max_file_size: None,
             on_error: OnError::Block,
+            compress: false,
             space_left: None,
             on_space_low: None,
             prefix: "audit".into(),
@@ -329,6 +332,27 @@ impl FileSink {
         self
     }
 
+    /// Compresses each file with gzip once the writer has moved to the next
+    /// one (feature `gzip`): `<name>.gz` is written beside it (`0600`),
+    /// synced, renamed into place, and only then is the plain file removed,
+    /// so a crash at any point leaves one complete copy (a plain file and a
+    /// compressed twin: the plain one counts, and the twin is removed at the
+    /// next start, which also compresses files a crash left plain).
+    /// `verify`, the reader, `Follower` and the command read `.gz` files
+    /// transparently; the chain runs across plain and compressed files.
+    /// Compression runs on its own thread, never the worker's.
+    ///
+    /// ```
+    /// let sink = tracing_audit::FileSink::new("./audit").compress_rotated(true);
+    /// # let _ = sink;
+    /// ```
+    #[cfg(feature = "gzip")]
+    #[must_use]
+    pub fn compress_rotated(mut self, yes: bool) -> Self {
+        self.compress = yes;
+        self
+    }
+
     /// File name prefix (default `audit`). Must not be empty or start with `.`.
     ///
     /// ```
@@ -401,17 +425,24 @@ impl<P: AsRef<Path>> From<P> for FileSink {
     }
 }
 
+/// What a compressed audit file's name ends with, after the suffix.
+pub(crate) const GZ: &str = ".gz";
+
 /// Lists the audit files of a directory (regular files with the prefix and
-/// suffix; links and dot files excluded), sorted by name.
+/// suffix, or the suffix and `.gz`; links and dot files excluded), sorted
+/// by name. A compressed copy whose plain file is still there (compression
+/// was interrupted before the plain one was removed) is left out: the
+/// plain file is the one that counts.
 pub(crate) fn list_files(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
+        let plain = name.strip_suffix(GZ).unwrap_or(name);
         if name.starts_with('.')
             || !name.starts_with(prefix)
-            || !name.ends_with(suffix)
+            || !plain.ends_with(suffix)
             || !entry.file_type()?.is_file()
         {
             continue;
@@ -419,7 +450,74 @@ pub(crate) fn list_files(dir: &Path, prefix: &str, suffix: &str) -> io::Result<V
         files.push(entry.path());
     }
     files.sort();
+    let names: std::collections::HashSet<PathBuf> = files.clone().into_iter().collect();
+    files.retain(|p| !is_compressed(p) || !names.contains(&p.with_extension("")));
     Ok(files)
+}
+
+/// Whether `path` names a compressed audit file.
+pub(crate) fn is_compressed(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
+/// The name an audit file has (or had) before compression: the order of
+/// files, whatever became of them since.
+pub(crate) fn plain_name(path: &Path) -> String {
+    let name = file_name(path);
+    match name.strip_suffix(GZ) {
+        Some(plain) => plain.to_owned(),
+        None => name,
+    }
+}
+
+/// An audit file open for reading, plain or decompressed.
+pub(crate) struct AuditRead(Box<dyn io::Read + Send>);
+
+impl io::Read for AuditRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::fmt::Debug for AuditRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditRead")
+    }
+}
+
+/// Opens an audit file for reading, decompressing a `.gz` one (also when a
+/// plain file listed a moment ago has just been compressed).
+pub(crate) fn open_read(path: &Path) -> io::Result<AuditRead> {
+    let (f, path) = match fs::File::open(path) {
+        Ok(f) => (f, path.to_path_buf()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !is_compressed(path) => {
+            let twin = PathBuf::from(format!("{}{GZ}", path.display()));
+            match fs::File::open(&twin) {
+                Ok(f) => (f, twin),
+                Err(_) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    if !is_compressed(&path) {
+        return Ok(AuditRead(Box::new(f)));
+    }
+    #[cfg(feature = "gzip")]
+    {
+        Ok(AuditRead(Box::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::new(f),
+        ))))
+    }
+    #[cfg(not(feature = "gzip"))]
+    {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{} is compressed: build tracing-audit with the `gzip` feature to read it",
+                path.display()
+            ),
+        ))
+    }
 }
 
 pub(crate) fn file_name(p: &Path) -> String {

@@ -113,6 +113,24 @@ pub(crate) fn find_resume(sink: &FileSink, dir: &Path, hasher: &Hasher) -> Resul
     Ok(resume)
 }
 
+/// The last line of a compressed file that checks, read forwards (a
+/// compressed file was complete when it was compressed, and was read back
+/// by a restart before that: it holds nothing new to report).
+fn last_checking_line(path: &Path, hasher: &Hasher) -> io::Result<Option<Vec<u8>>> {
+    let mut r = io::BufReader::new(super::open_read(path)?);
+    let (mut line, mut last) = (Vec::new(), None);
+    loop {
+        line.clear();
+        let read = crate::lines::read_line(&mut r, &mut line, MAX_LINE as usize)?;
+        if read.consumed == 0 {
+            return Ok(last);
+        }
+        if chain::check_line(hasher, &line).is_ok() {
+            last = Some(line.clone());
+        }
+    }
+}
+
 /// Scans `path` backwards; pushes junk pieces (newest first) and returns
 /// the last line that checks, if the file has one.
 fn scan_file(
@@ -122,6 +140,9 @@ fn scan_file(
     budget: &mut u64,
     resume: &mut Resume,
 ) -> io::Result<Option<Vec<u8>>> {
+    if super::is_compressed(path) {
+        return last_checking_line(path, hasher);
+    }
     let mut f = File::open(path)?;
     let len = f.metadata()?.len();
     let name = file_name(path);

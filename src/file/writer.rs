@@ -54,6 +54,8 @@ use std::time::SystemTime;
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, Utc};
 use tracing_appender::rolling::Rotation;
 
+#[cfg(feature = "gzip")]
+use super::{is_compressed, GZ};
 use super::{list_files, FileSink};
 
 /// Most bytes kept for a rewrite after a failed sync; a write that would
@@ -100,7 +102,18 @@ pub(crate) struct FileWriter {
     sink: FileSink,
     cur: Option<Current>,
     warning: Option<String>,
+    /// Compressions under way (feature `gzip`), and what failed in them.
+    compressing: Vec<std::thread::JoinHandle<()>>,
+    compress_errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _lock: File,
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        for h in self.compressing.drain(..) {
+            let _ = h.join();
+        }
+    }
 }
 
 impl FileWriter {
@@ -110,6 +123,8 @@ impl FileWriter {
             sink: sink.clone(),
             cur: None,
             warning: None,
+            compressing: Vec::new(),
+            compress_errors: Default::default(),
             _lock: lock,
         }
     }
@@ -232,6 +247,8 @@ impl FileWriter {
                 self.warning = Some(format!("cannot sync the audit directory: {e}"));
             }
         }
+        let starting = self.cur.is_none();
+        let previous_path = self.cur.as_ref().map(|c| c.path.clone());
         let previous = self.cur.take().map(|c| c.name);
         self.cur = Some(Current {
             path,
@@ -247,6 +264,9 @@ impl FileWriter {
         });
         if created {
             self.prune(&name);
+        }
+        if self.sink.compress {
+            self.compress_after_rotation(starting, previous_path, &name);
         }
         Ok(Opened {
             name,
@@ -390,8 +410,87 @@ impl FileWriter {
     /// A problem that did not fail an operation (or that a retry
     /// repaired), once.
     pub(crate) fn take_warning(&mut self) -> Option<String> {
-        self.warning.take()
+        if let Some(w) = self.warning.take() {
+            return Some(w);
+        }
+        self.compress_errors.lock().ok()?.pop()
     }
+
+    /// Starts compressing the file just left; at start, finishes what a
+    /// crash interrupted (a stale `.gz.tmp`, a compressed twin beside its
+    /// plain file) and compresses every older plain file.
+    #[cfg(feature = "gzip")]
+    fn compress_after_rotation(
+        &mut self,
+        starting: bool,
+        previous: Option<PathBuf>,
+        current: &str,
+    ) {
+        self.compressing.retain(|h| !h.is_finished());
+        let mut todo: Vec<PathBuf> = previous.into_iter().collect();
+        if starting {
+            if let Ok(entries) = fs::read_dir(&self.dir) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&self.sink.prefix) && name.ends_with(".gz.tmp") {
+                        let _ = fs::remove_file(e.path());
+                    }
+                }
+            }
+            let files =
+                list_files(&self.dir, &self.sink.prefix, &self.sink.suffix).unwrap_or_default();
+            for p in files {
+                if is_compressed(&p) || super::file_name(&p) == current {
+                    continue;
+                }
+                let twin = PathBuf::from(format!("{}{GZ}", p.display()));
+                let _ = fs::remove_file(&twin);
+                todo.push(p);
+            }
+        }
+        for path in todo {
+            let errors = self.compress_errors.clone();
+            let dir = self.dir.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tracing-audit-gzip".into())
+                .spawn(move || {
+                    if let Err(e) = compress(&dir, &path) {
+                        if let Ok(mut v) = errors.lock() {
+                            v.push(format!("cannot compress {}: {e}", path.display()));
+                        }
+                    }
+                });
+            match spawned {
+                Ok(h) => self.compressing.push(h),
+                Err(e) => self.warning = Some(format!("cannot start a compression thread: {e}")),
+            }
+        }
+    }
+
+    #[cfg(not(feature = "gzip"))]
+    fn compress_after_rotation(&mut self, _: bool, _: Option<PathBuf>, _: &str) {}
+}
+
+/// Writes `path.gz` beside `path` (through a synced `.gz.tmp` renamed into
+/// place), then removes `path`: at every moment one complete copy exists.
+#[cfg(feature = "gzip")]
+fn compress(dir: &Path, path: &Path) -> io::Result<()> {
+    let tmp = PathBuf::from(format!("{}{GZ}.tmp", path.display()));
+    let gz = PathBuf::from(format!("{}{GZ}", path.display()));
+    let mut input = File::open(path)?;
+    let (out, _) = open_private(&tmp)?;
+    out.set_len(0)?;
+    let mut enc = flate2::write::GzEncoder::new(
+        io::BufWriter::with_capacity(1 << 16, out),
+        flate2::Compression::default(),
+    );
+    io::copy(&mut input, &mut enc)?;
+    let out = enc.finish()?.into_inner().map_err(|e| e.into_error())?;
+    out.sync_all()?;
+    fs::rename(&tmp, &gz)?;
+    File::open(dir)?.sync_all()?;
+    fs::remove_file(path)?;
+    File::open(dir)?.sync_all()
 }
 
 /// Reopens the file by path, cuts it to the synced length, writes the kept
