@@ -448,22 +448,27 @@ impl FileWriter {
                 todo.push(p);
             }
         }
-        for path in todo {
-            let errors = self.compress_errors.clone();
-            let dir = self.dir.clone();
-            let spawned = std::thread::Builder::new()
-                .name("tracing-audit-gzip".into())
-                .spawn(move || {
+        if todo.is_empty() {
+            return;
+        }
+        // One thread for the lot, one file after another: a trail that
+        // turns compression on may have hundreds of files to catch up on.
+        let errors = self.compress_errors.clone();
+        let dir = self.dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tracing-audit-gzip".into())
+            .spawn(move || {
+                for path in todo {
                     if let Err(e) = compress(&dir, &path) {
                         if let Ok(mut v) = errors.lock() {
                             v.push(format!("cannot compress {}: {e}", path.display()));
                         }
                     }
-                });
-            match spawned {
-                Ok(h) => self.compressing.push(h),
-                Err(e) => self.warning = Some(format!("cannot start a compression thread: {e}")),
-            }
+                }
+            });
+        match spawned {
+            Ok(h) => self.compressing.push(h),
+            Err(e) => self.warning = Some(format!("cannot start a compression thread: {e}")),
         }
     }
 
