@@ -83,29 +83,36 @@ fn crash_child() {
     }
 }
 
-#[test]
-fn sigkill_loses_no_acknowledged_record() {
-    let dir = common::tempdir();
+/// Runs `crash_child` in `dir` with `envs` and kills it (SIGKILL) once it
+/// acknowledged payment `kill_at`; returns the last number it acknowledged.
+fn kill_child_after(dir: &std::path::Path, envs: &[(&str, String)], kill_at: u64) -> Option<u64> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir.path())
+        .env(CHILD_ENV, dir)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut acked = None;
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(n) = line.strip_prefix("acked ") {
+        if let Some(n) = line.unwrap().strip_prefix("acked ") {
             let n: u64 = n.parse().unwrap();
             acked = Some(n);
-            if n == 300 {
+            if n == kill_at {
                 child.kill().unwrap(); // SIGKILL
                 break;
             }
         }
     }
     child.wait().unwrap();
+    acked
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_record() {
+    let dir = common::tempdir();
+    let acked = kill_child_after(dir.path(), &[], 300);
     let acked = acked.expect("child acknowledged nothing");
 
     let records = common::read_trail(dir.path());
@@ -146,27 +153,11 @@ fn sigkill_loses_no_acknowledged_record() {
 fn sigkill_during_rotation_loses_nothing_and_restarts_continue() {
     let dir = common::tempdir();
     for (round, kill_at) in [37u64, 5, 120, 1, 64].into_iter().enumerate() {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .env(SIZE_ENV, "4096")
-            .env(ROUND_ENV, round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut acked = None;
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-            if let Some(n) = line.unwrap().strip_prefix("acked ") {
-                let n: u64 = n.parse().unwrap();
-                acked = Some(n);
-                if n == kill_at {
-                    child.kill().unwrap();
-                    break;
-                }
-            }
-        }
-        child.wait().unwrap();
+        let envs = [
+            (SIZE_ENV, "4096".to_owned()),
+            (ROUND_ENV, round.to_string()),
+        ];
+        let acked = kill_child_after(dir.path(), &envs, kill_at);
         assert_eq!(acked, Some(kill_at), "round {round}");
         // Every acknowledged payment of every round so far is there.
         let payments: std::collections::HashSet<(u64, u64)> = common::read_trail(dir.path())

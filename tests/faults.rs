@@ -183,55 +183,85 @@ fn ext4_on_thin_image(base: &Path, punch: bool) -> (Mount, Mount, PathBuf) {
     (backing, fs, img)
 }
 
-/// Fills the backing tmpfs for `hold`, then frees it, while a child writes
-/// durable records; returns the acknowledged numbers. The child is killed
-/// after `kill_after` if given (journal-abort shape), else stops cleanly.
-fn run_child_through_outage(dir: &Path, filler: &Path, hold: Duration, run_secs: u64) -> Vec<u64> {
-    let mut child = Reap(
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "durable_child",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir)
-            .env("TRACING_AUDIT_FAULT_CHILD_SECS", run_secs.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut acked = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(n) = line.strip_prefix("acked ") {
-                acked.push(n.parse::<u64>().unwrap());
+/// A running `durable_child`: what it acknowledged so far, read from its
+/// stdout as it goes.
+struct DurableChild {
+    child: Reap,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl DurableChild {
+    fn start(dir: &Path, run_secs: u64) -> Self {
+        let mut child = Reap(
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "durable_child",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, dir)
+                .env("TRACING_AUDIT_FAULT_CHILD_SECS", run_secs.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.0.stdout.take().unwrap();
+        let sink = acked.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(n) = line.strip_prefix("acked ") {
+                    sink.lock().unwrap().push(n.parse::<u64>().unwrap());
+                }
             }
+        });
+        DurableChild {
+            child,
+            acked,
+            reader,
         }
-        acked
-    });
+    }
+
+    fn acked_so_far(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits up to `wait` for the child to stop by itself, kills it if it
+    /// has not (a child still waiting on a file system that never recovers
+    /// ends its stderr only when it dies); returns what it acknowledged and
+    /// its stderr.
+    fn finish(mut self, wait: Duration) -> (Vec<u64>, String) {
+        let deadline = Instant::now() + wait;
+        while self.child.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let stderr = self.child.0.stderr.take();
+        drop(self.child);
+        self.reader.join().unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        eprintln!("child stderr: {err}");
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, err)
+    }
+}
+
+/// Fills the backing tmpfs for `hold`, then frees it, while a child writes
+/// durable records; returns the acknowledged numbers.
+fn run_child_through_outage(dir: &Path, filler: &Path, hold: Duration, run_secs: u64) -> Vec<u64> {
+    let child = DurableChild::start(dir, run_secs);
     std::thread::sleep(Duration::from_millis(700));
     // Fill the tmpfs under the image.
     fill(filler, "1M");
     std::thread::sleep(hold);
     std::fs::remove_file(filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(run_secs + 8);
-    while child.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // A child still waiting on a file system that never recovers (the
-    // journal aborted) is killed first: its stderr ends only when it does.
-    let stderr = child.0.stderr.take();
-    drop(child);
-    let mut err = String::new();
-    if let Some(mut e) = stderr {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
-    eprintln!("child stderr: {err}");
-    reader.join().unwrap()
+    child.finish(Duration::from_secs(run_secs + 8)).0
 }
 
 fn remount_and_check(fs: Mount, img: &Path, base: &Path, acked: &[u64], fsck: bool) {
@@ -613,33 +643,8 @@ fn an_io_error_is_seen_and_the_writer_goes_on_after_a_remount() {
     let (backing, mut fs, _) = ext4_on_thin_image(base.path(), false);
     let mnt = fs.at.clone();
     let dir = mnt.join("audit");
-    let mut child = Reap(
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "durable_child",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &dir)
-            .env("TRACING_AUDIT_FAULT_CHILD_SECS", "6")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let stdout = child.0.stdout.take().unwrap();
-    let sink = acked.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(n) = line.strip_prefix("acked ") {
-                sink.lock().unwrap().push(n.parse::<u64>().unwrap());
-            }
-        }
-    });
-    let count = || acked.lock().unwrap().len();
+    let child = DurableChild::start(&dir, 6);
+    let count = || child.acked_so_far();
     std::thread::sleep(Duration::from_millis(1000));
     assert!(count() > 20, "the child wrote too little before the fault");
     shut_down(&mnt);
@@ -673,22 +678,10 @@ fn an_io_error_is_seen_and_the_writer_goes_on_after_a_remount() {
         loopdev: Some(dev),
     };
     // The writer reopens the file by path and goes on by itself.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let stderr = child.0.stderr.take();
-    drop(child);
-    reader.join().unwrap();
-    let mut err = String::new();
-    if let Some(mut e) = stderr {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
-    eprintln!("child stderr: {err}");
+    let (acked, err) = child.finish(Duration::from_secs(15));
     if let Some(dev) = old_dev {
         let _ = Command::new("losetup").arg("-d").arg(dev).status();
     }
-    let acked = acked.lock().unwrap().clone();
     assert!(
         acked.len() > during + 20,
         "no durable record after the remount: {} then {}",
