@@ -427,13 +427,10 @@ impl fmt::Write for Bounded<'_> {
             self.out.push_str(s);
             self.room -= s.len();
         } else {
-            let mut cut = self.room;
-            while !s.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            self.out.push_str(&s[..cut]);
+            let kept = encode::cut_str(s, self.room);
+            self.out.push_str(kept);
             self.room = 0;
-            self.dropped += s.len() - cut;
+            self.dropped += s.len() - kept.len();
         }
         Ok(())
     }
@@ -689,12 +686,9 @@ impl SpanContext {
     }
 
     fn set(&mut self, c: ContextField, v: &str) {
-        let mut cut = v.len().min(self.limit);
-        while !v.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        self.values[c as usize] = Some(v[..cut].to_owned());
-        self.dropped[c as usize] = v.len() - cut;
+        let kept = encode::cut_str(v, self.limit);
+        self.values[c as usize] = Some(kept.to_owned());
+        self.dropped[c as usize] = v.len() - kept.len();
     }
 
     fn set_debug(&mut self, c: ContextField, v: &dyn fmt::Debug) {

@@ -118,18 +118,28 @@ pub(crate) fn escape_into(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(&bytes[start..]);
 }
 
+/// `s` cut to at most `max` bytes, at a character boundary: the one place
+/// that cuts a value (records, syslog fields, policy keys).
+pub(crate) fn cut_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Writes `s` as a JSON string, truncated to `limit` bytes (at a character
 /// boundary) with a marker. Returns whether it truncated.
 pub(crate) fn write_str(buf: &mut Vec<u8>, s: &str, limit: usize) -> bool {
     buf.push(b'"');
     let truncated = if s.len() > limit {
-        let mut cut = limit;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        escape_into(buf, &s[..cut]);
+        let kept = cut_str(s, limit);
+        escape_into(buf, kept);
         buf.extend_from_slice(b"...[truncated ");
-        write_u64(buf, (s.len() - cut) as u64);
+        write_u64(buf, (s.len() - kept.len()) as u64);
         buf.extend_from_slice(b" bytes]");
         true
     } else {
@@ -147,12 +157,10 @@ pub(crate) fn write_str_dropped(buf: &mut Vec<u8>, s: &str, limit: usize, droppe
     if dropped == 0 {
         return write_str(buf, s, limit);
     }
-    let mut cut = s.len().min(limit);
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    let kept = cut_str(s, limit);
+    let cut = kept.len();
     buf.push(b'"');
-    escape_into(buf, &s[..cut]);
+    escape_into(buf, kept);
     buf.extend_from_slice(b"...[truncated ");
     write_u64(buf, (s.len() - cut + dropped) as u64);
     buf.extend_from_slice(b" bytes]\"");

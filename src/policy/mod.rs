@@ -72,6 +72,7 @@ pub use config::{
 use engine::{Crossing, Engine, Nanos, Observed, Source, EPOCH};
 
 use crate::capture::{with_reused, Capture, SpanContext};
+use crate::encode::cut_str as cut;
 
 /// Longest value (span field, actor, group key) the policy layer keeps,
 /// as the audit layer's default `max_value_len`: longer ones are cut.
@@ -853,18 +854,6 @@ impl Compliance {
         drop(engine);
         (compliance, unreadable)
     }
-}
-
-/// `s` cut to at most `max` bytes at a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 fn status(violated: bool) -> Status {

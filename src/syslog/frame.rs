@@ -146,11 +146,7 @@ pub(crate) fn sd_name(s: &str) -> String {
 }
 
 fn push_param_value(out: &mut Vec<u8>, v: &str, max: usize) {
-    let mut cut = v.len().min(max);
-    while !v.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    for c in v[..cut].chars() {
+    for c in crate::encode::cut_str(v, max).chars() {
         match c {
             '"' | '\\' | ']' => {
                 out.push(b'\\');
@@ -435,11 +431,7 @@ mod tests {
                     .unwrap_or("");
                 if max.is_none() {
                     // Cut at 256 bytes of the value, then controls replaced.
-                    let mut cut = actor.len().min(256);
-                    while !actor.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    let cleaned: String = actor[..cut]
+                    let cleaned: String = crate::encode::cut_str(&actor, 256)
                         .chars()
                         .map(|c| {
                             if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
