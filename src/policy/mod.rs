@@ -808,14 +808,26 @@ impl Compliance {
     /// the live layer (only for policies that name their kind; those an
     /// alert record caused, for none). Returns the handle and the number of
     /// unreadable lines skipped.
+    ///
+    /// Reports read the system clock, but never earlier than the newest
+    /// record: a trail written on a host whose clock ran ahead of this one
+    /// (or a moment ago, with the precise clock the records carry) still
+    /// counts its newest records.
     pub fn from_trail(trail: &AuditTrail, policies: Vec<Policy>) -> (Compliance, u64) {
+        let newest = Arc::new(Mutex::new(UNIX_EPOCH));
+        let seen = Arc::clone(&newest);
         let (_, compliance) = PolicyLayer::builder()
             .policies(policies)
             .emit_records(false)
+            .clock(move || {
+                let newest = *seen.lock().unwrap_or_else(|e| e.into_inner());
+                SystemTime::now().max(newest)
+            })
             .build::<()>();
         let mut unreadable = 0;
         let mut engine = compliance.engine();
         let mut sink = Vec::new();
+        let mut newest_seen = UNIX_EPOCH;
         for r in trail.records() {
             let Ok(r) = r else {
                 unreadable += 1;
@@ -831,6 +843,7 @@ impl Compliance {
             } else {
                 Source::Alert
             };
+            newest_seen = newest_seen.max(SystemTime::from(r.timestamp));
             let at = r.timestamp.timestamp_nanos_opt().map_or(0, |n| {
                 (i128::from(n) + i128::from(EPOCH)).clamp(0, i128::from(u64::MAX)) as u64
             });
@@ -852,6 +865,7 @@ impl Compliance {
             engine.observe(&e, true, &mut sink);
         }
         drop(engine);
+        *newest.lock().unwrap_or_else(|e| e.into_inner()) = newest_seen;
         (compliance, unreadable)
     }
 }
