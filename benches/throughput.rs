@@ -7,11 +7,12 @@
 //! 2. The cost of a non-audit event with and without `AuditLayer` installed.
 //! 3. `verify` throughput on a 1 M-record trail, and its peak memory (in a
 //!    child process that only verifies).
-//! 4. `PolicyLayer` per-event cost with 3 default + 5 custom policies, at
+//! 4. The syslog path alone: records/s through a TCP syslog sink, no file.
+//! 5. `PolicyLayer` per-event cost with 3 default + 5 custom policies, at
 //!    10 k and 10 M events.
 //!
 //! `BENCH_QUICK=1` runs smaller sizes (for a smoke run). `-- --only X` runs
-//! one part: `policy`, `verify`, `plain` (non-audit overhead), `split` (caller
+//! one part: `policy`, `verify`, `syslog`, `plain` (non-audit overhead), `split` (caller
 //! cost without backpressure vs worker rate), `e2e1` (one small end-to-end
 //! run, for profiling under callgrind).
 
@@ -99,6 +100,47 @@ fn audit_run(threads: u64, per_thread: u64) -> f64 {
         "audit lost records"
     );
     (threads * per_thread) as f64 / secs
+}
+
+/// Records/s through the syslog path alone (no file): capture, seal, then
+/// the sink's frame building (RFC 5424 with structured data, octet-counted)
+/// and a lossless TCP send to a receiver on loopback that reads everything.
+fn syslog_run(n: u64) -> f64 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(k) => total += k as u64,
+            }
+        }
+    });
+    let (audit, guard) = AuditLayer::builder()
+        .service("bench")
+        .syslog(
+            tracing_audit::SyslogSink::tcp(addr.to_string())
+                .queue_mode(tracing_audit::QueueMode::Lossless),
+        )
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let start = Instant::now();
+    run_threads(1, n, &dispatch);
+    let h = guard.handle();
+    drop(guard);
+    let secs = start.elapsed().as_secs_f64();
+    drop(dispatch);
+    let bytes = reader.join().unwrap();
+    let s = h.stats();
+    assert_eq!(s.syslog_dropped, 0);
+    assert_eq!(s.syslog_sent, n + 2, "syslog lost records");
+    assert!(bytes > n * 100, "the receiver read {bytes} bytes");
+    n as f64 / secs
 }
 
 fn peer_run(threads: u64, per_thread: u64) -> f64 {
@@ -355,6 +397,7 @@ fn main() {
         Some("policy") => return policy_bench(),
         Some("verify") => return verify_bench(),
         Some("plain") => return non_audit_overhead(),
+        Some("syslog") => return syslog_bench(),
         Some("e2e1") => {
             println!("{:.0}/s", audit_run(1, 50_000));
             return;
@@ -399,7 +442,16 @@ fn main() {
             a / p
         );
     }
+    syslog_bench();
     non_audit_overhead();
     verify_bench();
     policy_bench();
+}
+
+fn syslog_bench() {
+    let n = if quick() { 20_000 } else { 200_000 };
+    let r = best(3, || syslog_run(n));
+    println!(
+        "syslog path alone, records/s (best of 3; RFC 5424 + SD over lossless TCP to a loopback reader; span context + 4 fields): {r:.0}/s"
+    );
 }
