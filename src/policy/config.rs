@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::fields::{Outcome, Risk};
+use crate::record::fields::{Outcome, Risk};
 
 /// A compliance policy.
 ///
@@ -265,7 +265,7 @@ impl Policy {
                 .title("Authentication Monitoring")
                 .description("Monitor authentication failures")
                 .require(["login", "logout", "auth_failure"])
-                .outcome(crate::fields::Outcome::Failure)
+                .outcome(crate::record::fields::Outcome::Failure)
                 .retention(days(30))
                 .threshold(3),
             Policy::new("security_compliance")

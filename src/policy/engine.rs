@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crate::fields::{Outcome, Risk};
+use crate::record::fields::{Outcome, Risk};
 
 use super::config::{GroupBy, Policy};
 

@@ -71,8 +71,8 @@ pub use config::{
 };
 use engine::{Crossing, Engine, Nanos, Observed, Source, EPOCH};
 
-use crate::capture::{with_reused, Capture, SpanContext};
-use crate::encode::cut_str as cut;
+use crate::layer::capture::{with_reused, Capture, SpanContext};
+use crate::record::encode::cut_str as cut;
 
 /// Longest value (span field, actor, group key) the policy layer keeps,
 /// as the audit layer's default `max_value_len`: longer ones are cut.
@@ -81,9 +81,9 @@ const POLICY_VALUE_LIMIT: usize = 8 * 1024;
 /// Groups tracked per `group_by` policy unless the builder says otherwise.
 pub const DEFAULT_MAX_GROUPS: usize = 10_000;
 use crate::error::Error;
-use crate::fields::ContextField;
-use crate::filter::{delegate_layer, AuditFilter};
-use crate::reader::AuditTrail;
+use crate::layer::filter::{delegate_layer, AuditFilter};
+use crate::record::fields::ContextField;
+use crate::trail::AuditTrail;
 
 /// A clock for the layer (tests inject one).
 ///

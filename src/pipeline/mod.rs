@@ -15,13 +15,16 @@
 //! to another thread and keeps serving them. A current-thread runtime has no
 //! other thread to move them to: there, the wait blocks the runtime.
 
+pub(crate) mod guard;
+pub(crate) mod worker;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
-use crate::fields::Risk;
+use crate::record::fields::Risk;
 
 /// A record body waiting to be sequenced, chained and written.
 #[derive(Debug)]

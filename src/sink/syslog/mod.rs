@@ -30,8 +30,8 @@ pub use frame::{severity, Facility, Format};
 pub use transport::Framing;
 
 use crate::error::Error;
+use crate::pipeline::worker::LineSink;
 use crate::pipeline::{Counters, QueueMode};
-use crate::worker::LineSink;
 use frame::{Header, Keys};
 use transport::{Conn, Target};
 

@@ -5,9 +5,10 @@
 //!
 //! This module owns everything that touches the audit directory for
 //! writing. It knows nothing of records beyond "a line that checks under
-//! the chain" ([`crate::chain::check_line`]); it never calls upstream into
+//! the chain" ([`crate::record::chain::check_line`]); it never calls upstream into
 //! the layer or the worker.
 
+pub(crate) mod lines;
 pub(crate) mod resume;
 pub(crate) mod writer;
 

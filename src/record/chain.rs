@@ -13,7 +13,7 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::encode;
+use crate::record::encode;
 
 /// `prev_hash` of the first record of a chain: 64 zeros.
 ///

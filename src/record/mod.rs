@@ -4,19 +4,22 @@
 //! (everything from `timestamp` to `source`), which is where nearly all the
 //! work is. The pipeline worker, which alone knows the order of records,
 //! wraps it: `{"schema":1,"audit_id":…,"seq":N` + body +
-//! `,"prev_hash":…,"hash":…}` (see [`crate::chain`]).
+//! `,"prev_hash":…,"hash":…}` (see [`crate::record::chain`]).
 //!
 //! [`AuditRecord`] is the owned, parsed form used by the reader, the
 //! verifier and the command-line tool.
+
+pub(crate) mod chain;
+pub(crate) mod encode;
+pub(crate) mod fields;
 
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use tracing_core::Level;
 
-use crate::capture::Capture;
-use crate::encode;
-use crate::fields::{ContextField, Outcome, Risk};
+use crate::layer::capture::Capture;
+use crate::record::fields::{ContextField, Outcome, Risk};
 
 /// The schema version written in every record's `schema` key.
 ///

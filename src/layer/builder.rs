@@ -3,16 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::chain::{Chain, Hasher};
 use crate::error::Error;
-use crate::fields::Risk;
-use crate::file::{self, FileSink, FileWriter, Resume};
-use crate::guard::{AuditGuard, AuditHandle};
 use crate::layer::{AuditLayer, Shared};
+use crate::pipeline::guard::{AuditGuard, AuditHandle};
+use crate::pipeline::worker::{LineSink, Worker};
 use crate::pipeline::{Counters, QueueMode, Submitter};
+use crate::record::chain::{Chain, Hasher};
+use crate::record::fields::Risk;
 use crate::record::Statics;
-use crate::syslog::SyslogSink;
-use crate::worker::{LineSink, Worker};
+use crate::sink::file::{self, FileSink, FileWriter, Resume};
+use crate::sink::syslog::SyslogSink;
 
 /// The environment variable the README and the command-line tool use for
 /// the chain key by convention (see [`AuditLayerBuilder::chain_key_env`]).
@@ -293,12 +293,12 @@ impl AuditLayerBuilder {
             self.environment.as_deref(),
             self.host.as_deref(),
         );
-        let probe = crate::filter::ProbeSlot::default();
+        let probe = crate::layer::filter::ProbeSlot::default();
         let space = self
             .file
             .as_ref()
             .and_then(|f| f.space_left.map(|w| (w, f.on_space_low.clone())))
-            .map(|(watermark, handler)| crate::worker::SpaceWatch {
+            .map(|(watermark, handler)| crate::pipeline::worker::SpaceWatch {
                 watermark,
                 handler,
                 low: false,
@@ -323,7 +323,7 @@ impl AuditLayerBuilder {
             drop_on_error: self
                 .file
                 .as_ref()
-                .is_some_and(|f| f.on_error == crate::file::OnError::Drop),
+                .is_some_and(|f| f.on_error == crate::sink::file::OnError::Drop),
         };
         let main = std::thread::Builder::new()
             .name("tracing-audit".into())

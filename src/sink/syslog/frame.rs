@@ -10,8 +10,8 @@
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Deserialize;
 
-use crate::encode;
-use crate::fields::Risk;
+use crate::record::encode;
+use crate::record::fields::Risk;
 
 /// Syslog facility (RFC 5424 §6.2.1).
 ///
@@ -146,7 +146,7 @@ pub(crate) fn sd_name(s: &str) -> String {
 }
 
 fn push_param_value(out: &mut Vec<u8>, v: &str, max: usize) {
-    for c in crate::encode::cut_str(v, max).chars() {
+    for c in crate::record::encode::cut_str(v, max).chars() {
         match c {
             '"' | '\\' | ']' => {
                 out.push(b'\\');
@@ -431,7 +431,7 @@ mod tests {
                     .unwrap_or("");
                 if max.is_none() {
                     // Cut at 256 bytes of the value, then controls replaced.
-                    let cleaned: String = crate::encode::cut_str(&actor, 256)
+                    let cleaned: String = crate::record::encode::cut_str(&actor, 256)
                         .chars()
                         .map(|c| {
                             if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {

@@ -43,12 +43,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing_core::Level;
 
-use crate::capture::Capture;
-use crate::chain::Chain;
-use crate::encode;
-use crate::file::{FileWriter, Resume};
+use crate::layer::capture::Capture;
 use crate::pipeline::{Counters, DropCause, Msg, Pending};
+use crate::record::chain::Chain;
+use crate::record::encode;
 use crate::record::{encode_body, Source, Statics};
+use crate::sink::file::{FileWriter, Resume};
 
 /// Largest batch written in one call.
 const MAX_BATCH_BYTES: usize = 1 << 20;
@@ -86,7 +86,7 @@ pub(crate) struct Worker {
     /// Said once in the trail after `audit_started` (e.g. the directory mode).
     pub(crate) config_warnings: Vec<String>,
     /// What the global-filter probe found when the layer joined a subscriber.
-    pub(crate) probe: crate::filter::ProbeSlot,
+    pub(crate) probe: crate::layer::filter::ProbeSlot,
     /// The free-space watermark, if one is set.
     pub(crate) space: Option<SpaceWatch>,
     pub(crate) pid: u32,
@@ -97,8 +97,8 @@ pub(crate) struct Worker {
 
 /// A free-space watermark the worker checks about once a second.
 pub(crate) struct SpaceWatch {
-    pub(crate) watermark: crate::file::SpaceLeft,
-    pub(crate) handler: Option<crate::file::SpaceHandler>,
+    pub(crate) watermark: crate::sink::file::SpaceLeft,
+    pub(crate) handler: Option<crate::sink::file::SpaceHandler>,
     pub(crate) low: bool,
     pub(crate) last_check: Option<Instant>,
 }
@@ -158,7 +158,7 @@ struct State {
     backoff: Duration,
     last_busy: Instant,
     /// The file the batch goes to was just created (set by `prepare`).
-    opened: Option<crate::file::writer::Opened>,
+    opened: Option<crate::sink::file::writer::Opened>,
 }
 
 impl Worker {
@@ -558,7 +558,7 @@ impl Worker {
         st.capture.set_event_type(event);
         st.capture.set_message(message);
         st.capture
-            .set_context_if_absent(crate::fields::ContextField::Actor, "tracing-audit");
+            .set_context_if_absent(crate::record::fields::ContextField::Actor, "tracing-audit");
         details(&mut st.capture);
         st.body.clear();
         let source = Source {
@@ -753,11 +753,11 @@ impl Worker {
     /// the level of every layer, audit included: events below it never
     /// reach this crate, not even as a first record. So the check does not
     /// wait for one: as soon as the layer is part of a subscriber, the
-    /// layer probes it once ([`crate::filter::probe`]) and, if an INFO
+    /// layer probes it once ([`crate::layer::filter::probe`]) and, if an INFO
     /// audit event would be discarded by a global filter, says so in the
     /// trail and on stderr, naming the fix.
     fn check_max_level(&mut self, st: &mut State) {
-        use crate::filter::Probed;
+        use crate::layer::filter::Probed;
         if st.level_checked {
             return;
         }
@@ -794,7 +794,7 @@ impl Worker {
             return;
         }
         space.last_check = Some(Instant::now());
-        let Ok((available, total)) = crate::file::free_space(file.dir()) else {
+        let Ok((available, total)) = crate::sink::file::free_space(file.dir()) else {
             return;
         };
         let watermark = space.watermark.bytes(total);
@@ -807,7 +807,7 @@ impl Worker {
         }
         let Some(space) = &mut self.space else { return };
         space.low = low;
-        let report = crate::file::SpaceLow {
+        let report = crate::sink::file::SpaceLow {
             available,
             total,
             watermark,

@@ -29,12 +29,12 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::{file_name, list_files, FileSink};
-use crate::chain::{self, Hasher};
-use crate::encode;
 use crate::error::Error;
+use crate::record::chain::{self, Hasher};
+use crate::record::encode;
 
 /// Longest line considered as a record; records are cut far below this.
-pub(crate) const MAX_LINE: u64 = crate::lines::MAX_LINE as u64;
+pub(crate) const MAX_LINE: u64 = crate::sink::file::lines::MAX_LINE as u64;
 /// Most junk bytes looked through before a restart gives up.
 const MAX_JUNK: u64 = 1 << 30;
 
@@ -121,7 +121,7 @@ fn last_checking_line(path: &Path, hasher: &Hasher) -> io::Result<Option<Vec<u8>
     let (mut line, mut last) = (Vec::new(), None);
     loop {
         line.clear();
-        let read = crate::lines::read_line(&mut r, &mut line, MAX_LINE as usize)?;
+        let read = crate::sink::file::lines::read_line(&mut r, &mut line, MAX_LINE as usize)?;
         if read.consumed == 0 {
             return Ok(last);
         }
@@ -255,7 +255,7 @@ fn event_type(line: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::Chain;
+    use crate::record::chain::Chain;
 
     fn trail(dir: &Path, events: &[&str]) -> Vec<u8> {
         let mut c = Chain::new(Hasher::Plain);

@@ -228,7 +228,7 @@ fn framed<'a>(msg: &[u8], framing: Framing, scratch: &'a mut Vec<u8>) -> &'a [u8
     scratch.clear();
     match framing {
         Framing::OctetCounting => {
-            crate::encode::write_u64(scratch, msg.len() as u64);
+            crate::record::encode::write_u64(scratch, msg.len() as u64);
             scratch.push(b' ');
             scratch.extend_from_slice(msg);
         }

@@ -28,11 +28,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::chain::{check_line, Hasher, LinkError, GENESIS};
 use crate::error::Error;
-use crate::file::{file_name, open_read, FileSink};
-use crate::reader::AuditTrail;
+use crate::record::chain::{check_line, Hasher, LinkError, GENESIS};
 use crate::record::{AuditRecord, CheckedRecord};
+use crate::sink::file::{file_name, open_read, FileSink};
+use crate::trail::AuditTrail;
 
 /// What kind of failure `verify` found.
 ///
@@ -356,7 +356,11 @@ impl Verifier {
         let mut first_in_file = true;
         loop {
             buf.clear();
-            let read = crate::lines::read_line(&mut r, &mut buf, crate::lines::MAX_LINE)?;
+            let read = crate::sink::file::lines::read_line(
+                &mut r,
+                &mut buf,
+                crate::sink::file::lines::MAX_LINE,
+            )?;
             if read.consumed == 0 {
                 return Ok(());
             }
@@ -367,7 +371,7 @@ impl Verifier {
             if let Some(digest) = read.overlong {
                 // Longer than any record: not held, named by its digest.
                 let mut hex = [0u8; 64];
-                crate::encode::hex_into(&mut hex, &digest);
+                crate::record::encode::hex_into(&mut hex, &digest);
                 self.junk.push(Junk {
                     file: path.to_path_buf(),
                     line: line_no,
@@ -584,7 +588,7 @@ impl Verifier {
     /// The first record seen: genesis, or sealed retention at a file start.
     fn chain_start(
         &mut self,
-        link: &crate::chain::Link<'_>,
+        link: &crate::record::chain::Link<'_>,
         record: &AuditRecord,
         path: &Path,
         line_no: u64,
@@ -627,7 +631,7 @@ impl Verifier {
     /// `seq` or the link is not what the chain expects: name the failure.
     fn broken(
         &mut self,
-        link: &crate::chain::Link<'_>,
+        link: &crate::record::chain::Link<'_>,
         seq: u64,
         path: &Path,
         line_no: u64,
@@ -700,7 +704,7 @@ impl Verifier {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let mut hex = [0u8; 64];
-    crate::encode::hex_into(&mut hex, &Sha256::digest(bytes).into());
+    crate::record::encode::hex_into(&mut hex, &Sha256::digest(bytes).into());
     String::from_utf8_lossy(&hex).into_owned()
 }
 
@@ -722,8 +726,12 @@ impl Verifier {
             let mut line = Vec::new();
             loop {
                 line.clear();
-                let read =
-                    crate::lines::read_line(&mut r, &mut line, crate::lines::MAX_LINE).ok()?;
+                let read = crate::sink::file::lines::read_line(
+                    &mut r,
+                    &mut line,
+                    crate::sink::file::lines::MAX_LINE,
+                )
+                .ok()?;
                 if read.consumed == 0 {
                     break;
                 }

@@ -16,8 +16,8 @@ use tracing_core::field::{Field, Visit};
 use tracing_core::span::{Attributes, Record};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
-use crate::encode;
-use crate::fields::{classify, AuditName, ContextField, Outcome, Risk, CONTEXT_SLOTS};
+use crate::record::encode;
+use crate::record::fields::{classify, AuditName, ContextField, Outcome, Risk, CONTEXT_SLOTS};
 
 /// Runs `f` on this thread's reusable `T`, or on a fresh one when that is
 /// already borrowed (an event emitted while another is being recorded, say

@@ -10,6 +10,8 @@
 //! lines and other bytes that are not records are reported as errors with
 //! their place, never as records.
 
+pub(crate) mod verify;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -17,11 +19,11 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::chain::{check_line, Hasher, LinkError};
 use crate::error::Error;
-use crate::fields::{Outcome, Risk};
-use crate::file::{list_files, open_read, plain_name, AuditRead, FileSink};
+use crate::record::chain::{check_line, Hasher, LinkError};
+use crate::record::fields::{Outcome, Risk};
 use crate::record::AuditRecord;
+use crate::sink::file::{list_files, open_read, plain_name, AuditRead, FileSink};
 
 /// An audit directory opened for reading.
 ///
@@ -353,7 +355,11 @@ impl Iterator for Records {
             }
             let (path, reader, line_no) = self.current.as_mut()?;
             self.buf.clear();
-            match crate::lines::read_line(reader, &mut self.buf, crate::lines::MAX_LINE) {
+            match crate::sink::file::lines::read_line(
+                reader,
+                &mut self.buf,
+                crate::sink::file::lines::MAX_LINE,
+            ) {
                 Ok(read) if read.consumed == 0 => {
                     self.current = None;
                     self.offset = 0;
@@ -406,7 +412,7 @@ impl Iterator for Records {
 fn first_line_declares_keyed(path: &Path) -> io::Result<bool> {
     let mut line = Vec::new();
     BufReader::new(open_read(path)?)
-        .take(crate::file::resume::MAX_LINE)
+        .take(crate::sink::file::resume::MAX_LINE)
         .read_until(b'\n', &mut line)?;
     let declared = serde_json::from_slice::<serde_json::Value>(line.trim_ascii_end())
         .ok()
@@ -645,7 +651,11 @@ impl Follower {
             let mut at = 0u64;
             loop {
                 line.clear();
-                let read = crate::lines::read_line(&mut r, &mut line, crate::lines::MAX_LINE)?;
+                let read = crate::sink::file::lines::read_line(
+                    &mut r,
+                    &mut line,
+                    crate::sink::file::lines::MAX_LINE,
+                )?;
                 if read.consumed == 0 {
                     break;
                 }
@@ -701,7 +711,11 @@ impl Follower {
             return Ok(());
         };
         loop {
-            let read = crate::lines::read_line(r, &mut self.partial, crate::lines::MAX_LINE)?;
+            let read = crate::sink::file::lines::read_line(
+                r,
+                &mut self.partial,
+                crate::sink::file::lines::MAX_LINE,
+            )?;
             if read.overlong.is_some() {
                 self.overlong = true;
             }

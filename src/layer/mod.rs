@@ -6,6 +6,10 @@
 //! event's own fields win over any span), encode the body into a reused
 //! buffer, and submit it. Sequencing, hashing and I/O happen on the worker.
 
+pub(crate) mod builder;
+pub(crate) mod capture;
+pub(crate) mod filter;
+
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,8 +20,8 @@ use tracing_subscriber::filter::Filtered;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::capture::{with_reused, Capture, SpanContext};
-use crate::filter::{delegate_layer, AuditFilter};
+use crate::layer::capture::{with_reused, Capture, SpanContext};
+use crate::layer::filter::{delegate_layer, AuditFilter};
 use crate::pipeline::Submitter;
 use crate::record::{encode_body, uuid_at, Source, Statics};
 
@@ -29,7 +33,7 @@ const MAX_SPANS: usize = 32;
 pub(crate) struct Shared {
     pub(crate) submitter: Submitter,
     /// What the global-filter probe found, for the worker to report.
-    pub(crate) probe: crate::filter::ProbeSlot,
+    pub(crate) probe: crate::layer::filter::ProbeSlot,
     pub(crate) statics: Statics,
     pub(crate) limit: usize,
 }
@@ -125,7 +129,7 @@ where
         // The subscriber is complete now: ask it once whether ordinary
         // audit events get through (a global filter discards them before
         // any layer could notice).
-        let found = crate::filter::probe(subscriber);
+        let found = crate::layer::filter::probe(subscriber);
         if let Ok(mut p) = self.shared.probe.lock() {
             *p = Some(found);
         }

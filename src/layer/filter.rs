@@ -19,7 +19,7 @@ use tracing_core::LevelFilter;
 use tracing_core::{Level, Metadata};
 use tracing_subscriber::layer::{Context, Filter};
 
-use crate::fields::is_audit_callsite;
+use crate::record::fields::is_audit_callsite;
 
 /// Lets through audit events (`audit.event`) and audit spans (any `audit.*`).
 #[derive(Clone, Copy, Debug, Default)]
