@@ -10,6 +10,7 @@ mod error;
 mod layer;
 mod pipeline;
 pub mod policy;
+mod queue;
 mod record;
 mod sink;
 mod trail;
@@ -18,11 +19,11 @@ pub use error::Error;
 pub use layer::builder::{AuditLayerBuilder, CHAIN_KEY_ENV};
 pub use layer::AuditLayer;
 pub use pipeline::guard::{AuditGuard, AuditHandle, AuditStats, Health};
-pub use pipeline::QueueMode;
 pub use policy::{
     Alert, AlertHandler, Clock, Compliance, ComplianceReport, ComplianceStats, CrossingReport,
     Policy, PolicyLayer, PolicyLayerBuilder, PolicyStatus, Status,
 };
+pub use queue::QueueMode;
 pub use record::chain::GENESIS;
 pub use record::fields::{Outcome, ParseValueError, Risk};
 pub use record::{AuditRecord, RecordSource, SCHEMA_VERSION};

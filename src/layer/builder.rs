@@ -6,13 +6,15 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::layer::{AuditLayer, Shared};
 use crate::pipeline::guard::{AuditGuard, AuditHandle};
-use crate::pipeline::worker::{LineSink, Worker};
+use crate::pipeline::worker::Worker;
 use crate::pipeline::{Counters, QueueMode, Submitter};
 use crate::record::chain::{Chain, Hasher};
 use crate::record::fields::Risk;
 use crate::record::Statics;
 use crate::sink::file::{self, FileSink, FileWriter, Resume};
+use crate::sink::syslog::SyslogCounters;
 use crate::sink::syslog::SyslogSink;
+use crate::sink::LineSink;
 
 /// The environment variable the README and the command-line tool use for
 /// the chain key by convention (see [`AuditLayerBuilder::chain_key_env`]).
@@ -265,13 +267,14 @@ impl AuditLayerBuilder {
         };
 
         let counters = Arc::new(Counters::default());
+        let syslog_counters = Arc::new(SyslogCounters::default());
         let mut threads = Vec::new();
         let mut forwards: Vec<Box<dyn LineSink>> = Vec::new();
         for sink in self.syslog {
             // A sink never gets longer than the pipeline's own grace: the
             // guard's drop is bounded by it.
             let sink = sink.bounded_by(self.shutdown_grace);
-            let (fwd, thread) = sink.start(counters.clone(), self.host.as_deref())?;
+            let (fwd, thread) = sink.start(syslog_counters.clone(), self.host.as_deref())?;
             forwards.push(Box::new(fwd));
             threads.push(thread);
         }
@@ -284,6 +287,7 @@ impl AuditLayerBuilder {
         );
         let handle = AuditHandle::new(
             counters.clone(),
+            syslog_counters,
             submitter.sender(),
             submitter.waker.clone(),
         );
@@ -293,7 +297,7 @@ impl AuditLayerBuilder {
             self.environment.as_deref(),
             self.host.as_deref(),
         );
-        let probe = crate::layer::filter::ProbeSlot::default();
+        let probe = crate::pipeline::ProbeSlot::default();
         let space = self
             .file
             .as_ref()

@@ -8,7 +8,6 @@
 //! the callsite for the whole subscriber, which must never happen.
 
 use std::cell::Cell;
-use std::sync::{Arc, Mutex};
 
 use tracing_core::callsite::Callsite;
 use tracing_core::dispatcher::Dispatch;
@@ -19,6 +18,7 @@ use tracing_core::LevelFilter;
 use tracing_core::{Level, Metadata};
 use tracing_subscriber::layer::{Context, Filter};
 
+use crate::pipeline::Probed;
 use crate::record::fields::is_audit_callsite;
 
 /// Lets through audit events (`audit.event`) and audit spans (any `audit.*`).
@@ -42,10 +42,6 @@ impl<S> Filter<S> for AuditFilter {
         }
     }
 }
-
-/// What the probe found when the audit layer joined a subscriber (set in
-/// `on_register_dispatch`), for the worker to report.
-pub(crate) type ProbeSlot = Arc<Mutex<Option<Probed>>>;
 
 /// Callsites that are never reached: their metadata, audit events at INFO,
 /// WARN and ERROR, ask the user's subscriber whether audit events get
@@ -89,21 +85,6 @@ impl Callsite for Probe {
 thread_local! {
     /// A probe reached an audit layer's filter on this thread.
     static PROBE_REACHED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// What the user's subscriber does with an INFO audit event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Probed {
-    /// It reaches the audit layer.
-    Delivered,
-    /// The audit layer wanted it and a global filter discarded it: every
-    /// such event is lost before any layer sees it. Carries the most
-    /// verbose level that still gets through (`OFF` if none).
-    DiscardedByGlobalFilter(LevelFilter),
-    /// A filter in front of the audit layer stopped it: a per-layer filter
-    /// on the audit layer (the user's choice), or a global filter added
-    /// after it, which cannot be told apart from here.
-    FilteredBeforeAudit,
 }
 
 /// Asks `d` whether INFO (then WARN, ERROR) audit events are enabled, and

@@ -1,7 +1,7 @@
 //! `AuditLayer`: turns audit events into record bodies on the caller's
 //! thread and hands them to the pipeline.
 //!
-//! Per event: visit the fields into a reused thread-local [`Capture`],
+//! Per event: visit the fields into a reused thread-local [`Draft`],
 //! merge the `audit.*` context of its audit spans (innermost wins; the
 //! event's own fields win over any span), encode the body into a reused
 //! buffer, and submit it. Sequencing, hashing and I/O happen on the worker.
@@ -20,9 +20,10 @@ use tracing_subscriber::filter::Filtered;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::layer::capture::{with_reused, Capture, SpanContext};
+use crate::layer::capture::{merge_span, with_reused, SpanContext};
 use crate::layer::filter::{delegate_layer, AuditFilter};
 use crate::pipeline::Submitter;
+use crate::record::draft::Draft;
 use crate::record::{encode_body, uuid_at, Source, Statics};
 
 /// Most span names kept for `source.span`.
@@ -33,7 +34,7 @@ const MAX_SPANS: usize = 32;
 pub(crate) struct Shared {
     pub(crate) submitter: Submitter,
     /// What the global-filter probe found, for the worker to report.
-    pub(crate) probe: crate::layer::filter::ProbeSlot,
+    pub(crate) probe: crate::pipeline::ProbeSlot,
     pub(crate) statics: Statics,
     pub(crate) limit: usize,
 }
@@ -45,13 +46,13 @@ pub(crate) struct AuditCore {
 }
 
 struct Scratch {
-    capture: Capture,
+    capture: Draft,
     body: Vec<u8>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
-        capture: Capture::new(usize::MAX),
+        capture: Draft::new(usize::MAX),
         body: Vec::with_capacity(512),
     });
 }
@@ -77,7 +78,7 @@ impl AuditCore {
                 } else {
                     cut = true;
                 }
-                s.capture.merge_span(&span);
+                merge_span(&mut s.capture, &span);
             }
         }
         if cut {
@@ -90,7 +91,7 @@ impl AuditCore {
             level: meta.level(),
             spans: &names[..n],
         };
-        let risk = encode_body(
+        let keys = encode_body(
             &mut s.body,
             &mut s.capture,
             at,
@@ -107,7 +108,7 @@ impl AuditCore {
         }
         self.shared
             .submitter
-            .submit(uuid_at(at), s.body.clone(), risk);
+            .submit(uuid_at(at), s.body.clone(), keys);
     }
 }
 
@@ -154,7 +155,7 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let fresh = || Scratch {
-            capture: Capture::new(self.shared.limit),
+            capture: Draft::new(self.shared.limit),
             body: Vec::new(),
         };
         if !with_reused(&SCRATCH, fresh, |s| self.record(s, event, &ctx)) {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::pipeline::{self, Counters, Msg, Waker};
+use crate::sink::syslog::SyslogCounters;
+use crate::sink::LastError;
 
 /// A snapshot of the pipeline's counters.
 ///
@@ -118,15 +120,22 @@ pub struct Health {
 pub struct AuditHandle {
     generation: u64,
     counters: Arc<Counters>,
+    syslog: Arc<SyslogCounters>,
     tx: SyncSender<Msg>,
     waker: Waker,
 }
 
 impl AuditHandle {
-    pub(crate) fn new(counters: Arc<Counters>, tx: SyncSender<Msg>, waker: Waker) -> Self {
+    pub(crate) fn new(
+        counters: Arc<Counters>,
+        syslog: Arc<SyslogCounters>,
+        tx: SyncSender<Msg>,
+        waker: Waker,
+    ) -> Self {
         AuditHandle {
             generation: pipeline::fork_generation(),
             counters,
+            syslog,
             tx,
             waker,
         }
@@ -135,7 +144,14 @@ impl AuditHandle {
     /// The counters now.
     pub fn stats(&self) -> AuditStats {
         let c = &self.counters;
-        let last = c.last_error.lock().ok().and_then(|e| e.clone());
+        let s = &self.syslog;
+        let read =
+            |slot: &std::sync::Mutex<Option<LastError>>| slot.lock().ok().and_then(|e| e.clone());
+        // The latest of the pipeline's and the syslog sinks' last errors.
+        let last = match (read(&c.last_error), read(&s.last_error)) {
+            (Some(a), Some(b)) => Some(if b.at > a.at { b } else { a }),
+            (a, b) => a.or(b),
+        };
         AuditStats {
             records_written: c.records_written.load(Relaxed),
             records_dropped: c.records_dropped.load(Relaxed),
@@ -153,11 +169,11 @@ impl AuditHandle {
             writes: c.writes.load(Relaxed),
             syncs: c.syncs.load(Relaxed),
             callback_errors: c.callback_errors.load(Relaxed),
-            syslog_sent: c.syslog_sent.load(Relaxed),
-            syslog_dropped: c.syslog_dropped.load(Relaxed),
-            syslog_truncated: c.syslog_truncated.load(Relaxed),
-            syslog_reconnects: c.syslog_reconnects.load(Relaxed),
-            syslog_errors: c.syslog_errors.load(Relaxed),
+            syslog_sent: s.sent.load(Relaxed),
+            syslog_dropped: s.dropped.load(Relaxed),
+            syslog_truncated: s.truncated.load(Relaxed),
+            syslog_reconnects: s.reconnects.load(Relaxed),
+            syslog_errors: s.errors.load(Relaxed),
             last_error: last.as_ref().map(|e| e.message.clone()),
             last_error_at: last.map(|e| {
                 chrono::DateTime::<chrono::Utc>::from(e.at)

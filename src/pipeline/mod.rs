@@ -19,18 +19,43 @@ pub(crate) mod guard;
 pub(crate) mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
+use crate::queue::{offer, Offered};
+pub(crate) use crate::queue::{wait, QueueMode};
 use crate::record::fields::Risk;
+use crate::record::layout::KeyFields;
+use crate::sink::LastError;
+
+/// What the probe found when the audit layer joined a subscriber (set in
+/// `on_register_dispatch`), for the worker to report.
+pub(crate) type ProbeSlot = std::sync::Arc<std::sync::Mutex<Option<Probed>>>;
+
+/// What the user's subscriber does with an INFO audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probed {
+    /// It reaches the audit layer.
+    Delivered,
+    /// The audit layer wanted it and a global filter discarded it: every
+    /// such event is lost before any layer sees it. Carries the most
+    /// verbose level that still gets through (`OFF` if none).
+    DiscardedByGlobalFilter(tracing_core::LevelFilter),
+    /// A filter in front of the audit layer stopped it: a per-layer filter
+    /// on the audit layer (the user's choice), or a global filter added
+    /// after it, which cannot be told apart from here.
+    FilteredBeforeAudit,
+}
 
 /// A record body waiting to be sequenced, chained and written.
 #[derive(Debug)]
 pub(crate) struct Pending {
     pub(crate) id: uuid::Uuid,
     pub(crate) body: Vec<u8>,
+    /// Where its key fields sit in `body`, with its risk and outcome.
+    pub(crate) keys: KeyFields,
     /// Answered once the record is synced (`true`) or given up (`false`).
     pub(crate) done: Option<SyncSender<bool>>,
 }
@@ -63,13 +88,6 @@ pub(crate) enum DropCause {
     WriteError,
 }
 
-/// The most recent error and when it happened.
-#[derive(Debug, Clone)]
-pub(crate) struct LastError {
-    pub(crate) message: String,
-    pub(crate) at: SystemTime,
-}
-
 /// Counters shared by the layer, the worker and the handles.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -87,11 +105,6 @@ pub(crate) struct Counters {
     pub(crate) writes: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) callback_errors: AtomicU64,
-    pub(crate) syslog_sent: AtomicU64,
-    pub(crate) syslog_dropped: AtomicU64,
-    pub(crate) syslog_truncated: AtomicU64,
-    pub(crate) syslog_reconnects: AtomicU64,
-    pub(crate) syslog_errors: AtomicU64,
     /// The storage is failing now (a write or sync failed and none has
     /// succeeded since).
     pub(crate) storage_failing: AtomicBool,
@@ -111,12 +124,7 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn error(&self, counter: &AtomicU64, msg: String) {
         counter.fetch_add(1, Relaxed);
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(LastError {
-                message: msg,
-                at: SystemTime::now(),
-            });
-        }
+        LastError::set(&self.last_error, msg);
     }
 
     /// Counts `n` dropped records with their cause.
@@ -180,39 +188,6 @@ pub(crate) fn fork_generation() -> u64 {
 /// Whether this process is a child forked after generation `built`.
 pub(crate) fn forked_since(built: u64) -> bool {
     FORK_GENERATION.load(Relaxed) != built
-}
-
-/// Whether a full queue makes the caller wait or drops the record.
-///
-/// ```
-/// use tracing_audit::{AuditLayer, QueueMode};
-/// let builder = AuditLayer::builder().file("./audit").queue_mode(QueueMode::Lossy);
-/// # let _ = builder;
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum QueueMode {
-    /// The caller waits for room: nothing is lost (default).
-    #[default]
-    Lossless,
-    /// A record that finds the queue full is dropped and counted, and a
-    /// `records_lost` record with the exact count enters the trail. Records
-    /// at or above the durability threshold are never dropped.
-    Lossy,
-}
-
-/// Runs a blocking wait so that it cannot freeze an async runtime: on a
-/// worker thread of a tokio multi-thread runtime, through `block_in_place`.
-pub(crate) fn wait<T>(f: impl FnOnce() -> T) -> T {
-    #[cfg(feature = "tokio")]
-    {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        if let Ok(h) = Handle::try_current() {
-            if h.runtime_flavor() == RuntimeFlavor::MultiThread {
-                return tokio::task::block_in_place(f);
-            }
-        }
-    }
-    f()
 }
 
 /// The handle the layer submits through.
@@ -301,7 +276,8 @@ impl Submitter {
     }
 
     /// Queues a record; for a durable one, waits until it is synced.
-    pub(crate) fn submit(&self, id: uuid::Uuid, body: Vec<u8>, risk: Risk) {
+    pub(crate) fn submit(&self, id: uuid::Uuid, body: Vec<u8>, keys: KeyFields) {
+        let risk = keys.risk;
         if forked_since(self.generation) {
             self.counters.dropped(DropCause::Forked, 1);
             if !self.said_forked.swap(true, Relaxed) {
@@ -316,7 +292,15 @@ impl Submitter {
         } else {
             (None, None)
         };
-        if !self.enqueue(Msg::Record(Pending { id, body, done }), durable) {
+        if !self.enqueue(
+            Msg::Record(Pending {
+                id,
+                body,
+                keys,
+                done,
+            }),
+            durable,
+        ) {
             return;
         }
         if let Some(rx) = done_rx {
@@ -336,14 +320,14 @@ impl Submitter {
             self.counters.dropped(DropCause::Closed, 1);
             return false;
         }
-        let sent = match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(TrySendError::Disconnected(_)) => false,
-            Err(TrySendError::Full(_)) if self.mode == QueueMode::Lossy && !durable => {
+        let lossy = self.mode == QueueMode::Lossy && !durable;
+        let sent = match offer(&self.tx, msg, lossy, || self.waker.wake()) {
+            Offered::Queued => true,
+            Offered::Closed => false,
+            Offered::Full => {
                 self.counters.dropped(DropCause::QueueFull, 1);
                 return false;
             }
-            Err(TrySendError::Full(msg)) => send_waiting(&self.tx, &self.waker, msg),
         };
         if !sent {
             self.counters.dropped(DropCause::Closed, 1);
@@ -352,23 +336,10 @@ impl Submitter {
     }
 }
 
-/// Sends `msg`, waiting for room in the queue (the worker is woken, and
-/// the wait cannot freeze an async runtime). `false` if the worker is gone.
-fn send_waiting(tx: &SyncSender<Msg>, waker: &Waker, msg: Msg) -> bool {
-    match tx.try_send(msg) {
-        Ok(()) => true,
-        Err(TrySendError::Disconnected(_)) => false,
-        Err(TrySendError::Full(msg)) => {
-            waker.wake();
-            wait(|| tx.send(msg).is_ok())
-        }
-    }
-}
-
 /// Sends a flush and waits up to `timeout` for it.
 pub(crate) fn flush(tx: &SyncSender<Msg>, waker: &Waker, timeout: Option<Duration>) -> bool {
     let (done_tx, done_rx) = mpsc::sync_channel(1);
-    if !send_waiting(tx, waker, Msg::Flush(done_tx)) {
+    if offer(tx, Msg::Flush(done_tx), false, || waker.wake()) != Offered::Queued {
         return false;
     }
     waker.wake();

@@ -43,12 +43,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing_core::Level;
 
-use crate::layer::capture::Capture;
 use crate::pipeline::{Counters, DropCause, Msg, Pending};
 use crate::record::chain::Chain;
+use crate::record::draft::Draft;
 use crate::record::encode;
+use crate::record::layout::KeyFields;
 use crate::record::{encode_body, Source, Statics};
 use crate::sink::file::{FileWriter, Resume};
+use crate::sink::{LineSink, SealedLine};
 
 /// Largest batch written in one call.
 const MAX_BATCH_BYTES: usize = 1 << 20;
@@ -60,12 +62,13 @@ const POLL_EVERY: Duration = Duration::from_micros(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Somewhere sealed lines go besides the file (the syslog sinks).
-pub(crate) trait LineSink: Send + std::fmt::Debug {
-    /// Takes one sealed line (with its `\n`).
-    fn send_line(&mut self, line: &[u8]);
-    /// Called once when the worker stops.
-    fn close(&mut self);
+/// One line of the batch: where it ends, and what a forwarder needs of it.
+#[derive(Debug, Clone, Copy)]
+struct LineEnd {
+    end: usize,
+    seq: u64,
+    body_at: usize,
+    keys: KeyFields,
 }
 
 /// Everything the worker owns.
@@ -86,7 +89,7 @@ pub(crate) struct Worker {
     /// Said once in the trail after `audit_started` (e.g. the directory mode).
     pub(crate) config_warnings: Vec<String>,
     /// What the global-filter probe found when the layer joined a subscriber.
-    pub(crate) probe: crate::layer::filter::ProbeSlot,
+    pub(crate) probe: crate::pipeline::ProbeSlot,
     /// The free-space watermark, if one is set.
     pub(crate) space: Option<SpaceWatch>,
     pub(crate) pid: u32,
@@ -128,14 +131,15 @@ struct State {
     /// With `OnError::Drop`: the chain as it was before the batch's first
     /// record, and the records of the batch that must not be dropped.
     batch_chain: Option<Chain>,
-    kept: Vec<(uuid::Uuid, Vec<u8>)>,
+    kept: Vec<(uuid::Uuid, Vec<u8>, KeyFields)>,
     /// Durable records taken off the queue while the file fails (with
     /// `OnError::Drop`), sealed first when it works again.
     held: Vec<Pending>,
     /// The last drain stopped because the queue was empty.
     queue_empty: bool,
-    /// End offsets of the lines in `batch` (for forwarding).
-    ends: Vec<usize>,
+    /// Where each line of `batch` ends, and its key fields (for the
+    /// forwarders).
+    lines: Vec<LineEnd>,
     records_in_batch: u64,
     /// Waiters of what is in `batch`.
     batch_waiters: Vec<SyncSender<bool>>,
@@ -145,7 +149,7 @@ struct State {
     unsynced_since: Option<Instant>,
     want_sync: bool,
     lost_reported: u64,
-    capture: Capture,
+    capture: Draft,
     body: Vec<u8>,
     level_checked: bool,
     /// `audit_started` is still to be sealed (the file was not ready).
@@ -170,14 +174,14 @@ impl Worker {
             kept: Vec::new(),
             held: Vec::new(),
             queue_empty: false,
-            ends: Vec::new(),
+            lines: Vec::new(),
             records_in_batch: 0,
             batch_waiters: Vec::new(),
             sync_waiters: Vec::new(),
             unsynced_since: None,
             want_sync: true,
             lost_reported: 0,
-            capture: Capture::new(self.value_limit),
+            capture: Draft::new(self.value_limit),
             body: Vec::new(),
             level_checked: false,
             started_pending: true,
@@ -404,11 +408,16 @@ impl Worker {
                 st.batch_chain = Some(self.chain.clone());
             }
             if keep {
-                st.kept.push((p.id, p.body.clone()));
+                st.kept.push((p.id, p.body.clone(), p.keys));
             }
         }
-        self.chain.seal(&mut st.batch, &p.id, &p.body);
-        st.ends.push(st.batch.len());
+        let sealed = self.chain.seal(&mut st.batch, &p.id, &p.body);
+        st.lines.push(LineEnd {
+            end: st.batch.len(),
+            seq: sealed.seq,
+            body_at: sealed.body_at,
+            keys: p.keys,
+        });
         st.records_in_batch += 1;
         if let Some(w) = p.done {
             st.batch_waiters.push(w);
@@ -465,7 +474,7 @@ impl Worker {
             }
             self.take_writer_warning();
             let batch = std::mem::take(&mut st.batch);
-            self.forward(&batch, &st.ends);
+            self.forward(&batch, &st.lines);
             st.batch = batch;
             self.counters
                 .records_written
@@ -475,7 +484,7 @@ impl Worker {
                 .fetch_add(st.batch.len() as u64, Relaxed);
             st.unsynced_since.get_or_insert_with(Instant::now);
             st.batch.clear();
-            st.ends.clear();
+            st.lines.clear();
             st.records_in_batch = 0;
             st.batch_chain = None;
             st.kept.clear();
@@ -528,20 +537,27 @@ impl Worker {
         }
     }
 
-    /// Hands complete lines of `bytes` (those ending within it) to the forwarders.
-    fn forward(&mut self, bytes: &[u8], ends: &[usize]) {
+    /// Hands complete lines of `bytes` (those ending within it) to the
+    /// forwarders, each with its key fields.
+    fn forward(&mut self, bytes: &[u8], lines: &[LineEnd]) {
         if self.forwards.is_empty() {
             return;
         }
         let mut start = 0;
-        for &end in ends {
-            if end > bytes.len() {
+        for l in lines {
+            let Some(b) = bytes.get(start..l.end) else {
                 break;
-            }
+            };
+            let line = SealedLine {
+                bytes: b.strip_suffix(b"\n").unwrap_or(b),
+                seq: l.seq,
+                body_at: l.body_at,
+                keys: l.keys,
+            };
             for f in &mut self.forwards {
-                f.send_line(&bytes[start..end]);
+                f.send_line(&line);
             }
-            start = end;
+            start = l.end;
         }
     }
 
@@ -552,7 +568,7 @@ impl Worker {
         event: &str,
         level: &Level,
         message: &str,
-        details: impl FnOnce(&mut Capture),
+        details: impl FnOnce(&mut Draft),
     ) {
         st.capture.reset(self.value_limit);
         st.capture.set_event_type(event);
@@ -567,7 +583,7 @@ impl Worker {
             spans: &[],
         };
         let now = SystemTime::now();
-        encode_body(
+        let keys = encode_body(
             &mut st.body,
             &mut st.capture,
             now,
@@ -581,6 +597,7 @@ impl Worker {
             Pending {
                 id: crate::record::uuid_at(now),
                 body,
+                keys,
                 done: None,
             },
             true,
@@ -599,12 +616,13 @@ impl Worker {
         let dropped = st.records_in_batch - kept.len() as u64;
         self.chain = chain;
         st.batch.clear();
-        st.ends.clear();
+        st.lines.clear();
         st.records_in_batch = 0;
-        for (id, body) in kept {
+        for (id, body, keys) in kept {
             let p = Pending {
                 id,
                 body,
+                keys,
                 done: None,
             };
             self.seal(st, p, true);
@@ -753,11 +771,11 @@ impl Worker {
     /// the level of every layer, audit included: events below it never
     /// reach this crate, not even as a first record. So the check does not
     /// wait for one: as soon as the layer is part of a subscriber, the
-    /// layer probes it once ([`crate::layer::filter::probe`]) and, if an INFO
+    /// layer probes it once (`layer::filter::probe`) and, if an INFO
     /// audit event would be discarded by a global filter, says so in the
     /// trail and on stderr, naming the fix.
     fn check_max_level(&mut self, st: &mut State) {
-        use crate::layer::filter::Probed;
+        use crate::pipeline::Probed;
         if st.level_checked {
             return;
         }
@@ -880,7 +898,7 @@ impl Worker {
             }
         );
         st.batch.clear();
-        st.ends.clear();
+        st.lines.clear();
         st.records_in_batch = 0;
         for w in st.batch_waiters.drain(..).chain(st.sync_waiters.drain(..)) {
             let _ = w.try_send(false);

@@ -71,7 +71,8 @@ pub use config::{
 };
 use engine::{Crossing, Engine, Nanos, Observed, Source, EPOCH};
 
-use crate::layer::capture::{with_reused, Capture, SpanContext};
+use crate::layer::capture::{merge_span, with_reused, SpanContext};
+use crate::record::draft::Draft;
 use crate::record::encode::cut_str as cut;
 
 /// Longest value (span field, actor, group key) the policy layer keeps,
@@ -334,11 +335,11 @@ thread_local! {
     /// Where events emitted on this thread come from (the alert thread
     /// changes it).
     static SOURCE: Cell<Source> = const { Cell::new(Source::App) };
-    static CAPTURE: RefCell<Capture> = RefCell::new(Capture::audit_only());
+    static CAPTURE: RefCell<Draft> = RefCell::new(Draft::audit_only());
 }
 
 impl PolicyShared {
-    fn observe(&self, c: &mut Capture, level: &tracing_core::Level) {
+    fn observe(&self, c: &mut Draft, level: &tracing_core::Level) {
         let risk = c.resolve_risk(level);
         let outcome = c.resolve_outcome();
         let Some(event_type) = c.event_type() else {
@@ -490,17 +491,17 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let run = |c: &mut Capture| {
+        let run = |c: &mut Draft| {
             c.reset(POLICY_VALUE_LIMIT);
             event.record(c);
             if let Some(scope) = ctx.event_scope(event) {
                 for span in scope {
-                    c.merge_span(&span);
+                    merge_span(c, &span);
                 }
             }
             self.shared.observe(c, event.metadata().level());
         };
-        if !with_reused(&CAPTURE, Capture::audit_only, run) {
+        if !with_reused(&CAPTURE, Draft::audit_only, run) {
             self.shared.callback_errors.fetch_add(1, Relaxed);
         }
     }

@@ -23,10 +23,8 @@ use crate::record::encode;
 /// ```
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Bytes after the hashed range: `"hash":"` + 64 hex + `"}`.
-pub(crate) const HASH_SUFFIX_LEN: usize = 8 + 64 + 2;
-/// Bytes of `"prev_hash":"` + 64 hex + `",` just before the suffix.
-const PREV_LEN: usize = 13 + 64 + 2;
+pub(crate) use crate::record::layout::HASH_SUFFIX_LEN;
+use crate::record::layout::{END, HASH_KEY, HEAD, ID_LEN, PREV_KEY, PREV_LEN, SEQ_KEY};
 
 /// SHA-256, or HMAC-SHA-256 with a key.
 #[derive(Clone)]
@@ -116,28 +114,38 @@ impl Chain {
     }
 
     /// Appends a complete line (with `\n`) to `out` and returns its seq.
-    pub(crate) fn seal(&mut self, out: &mut Vec<u8>, audit_id: &uuid::Uuid, body: &[u8]) -> u64 {
+    pub(crate) fn seal(&mut self, out: &mut Vec<u8>, audit_id: &uuid::Uuid, body: &[u8]) -> Sealed {
         let start = out.len();
         let seq = self.next_seq;
-        out.extend_from_slice(b"{\"schema\":1,\"audit_id\":\"");
+        out.extend_from_slice(HEAD);
         let mut idbuf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         out.extend_from_slice(audit_id.hyphenated().encode_lower(&mut idbuf).as_bytes());
-        out.extend_from_slice(b"\",\"seq\":");
+        out.extend_from_slice(SEQ_KEY);
         encode::write_u64(out, seq);
+        let body_at = out.len() - start;
         out.extend_from_slice(body);
-        out.extend_from_slice(b",\"prev_hash\":\"");
+        out.extend_from_slice(PREV_KEY);
         out.extend_from_slice(&self.prev_hex);
         out.extend_from_slice(b"\",");
         let digest = self.hasher.digest(&out[start..]);
         let mut hex = [0u8; 64];
         encode::hex_into(&mut hex, &digest);
-        out.extend_from_slice(b"\"hash\":\"");
+        out.extend_from_slice(HASH_KEY);
         out.extend_from_slice(&hex);
-        out.extend_from_slice(b"\"}\n");
+        out.extend_from_slice(END);
+        out.push(b'\n');
         self.prev_hex.copy_from_slice(&hex);
         self.next_seq += 1;
-        seq
+        Sealed { seq, body_at }
     }
+}
+
+/// What [`Chain::seal`] wrote: the record's sequence number, and where
+/// its body starts in the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sealed {
+    pub(crate) seq: u64,
+    pub(crate) body_at: usize,
 }
 
 /// The chain fields of one line, read without parsing JSON.
@@ -164,28 +172,29 @@ fn is_hex64(s: &[u8]) -> bool {
 /// Reads and checks one line (without its `\n`): the stored hash must equal
 /// the hash of its own bytes and its stored `prev_hash`.
 pub(crate) fn check_line<'a>(hasher: &Hasher, line: &'a [u8]) -> Result<Link<'a>, LinkError> {
-    const HEAD: &[u8] = b"{\"schema\":1,\"audit_id\":\"";
     let n = line.len();
-    if n < HEAD.len() + 36 + 8 + HASH_SUFFIX_LEN + PREV_LEN || !line.starts_with(HEAD) {
+    if n < HEAD.len() + ID_LEN + SEQ_KEY.len() + HASH_SUFFIX_LEN + PREV_LEN
+        || !line.starts_with(HEAD)
+    {
         return Err(LinkError::Malformed);
     }
     let suffix = &line[n - HASH_SUFFIX_LEN..];
     let prev = &line[n - HASH_SUFFIX_LEN - PREV_LEN..n - HASH_SUFFIX_LEN];
-    if !suffix.starts_with(b"\"hash\":\"")
-        || !suffix.ends_with(b"\"}")
-        || !prev.starts_with(b"\"prev_hash\":\"")
+    if !suffix.starts_with(HASH_KEY)
+        || !suffix.ends_with(END)
+        || !prev.starts_with(&PREV_KEY[1..])
         || !prev.ends_with(b"\",")
     {
         return Err(LinkError::Malformed);
     }
-    let hash = &suffix[8..72];
-    let prev_hash = &prev[13..77];
+    let hash = &suffix[HASH_KEY.len()..HASH_KEY.len() + 64];
+    let prev_hash = &prev[PREV_KEY.len() - 1..PREV_KEY.len() - 1 + 64];
     if !is_hex64(hash) || !is_hex64(prev_hash) {
         return Err(LinkError::Malformed);
     }
-    let after_id = HEAD.len() + 36;
+    let after_id = HEAD.len() + ID_LEN;
     let seq_part = line[after_id..]
-        .strip_prefix(b"\",\"seq\":")
+        .strip_prefix(SEQ_KEY)
         .ok_or(LinkError::Malformed)?;
     let digits = seq_part.iter().take_while(|b| b.is_ascii_digit()).count();
     let seq = std::str::from_utf8(&seq_part[..digits])

@@ -10,16 +10,19 @@
 //! verifier and the command-line tool.
 
 pub(crate) mod chain;
+pub(crate) mod draft;
 pub(crate) mod encode;
 pub(crate) mod fields;
+pub(crate) mod layout;
 
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use tracing_core::Level;
 
-use crate::layer::capture::Capture;
+use crate::record::draft::Draft;
 use crate::record::fields::{ContextField, Outcome, Risk};
+use crate::record::layout::{Key, KeyFields};
 
 /// The schema version written in every record's `schema` key.
 ///
@@ -92,52 +95,64 @@ pub(crate) struct Source<'a> {
 
 /// Encodes the body of a record (from `,"timestamp"` to the end of
 /// `"source":{…}`) into `out`. Resolves risk and outcome (flagging bad
-/// values in `details`) and returns the risk.
+/// values in `details`) and returns where its key fields sit, with the
+/// resolved risk and outcome.
 pub(crate) fn encode_body(
     out: &mut Vec<u8>,
-    c: &mut Capture,
+    c: &mut Draft,
     at: SystemTime,
     statics: &Statics,
     source: Source<'_>,
     limit: usize,
-) -> Risk {
+) -> KeyFields {
     let risk = c.resolve_risk(source.level);
     let outcome = c.resolve_outcome();
+    let mut keys = KeyFields::new(risk, outcome);
+    let base = out.len();
 
     out.extend_from_slice(b",\"timestamp\":\"");
+    let start = out.len() - 1;
     encode::write_timestamp(out, at);
-    out.extend_from_slice(b"\",\"event_type\":");
+    out.push(b'"');
+    keys.locate(Key::Timestamp, &out[base..], start - base, out.len() - base);
+    out.extend_from_slice(b",\"event_type\":");
     let mut truncated: Vec<&str> = Vec::new();
+    let start = out.len();
     if opt_str_dropped(out, c.event_type(), limit, c.event_dropped()) {
         truncated.push("audit.event");
     }
-    for (key, f) in [
-        ("actor", ContextField::Actor),
-        ("resource", ContextField::Resource),
-        ("action", ContextField::Action),
+    keys.locate(Key::EventType, &out[base..], start - base, out.len() - base);
+    for (key, f, k) in [
+        ("actor", ContextField::Actor, Key::Actor),
+        ("resource", ContextField::Resource, Key::Resource),
+        ("action", ContextField::Action, Key::Action),
     ] {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
+        let start = out.len();
         if opt_str_dropped(out, c.context(f), limit, c.context_dropped(f)) {
             truncated.push(f.name());
         }
+        keys.locate(k, &out[base..], start - base, out.len() - base);
     }
     out.extend_from_slice(b",\"outcome\":\"");
     out.extend_from_slice(outcome.as_str().as_bytes());
     out.extend_from_slice(b"\",\"risk_level\":\"");
     out.extend_from_slice(risk.as_str().as_bytes());
     out.push(b'"');
-    for (key, f) in [
-        ("session_id", ContextField::Session),
-        ("ip_address", ContextField::Ip),
+    for (key, f, k) in [
+        ("session_id", ContextField::Session, Key::Session),
+        ("ip_address", ContextField::Ip, Key::Ip),
     ] {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
+        let start = out.len();
         if opt_str_dropped(out, c.context(f), limit, c.context_dropped(f)) {
             truncated.push(f.name());
         }
+        keys.locate(k, &out[base..], start - base, out.len() - base);
     }
     out.extend_from_slice(b",\"message\":");
     if opt_str_dropped(out, c.message(), limit, c.message_dropped()) {
@@ -189,7 +204,7 @@ pub(crate) fn encode_body(
         out.push(b'"');
     }
     out.push(b'}');
-    risk
+    keys
 }
 
 /// Where a record was emitted from.

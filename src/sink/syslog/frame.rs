@@ -7,11 +7,14 @@
 //! (`"` `\` `]`) and cleared of control characters so no framing (octet
 //! counting or LF) can be broken by a value.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Datelike, Timelike, Utc};
-use serde::Deserialize;
 
 use crate::record::encode;
 use crate::record::fields::Risk;
+use crate::record::layout::Key;
+use crate::sink::SealedLine;
 
 /// Syslog facility (RFC 5424 §6.2.1).
 ///
@@ -84,25 +87,38 @@ pub fn severity(risk: Risk) -> u8 {
     }
 }
 
-/// The fields of a sealed line that the header and SD need.
-#[derive(Deserialize, Debug)]
-pub(crate) struct Keys {
-    audit_id: String,
+/// The fields of a sealed line that the header and SD need, read from
+/// where the line's layout says they are (no JSON parsing).
+#[derive(Debug)]
+pub(crate) struct Keys<'a> {
+    audit_id: &'a str,
     seq: u64,
-    timestamp: String,
-    event_type: Option<String>,
-    actor: Option<String>,
-    resource: Option<String>,
-    action: Option<String>,
-    outcome: String,
+    timestamp: Cow<'a, str>,
+    event_type: Option<Cow<'a, str>>,
+    actor: Option<Cow<'a, str>>,
+    resource: Option<Cow<'a, str>>,
+    action: Option<Cow<'a, str>>,
+    outcome: &'static str,
     risk_level: Risk,
-    session_id: Option<String>,
-    ip_address: Option<String>,
+    session_id: Option<Cow<'a, str>>,
+    ip_address: Option<Cow<'a, str>>,
 }
 
-impl Keys {
-    pub(crate) fn parse(line: &[u8]) -> Option<Keys> {
-        serde_json::from_slice(line).ok()
+impl<'a> Keys<'a> {
+    pub(crate) fn from_line(line: &SealedLine<'a>) -> Keys<'a> {
+        Keys {
+            audit_id: line.audit_id(),
+            seq: line.seq,
+            timestamp: line.get(Key::Timestamp).unwrap_or(Cow::Borrowed("-")),
+            event_type: line.get(Key::EventType),
+            actor: line.get(Key::Actor),
+            resource: line.get(Key::Resource),
+            action: line.get(Key::Action),
+            outcome: line.keys.outcome.as_str(),
+            risk_level: line.keys.risk,
+            session_id: line.get(Key::Session),
+            ip_address: line.get(Key::Ip),
+        }
     }
 }
 
@@ -175,7 +191,7 @@ impl Header {
     pub(crate) fn build(
         &self,
         line: &[u8],
-        keys: Option<&Keys>,
+        keys: Option<&Keys<'_>>,
         max: Option<usize>,
     ) -> (Vec<u8>, bool) {
         match self.format {
@@ -184,7 +200,12 @@ impl Header {
         }
     }
 
-    fn build_5424(&self, line: &[u8], keys: Option<&Keys>, max: Option<usize>) -> (Vec<u8>, bool) {
+    fn build_5424(
+        &self,
+        line: &[u8],
+        keys: Option<&Keys<'_>>,
+        max: Option<usize>,
+    ) -> (Vec<u8>, bool) {
         let mut out = Vec::with_capacity(line.len() + 400);
         let risk = keys.map_or(Risk::Medium, |k| k.risk_level);
         out.push(b'<');
@@ -241,7 +262,13 @@ impl Header {
 
     /// Writes the SD element; `value_max` caps each value (bytes of input),
     /// `key_only` keeps just `event`, `seq` and `id`. `None` keys: `-`.
-    fn push_sd(&self, out: &mut Vec<u8>, keys: Option<&Keys>, value_max: usize, key_only: bool) {
+    fn push_sd(
+        &self,
+        out: &mut Vec<u8>,
+        keys: Option<&Keys<'_>>,
+        value_max: usize,
+        key_only: bool,
+    ) {
         let Some(k) = keys else {
             out.push(b'-');
             return;
@@ -254,12 +281,12 @@ impl Header {
             ("actor", k.actor.as_deref()),
             ("resource", k.resource.as_deref()),
             ("action", k.action.as_deref()),
-            ("outcome", Some(&k.outcome)),
+            ("outcome", Some(k.outcome)),
             ("risk", Some(k.risk_level.as_str())),
             ("session", k.session_id.as_deref()),
             ("ip", k.ip_address.as_deref()),
             ("seq", Some(&seq)),
-            ("id", Some(&k.audit_id)),
+            ("id", Some(k.audit_id)),
         ];
         for (name, v) in params {
             if key_only && !matches!(name, "event" | "seq" | "id") {
@@ -276,7 +303,12 @@ impl Header {
         out.push(b']');
     }
 
-    fn build_3164(&self, line: &[u8], keys: Option<&Keys>, max: Option<usize>) -> (Vec<u8>, bool) {
+    fn build_3164(
+        &self,
+        line: &[u8],
+        keys: Option<&Keys<'_>>,
+        max: Option<usize>,
+    ) -> (Vec<u8>, bool) {
         let mut out = Vec::with_capacity(line.len() + 100);
         let risk = keys.map_or(Risk::Medium, |k| k.risk_level);
         out.push(b'<');
@@ -336,6 +368,7 @@ fn fit(s: &[u8], room: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::layout::OwnedLine;
 
     fn header(format: Format) -> Header {
         Header {
@@ -348,12 +381,68 @@ mod tests {
         }
     }
 
-    const LINE: &str = r#"{"schema":1,"audit_id":"0190c0de-0000-7000-8000-000000000000","seq":7,"timestamp":"2026-11-22T10:00:00.000001Z","event_type":"auth_failure","actor":"a\"]\\b","resource":"/login","action":null,"outcome":"failure","risk_level":"high","session_id":null,"ip_address":"10.0.0.1","message":"x"}"#;
+    /// A line sealed the way the pipeline seals one: the body encoded by
+    /// `encode_body` (which locates the key fields), then chained.
+    fn sealed(
+        event: &str,
+        actor: &str,
+        resource: &str,
+        session: Option<&str>,
+        seq: u64,
+    ) -> OwnedLine {
+        use crate::record::chain::{Chain, Hasher};
+        use crate::record::draft::Draft;
+        use crate::record::fields::ContextField as F;
+        let mut d = Draft::new(usize::MAX);
+        d.set_event_type(event);
+        d.set_context_if_absent(F::Actor, actor);
+        d.set_context_if_absent(F::Resource, resource);
+        d.set_context_if_absent(F::Ip, "10.0.0.1");
+        d.set_context_if_absent(F::Outcome, "failure");
+        d.set_context_if_absent(F::Risk, "high");
+        if let Some(s) = session {
+            d.set_context_if_absent(F::Session, s);
+        }
+        d.set_message("x");
+        let at: DateTime<Utc> = "2026-11-22T10:00:00.000001Z".parse().unwrap();
+        let mut body = Vec::new();
+        let keys = crate::record::encode_body(
+            &mut body,
+            &mut d,
+            at.into(),
+            &crate::record::Statics::new(None, None, None, None),
+            crate::record::Source {
+                target: "t",
+                level: &tracing_core::Level::WARN,
+                spans: &[],
+            },
+            usize::MAX,
+        );
+        let mut chain = match seq.checked_sub(1) {
+            Some(last) => Chain::resume(Hasher::Plain, last, crate::GENESIS),
+            None => Chain::new(Hasher::Plain),
+        };
+        let mut bytes = Vec::new();
+        let id = uuid::Uuid::parse_str("0190c0de-0000-7000-8000-000000000000").unwrap();
+        let s = chain.seal(&mut bytes, &id, &body);
+        bytes.pop(); // the newline
+        OwnedLine {
+            bytes,
+            seq: s.seq,
+            body_at: s.body_at,
+            keys,
+        }
+    }
+
+    fn line() -> OwnedLine {
+        sealed("auth_failure", "a\"]\\b", "/login", None, 7)
+    }
 
     #[test]
     fn rfc5424_parses_with_escaped_sd() {
-        let keys = Keys::parse(LINE.as_bytes()).unwrap();
-        let (msg, cut) = header(Format::Rfc5424).build(LINE.as_bytes(), Some(&keys), None);
+        let line = line();
+        let keys = Keys::from_line(&line.as_line());
+        let (msg, cut) = header(Format::Rfc5424).build(&line.bytes, Some(&keys), None);
         assert!(!cut);
         let text = String::from_utf8(msg).unwrap();
         assert!(text.starts_with("<188>1 2026-11-22T10:00:00.000001Z host_name_ billing-api 42 auth_failure [audit@32473 "), "{text}");
@@ -361,13 +450,35 @@ mod tests {
         assert_eq!(parsed.msgid.as_deref(), Some("auth_failure"));
         let sd = parsed.sd.find_tuple("audit@32473", "actor").unwrap();
         assert_eq!(sd, "a\"]\\b");
-        assert_eq!(parsed.msg.trim_start_matches('\u{feff}'), LINE);
+        assert_eq!(
+            parsed.msg.trim_start_matches('\u{feff}').as_bytes(),
+            &line.bytes[..]
+        );
+        for (name, want) in [
+            ("resource", "/login"),
+            ("outcome", "failure"),
+            ("risk", "high"),
+            ("ip", "10.0.0.1"),
+            ("seq", "7"),
+            ("id", "0190c0de-0000-7000-8000-000000000000"),
+        ] {
+            assert_eq!(
+                parsed
+                    .sd
+                    .find_tuple("audit@32473", name)
+                    .map(String::as_str),
+                Some(want),
+                "{name}"
+            );
+        }
+        assert_eq!(parsed.sd.find_tuple("audit@32473", "session"), None);
     }
 
     #[test]
     fn udp_cap_cuts_msg_keeps_sd() {
-        let keys = Keys::parse(LINE.as_bytes()).unwrap();
-        let (msg, cut) = header(Format::Rfc5424).build(LINE.as_bytes(), Some(&keys), Some(300));
+        let line = line();
+        let keys = Keys::from_line(&line.as_line());
+        let (msg, cut) = header(Format::Rfc5424).build(&line.bytes, Some(&keys), Some(300));
         assert!(cut && msg.len() <= 300);
         let text = String::from_utf8(msg).unwrap();
         let parsed = syslog_rfc5424::parse_message(&text).unwrap();
@@ -403,17 +514,11 @@ mod tests {
                 (field(&mut x, 40), field(&mut x, 300), field(&mut x, 80));
             let session = field(&mut x, 20);
             let seq = rnd(&mut x) % 1000;
-            let record = serde_json::json!({
-                "schema": 1, "audit_id": "0190c0de-0000-7000-8000-000000000000", "seq": seq,
-                "timestamp": "2026-11-22T10:00:00.000001Z", "event_type": event, "actor": actor,
-                "resource": resource, "action": null, "outcome": "failure", "risk_level": "critical",
-                "session_id": session, "ip_address": null,
-            });
-            // Lines as written are escaped by this crate; serde_json's form is close enough here.
-            let line = serde_json::to_vec(&record).unwrap();
-            let keys = Keys::parse(&line).unwrap();
+            let sealed = sealed(&event, &actor, &resource, Some(&session), seq);
+            let line = &sealed.bytes;
+            let keys = Keys::from_line(&sealed.as_line());
             for max in [None, Some(2048), Some(600)] {
-                let (msg, _) = header(Format::Rfc5424).build(&line, Some(&keys), max);
+                let (msg, _) = header(Format::Rfc5424).build(line, Some(&keys), max);
                 if let Some(m) = max {
                     assert!(msg.len() <= m, "{} > {m}", msg.len());
                 }
@@ -449,8 +554,9 @@ mod tests {
 
     #[test]
     fn rfc3164_shape() {
-        let keys = Keys::parse(LINE.as_bytes()).unwrap();
-        let (msg, _) = header(Format::Rfc3164).build(LINE.as_bytes(), Some(&keys), None);
+        let line = line();
+        let keys = Keys::from_line(&line.as_line());
+        let (msg, _) = header(Format::Rfc3164).build(&line.bytes, Some(&keys), None);
         let text = String::from_utf8(msg).unwrap();
         assert!(
             text.starts_with("<188>Nov 22 10:00:00 host_name_ billingapi[42]: {"),

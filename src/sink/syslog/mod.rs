@@ -20,9 +20,10 @@ mod transport;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,8 +31,9 @@ pub use frame::{severity, Facility, Format};
 pub use transport::Framing;
 
 use crate::error::Error;
-use crate::pipeline::worker::LineSink;
-use crate::pipeline::{Counters, QueueMode};
+use crate::queue::{offer, Offered, QueueMode};
+use crate::record::layout::OwnedLine;
+use crate::sink::{LastError, LineSink, SealedLine};
 use frame::{Header, Keys};
 use transport::{Conn, Target};
 
@@ -211,7 +213,7 @@ impl SyslogSink {
     /// server that is down at start is retried like any outage).
     pub(crate) fn start(
         self,
-        counters: Arc<Counters>,
+        counters: Arc<SyslogCounters>,
         host: Option<&str>,
     ) -> Result<(Forwarder, JoinHandle<()>), Error> {
         let header = Header {
@@ -222,7 +224,7 @@ impl SyslogSink {
             procid: std::process::id().to_string(),
             sd_id: self.sd_id.clone(),
         };
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(self.capacity);
+        let (tx, rx) = mpsc::sync_channel::<OwnedLine>(self.capacity);
         let what = format!("syslog sink {:?}", self.target);
         let mode = self.mode;
         let closing = Arc::new(AtomicBool::new(false));
@@ -254,27 +256,20 @@ impl SyslogSink {
 /// The pipeline worker's end of a syslog sink.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<SyncSender<OwnedLine>>,
     mode: QueueMode,
-    counters: Arc<Counters>,
+    counters: Arc<SyslogCounters>,
     /// Tells the sink's thread that no more lines come, even while the
     /// queue is still full (a closed channel is only seen once empty).
     closing: Arc<AtomicBool>,
 }
 
 impl LineSink for Forwarder {
-    fn send_line(&mut self, line: &[u8]) {
+    fn send_line(&mut self, line: &SealedLine<'_>) {
         let Some(tx) = &self.tx else { return };
-        let line = line.strip_suffix(b"\n").unwrap_or(line).to_vec();
-        let ok = match self.mode {
-            QueueMode::Lossless => tx.send(line).is_ok(),
-            QueueMode::Lossy => match tx.try_send(line) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
-            },
-        };
-        if !ok {
-            self.counters.syslog_dropped.fetch_add(1, Relaxed);
+        let lossy = self.mode == QueueMode::Lossy;
+        if offer(tx, OwnedLine::new(line), lossy, || {}) != Offered::Queued {
+            self.counters.dropped.fetch_add(1, Relaxed);
         }
     }
 
@@ -292,6 +287,26 @@ impl SyslogSink {
     }
 }
 
+/// What the syslog sinks did, read into [`crate::AuditStats`]. One set is
+/// shared by all of a pipeline's syslog sinks.
+#[derive(Debug, Default)]
+pub(crate) struct SyslogCounters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) truncated: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) last_error: Mutex<Option<LastError>>,
+}
+
+impl SyslogCounters {
+    /// Counts an error and keeps it as the last one.
+    fn error(&self, message: String) {
+        self.errors.fetch_add(1, Relaxed);
+        LastError::set(&self.last_error, message);
+    }
+}
+
 /// Default for [`SyslogSink::shutdown_grace`].
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -299,7 +314,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 struct Sender {
     cfg: SyslogSink,
     header: Header,
-    counters: Arc<Counters>,
+    counters: Arc<SyslogCounters>,
     conn: Option<Conn>,
     /// Messages sent on the current stream, for a resend if it proves dead.
     recent: VecDeque<Vec<u8>>,
@@ -314,7 +329,7 @@ struct Sender {
 const HEALTHY_AFTER: Duration = Duration::from_secs(2);
 
 impl Sender {
-    fn run(mut self, rx: Receiver<Vec<u8>>) {
+    fn run(mut self, rx: Receiver<OwnedLine>) {
         let mut scratch = Vec::new();
         let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
         // Set when the pipeline closes the queue: a server that is down then
@@ -361,7 +376,7 @@ impl Sender {
                 }
                 match self.send(msg, &mut scratch, left.unwrap_or(Duration::MAX)) {
                     Ok(()) => {
-                        self.counters.syslog_sent.fetch_add(1, Relaxed);
+                        self.counters.sent.fetch_add(1, Relaxed);
                         // Only a connection that stayed up proves the peer
                         // healthy: one that accepts and closes at once must
                         // not reset the backoff (it would reconnect every
@@ -382,10 +397,8 @@ impl Sender {
                         }
                     }
                     Err(e) => {
-                        self.counters.error(
-                            &self.counters.syslog_errors,
-                            format!("syslog {:?}: {e}", self.cfg.target),
-                        );
+                        self.counters
+                            .error(format!("syslog {:?}: {e}", self.cfg.target));
                         if let Some(c) = self.conn.take() {
                             c.close();
                             // The stream died: what went into it lately may not have arrived.
@@ -400,7 +413,7 @@ impl Sender {
                             // Everything not sent: the pending messages and
                             // what is still queued behind them.
                             let n = (pending.len() + rx.try_iter().count()) as u64;
-                            self.counters.syslog_dropped.fetch_add(n, Relaxed);
+                            self.counters.dropped.fetch_add(n, Relaxed);
                             eprintln!(
                                 "tracing-audit: syslog {:?} unreachable at shutdown; {n} messages not sent",
                                 self.cfg.target
@@ -449,16 +462,18 @@ impl Sender {
         }
     }
 
-    fn message(&self, line: &[u8]) -> Vec<u8> {
-        let keys = Keys::parse(line);
+    fn message(&self, line: &OwnedLine) -> Vec<u8> {
+        let line = line.as_line();
+        let keys = Keys::from_line(&line);
+        let line = line.bytes;
         let max = self
             .cfg
             .target
             .is_datagram()
             .then_some(self.cfg.max_datagram);
-        let (msg, cut) = self.header.build(line, keys.as_ref(), max);
+        let (msg, cut) = self.header.build(line, Some(&keys), max);
         if cut {
-            self.counters.syslog_truncated.fetch_add(1, Relaxed);
+            self.counters.truncated.fetch_add(1, Relaxed);
         }
         msg
     }
@@ -472,10 +487,8 @@ impl Sender {
         }
         if self.conn.is_none() {
             let c = Conn::open(&self.cfg.target, limit)?;
-            if self.counters.syslog_sent.load(Relaxed) > 0
-                || self.counters.syslog_errors.load(Relaxed) > 0
-            {
-                self.counters.syslog_reconnects.fetch_add(1, Relaxed);
+            if self.counters.sent.load(Relaxed) > 0 || self.counters.errors.load(Relaxed) > 0 {
+                self.counters.reconnects.fetch_add(1, Relaxed);
             }
             self.conn = Some(c);
             self.conn_since = Some(Instant::now());

@@ -1,0 +1,631 @@
+//! A record before it is encoded: the values one audit event carries.
+//!
+//! [`Draft`] is filled by visiting an event (its `tracing` `Visit` impl is
+//! here: reading a field is deciding where its value goes in the record):
+//! `audit.*` values go to slots, the `message` to its own slot, everything
+//! else straight into the `details` JSON with its type kept. Invalid values
+//! are kept and flagged, long ones cut and flagged. It is reused
+//! (thread-local in the layers), so a steady stream of events allocates
+//! nothing here. The worker fills one for the trail's own records.
+//!
+//! May use: `record::{fields, encode}`. Knows nothing of spans, layers or
+//! the pipeline; span context arrives through [`Draft::merge_context`].
+
+use std::fmt::{self, Write as _};
+use std::ops::Range;
+
+use tracing_core::field::{Field, Visit};
+
+use crate::record::encode;
+use crate::record::fields::{classify, AuditName, ContextField, Outcome, Risk, CONTEXT_SLOTS};
+
+/// Everything one audit event says, before it is encoded.
+#[derive(Debug)]
+pub(crate) struct Draft {
+    /// Backing text for `event`, `ctx` and `message`.
+    arena: String,
+    event: Option<Range<usize>>,
+    ctx: [Option<Range<usize>>; CONTEXT_SLOTS],
+    message: Option<Range<usize>>,
+    /// Bytes a bounded `Debug` left out of each slot: the context slots,
+    /// then `audit.event` ([`EVENT_SLOT`]) and the message ([`MESSAGE_SLOT`]).
+    dropped: [usize; CONTEXT_SLOTS + 2],
+    /// The innermost span's `audit.risk` when the event set its own (an
+    /// invalid event value then falls back to it, never below it).
+    span_risk: Option<Range<usize>>,
+    /// The inside of the `details` object: `"k":v,"k2":v2`.
+    pub(crate) details: Vec<u8>,
+    /// The keys written to `details`, each followed by `\0`: every key is
+    /// unique (a repeated one gets `#2`, `#3`…).
+    keys: String,
+    /// Fields whose value did not parse; kept as given in `details`.
+    pub(crate) invalid: Vec<String>,
+    /// Fields whose value was cut to the limit.
+    pub(crate) truncated: Vec<String>,
+    /// Values whose `Debug` panicked (each kept as a marker and flagged).
+    pub(crate) panics: u32,
+    /// Scratch for formatting `Debug` values headed for `details`.
+    scratch: String,
+    /// Longest value kept, in bytes.
+    limit: usize,
+    /// Whether non-audit fields are encoded into `details` (policy
+    /// counting only needs the `audit.*` slots).
+    keep_details: bool,
+}
+
+impl Draft {
+    pub(crate) fn new(limit: usize) -> Self {
+        Draft {
+            arena: String::with_capacity(256),
+            event: None,
+            ctx: Default::default(),
+            message: None,
+            dropped: [0; CONTEXT_SLOTS + 2],
+            span_risk: None,
+            details: Vec::with_capacity(256),
+            keys: String::new(),
+            panics: 0,
+            invalid: Vec::new(),
+            truncated: Vec::new(),
+            scratch: String::new(),
+            limit,
+            keep_details: true,
+        }
+    }
+
+    /// A capture that reads only the `audit.*` slots and skips `details`.
+    pub(crate) fn audit_only() -> Self {
+        let mut c = Draft::new(usize::MAX);
+        c.keep_details = false;
+        c
+    }
+
+    /// Empties the capture for the next event, keeping its allocations
+    /// unless one event made them oversized (a thread must not keep a huge
+    /// buffer for the rest of its life).
+    pub(crate) fn reset(&mut self, limit: usize) {
+        shrink(&mut self.arena);
+        shrink(&mut self.scratch);
+        shrink(&mut self.keys);
+        if self.details.capacity() > KEEP_BYTES {
+            self.details = Vec::with_capacity(256);
+        }
+        self.arena.clear();
+        self.event = None;
+        self.ctx = Default::default();
+        self.message = None;
+        self.dropped = [0; CONTEXT_SLOTS + 2];
+        self.span_risk = None;
+        self.details.clear();
+        self.keys.clear();
+        self.invalid.clear();
+        self.truncated.clear();
+        self.panics = 0;
+        self.limit = limit;
+    }
+
+    /// Bytes a bounded `Debug` left out of `audit.event`.
+    pub(crate) fn event_dropped(&self) -> usize {
+        self.dropped[EVENT_SLOT]
+    }
+
+    /// Bytes left out of a context value.
+    pub(crate) fn context_dropped(&self, f: ContextField) -> usize {
+        self.dropped[f as usize]
+    }
+
+    /// Bytes left out of the message.
+    pub(crate) fn message_dropped(&self) -> usize {
+        self.dropped[MESSAGE_SLOT]
+    }
+
+    fn get(&self, r: &Option<Range<usize>>) -> Option<&str> {
+        r.as_ref().map(|r| &self.arena[r.clone()])
+    }
+
+    /// The `audit.event` value.
+    pub(crate) fn event_type(&self) -> Option<&str> {
+        self.get(&self.event)
+    }
+
+    /// A context value (from the event, or merged from spans).
+    pub(crate) fn context(&self, f: ContextField) -> Option<&str> {
+        self.get(&self.ctx[f as usize])
+    }
+
+    /// The event's message.
+    pub(crate) fn message(&self) -> Option<&str> {
+        self.get(&self.message)
+    }
+
+    fn push_arena(&mut self, s: &str) -> Range<usize> {
+        let start = self.arena.len();
+        self.arena.push_str(s);
+        start..self.arena.len()
+    }
+
+    /// Formats `v` into the arena, keeping at most `limit` bytes; the count
+    /// of the rest goes to `slot`'s dropped count.
+    fn push_arena_fmt(&mut self, v: &dyn fmt::Debug, slot: usize, name: &str) -> Range<usize> {
+        let start = self.arena.len();
+        match fmt_bounded(&mut self.arena, v, self.limit) {
+            Some(dropped) => self.dropped[slot] = dropped,
+            None => {
+                self.arena.truncate(start);
+                self.arena.push_str(PANICKED);
+                self.panics += 1;
+                self.invalid.push(name.to_owned());
+            }
+        }
+        start..self.arena.len()
+    }
+
+    /// Sets a context slot if the event did not set it already.
+    pub(crate) fn set_context_if_absent(&mut self, f: ContextField, v: &str) {
+        if self.ctx[f as usize].is_none() {
+            self.ctx[f as usize] = Some(self.push_arena(v));
+        }
+    }
+
+    /// Sets a value programmatically (records the crate writes itself).
+    pub(crate) fn set_event_type(&mut self, v: &str) {
+        self.event = Some(self.push_arena(v));
+    }
+
+    /// Sets the message programmatically.
+    pub(crate) fn set_message(&mut self, v: &str) {
+        self.message = Some(self.push_arena(v));
+    }
+
+    fn key_used(&self, name: &str) -> bool {
+        name == INVALID_KEY
+            || name == TRUNCATED_KEY
+            || self.keys.split_terminator('\0').any(|k| k == name)
+    }
+
+    /// Writes a unique key for `name` (a repeat, or a name the crate uses
+    /// itself, gets `#2`, `#3`…). Returns the new name when it renamed
+    /// (the common case allocates nothing).
+    fn detail_key(&mut self, name: &str) -> Option<String> {
+        if !self.details.is_empty() {
+            self.details.push(b',');
+        }
+        let renamed = self.key_used(name).then(|| {
+            let mut n = 2;
+            loop {
+                let key = format!("{name}#{n}");
+                if !self.key_used(&key) {
+                    break key;
+                }
+                n += 1;
+            }
+        });
+        let key = renamed.as_deref().unwrap_or(name);
+        self.keys.push_str(key);
+        self.keys.push('\0');
+        encode::write_plain_str(&mut self.details, key);
+        self.details.push(b':');
+        renamed
+    }
+
+    /// Adds a string value to `details`, truncating to the limit.
+    pub(crate) fn detail_str(&mut self, name: &str, v: &str) {
+        self.detail_str_dropped(name, v, 0, false);
+    }
+
+    /// Adds a string value of which `dropped` bytes were already left out;
+    /// with `invalid`, flags it (under the key it was written as).
+    fn detail_str_dropped(&mut self, name: &str, v: &str, dropped: usize, invalid: bool) {
+        if !self.keep_details {
+            return;
+        }
+        let renamed = self.detail_key(name);
+        let cut = encode::write_str_dropped(&mut self.details, v, self.limit, dropped);
+        if cut || invalid {
+            let key = renamed.unwrap_or_else(|| name.to_owned());
+            if cut {
+                self.truncated.push(key.clone());
+            }
+            if invalid {
+                self.invalid.push(key);
+            }
+        }
+    }
+
+    /// Adds an unsigned number to `details`.
+    pub(crate) fn detail_u64(&mut self, name: &str, v: u64) {
+        if !self.keep_details {
+            return;
+        }
+        self.detail_key(name);
+        encode::write_u64(&mut self.details, v);
+    }
+
+    /// Adds an already-encoded JSON value to `details`.
+    pub(crate) fn detail_raw(&mut self, name: &str, json: &[u8]) {
+        if !self.keep_details {
+            return;
+        }
+        self.detail_key(name);
+        self.details.extend_from_slice(json);
+    }
+
+    /// Adds a `Debug` value, formatted at most to the limit (the rest is
+    /// counted, never built); with `invalid`, flags it.
+    fn detail_debug(&mut self, name: &str, v: &dyn fmt::Debug, invalid: bool) {
+        if !self.keep_details {
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        match fmt_bounded(&mut scratch, v, self.limit) {
+            Some(dropped) => self.detail_str_dropped(name, &scratch, dropped, invalid),
+            None => {
+                self.panics += 1;
+                self.detail_str_dropped(name, PANICKED, 0, true);
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Resolves `audit.risk`: parsed if valid, else (kept as given in
+    /// `details` and flagged) the innermost span's risk, else the level's
+    /// default. An invalid value never lowers the risk below its span's.
+    pub(crate) fn resolve_risk(&mut self, level: &tracing_core::Level) -> Risk {
+        let raw = self.ctx[ContextField::Risk as usize].clone();
+        match raw.map(|r| (self.arena[r.clone()].parse::<Risk>(), r)) {
+            None => Risk::from_level(level),
+            Some((Ok(risk), _)) => risk,
+            Some((Err(_), r)) => {
+                let s = self.arena[r].to_owned();
+                let dropped = self.dropped[ContextField::Risk as usize];
+                self.detail_str_dropped("audit.risk", &s, dropped, true);
+                let from_span = self
+                    .span_risk
+                    .clone()
+                    .and_then(|r| self.arena[r].parse::<Risk>().ok());
+                from_span.unwrap_or_else(|| Risk::from_level(level))
+            }
+        }
+    }
+
+    /// Resolves `audit.outcome` the same way (default `unknown`).
+    pub(crate) fn resolve_outcome(&mut self) -> Outcome {
+        let raw = self.ctx[ContextField::Outcome as usize].clone();
+        match raw.map(|r| (self.arena[r.clone()].parse::<Outcome>(), r)) {
+            None => Outcome::Unknown,
+            Some((Ok(o), _)) => o,
+            Some((Err(_), r)) => {
+                let s = self.arena[r].to_owned();
+                let dropped = self.dropped[ContextField::Outcome as usize];
+                self.detail_str_dropped("audit.outcome", &s, dropped, true);
+                Outcome::Unknown
+            }
+        }
+    }
+
+    /// Fills unset context slots from one audit span's values (and the
+    /// bytes cut from each). Call it for the event's spans innermost first,
+    /// so the innermost value wins; a span's risk under an event's own is
+    /// kept as the floor for an invalid event risk.
+    pub(crate) fn merge_context(
+        &mut self,
+        values: &[Option<String>; CONTEXT_SLOTS],
+        dropped: &[usize; CONTEXT_SLOTS],
+    ) {
+        let risk = ContextField::Risk as usize;
+        for (i, v) in values.iter().enumerate() {
+            let Some(v) = v else { continue };
+            if self.ctx[i].is_none() {
+                let start = self.arena.len();
+                self.arena.push_str(v);
+                self.ctx[i] = Some(start..self.arena.len());
+                self.dropped[i] = dropped[i];
+            } else if i == risk && self.span_risk.is_none() {
+                let start = self.arena.len();
+                self.arena.push_str(v);
+                self.span_risk = Some(start..self.arena.len());
+            }
+        }
+    }
+
+    /// Whether every context slot (and the span risk) is set already, so
+    /// no outer span can add anything.
+    pub(crate) fn context_full(&self) -> bool {
+        self.ctx.iter().all(Option::is_some) && self.span_risk.is_some()
+    }
+
+    fn record_string(&mut self, field: &Field, v: &str) {
+        let name = field.name();
+        match classify(name) {
+            Some(AuditName::Event) => self.event = Some(self.push_arena(v)),
+            Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena(v)),
+            Some(AuditName::Details) => self.detail_str(name, v),
+            Some(AuditName::Unknown) => self.detail_str_dropped(name, v, 0, true),
+            None if name == "message" && !self.keep_details => {}
+            None if name == "message" => self.message = Some(self.push_arena(v)),
+            None => self.detail_str(name.strip_prefix("r#").unwrap_or(name), v),
+        }
+    }
+
+    /// For typed values: audit slots take their text, `details` keeps the type.
+    fn record_typed(&mut self, field: &Field, v: &dyn fmt::Debug, json: impl FnOnce(&mut Vec<u8>)) {
+        let name = field.name();
+        match classify(name) {
+            Some(AuditName::Event) => self.event = Some(self.push_arena_fmt(v, EVENT_SLOT, name)),
+            Some(AuditName::Context(c)) => {
+                self.ctx[c as usize] = Some(self.push_arena_fmt(v, c as usize, name))
+            }
+            None if name == "message" && !self.keep_details => {}
+            None if name == "message" => {
+                self.message = Some(self.push_arena_fmt(v, MESSAGE_SLOT, name))
+            }
+            other => {
+                if !self.keep_details {
+                    return;
+                }
+                let plain = name.strip_prefix("r#").unwrap_or(name);
+                let renamed = self.detail_key(plain);
+                json(&mut self.details);
+                if other == Some(AuditName::Unknown) {
+                    self.invalid
+                        .push(renamed.unwrap_or_else(|| plain.to_owned()));
+                }
+            }
+        }
+    }
+}
+
+/// Oversized buffers are dropped after the event that grew them.
+const KEEP_BYTES: usize = 64 * 1024;
+
+/// Where `audit.event` and the message sit in [`Draft`]'s dropped counts.
+const EVENT_SLOT: usize = CONTEXT_SLOTS;
+const MESSAGE_SLOT: usize = CONTEXT_SLOTS + 1;
+
+/// The keys the crate writes into `details` itself.
+const INVALID_KEY: &str = "audit.invalid";
+const TRUNCATED_KEY: &str = "audit.truncated";
+
+fn shrink(s: &mut String) {
+    if s.capacity() > KEEP_BYTES {
+        *s = String::with_capacity(256);
+    }
+}
+
+/// A `fmt::Write` that keeps at most `room` more bytes and counts the rest.
+struct Bounded<'a> {
+    out: &'a mut String,
+    room: usize,
+    dropped: usize,
+}
+
+impl fmt::Write for Bounded<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if s.len() <= self.room {
+            self.out.push_str(s);
+            self.room -= s.len();
+        } else {
+            let kept = encode::cut_str(s, self.room);
+            self.out.push_str(kept);
+            self.room = 0;
+            self.dropped += s.len() - kept.len();
+        }
+        Ok(())
+    }
+}
+
+/// What a value that panicked while formatting is kept as (and flagged).
+pub(crate) const PANICKED: &str = "<the value's Debug panicked>";
+
+/// Formats `v` into `out`, keeping at most `limit` bytes of it: a huge
+/// `Debug` is never built whole. Returns how many bytes were left out, or
+/// `None` if the `Debug` panicked (caught here, so one bad field costs
+/// only its own value, never the event or the span).
+pub(crate) fn fmt_bounded(out: &mut String, v: &dyn fmt::Debug, limit: usize) -> Option<usize> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut w = Bounded {
+            out,
+            room: limit,
+            dropped: 0,
+        };
+        let _ = write!(w, "{v:?}");
+        w.dropped
+    }))
+    .ok()
+}
+
+impl Visit for Draft {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record_string(field, value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        match classify(name) {
+            Some(AuditName::Event) => {
+                self.event = Some(self.push_arena_fmt(value, EVENT_SLOT, name))
+            }
+            Some(AuditName::Context(c)) => {
+                self.ctx[c as usize] = Some(self.push_arena_fmt(value, c as usize, name))
+            }
+            None if name == "message" && !self.keep_details => {}
+            None if name == "message" => {
+                self.message = Some(self.push_arena_fmt(value, MESSAGE_SLOT, name))
+            }
+            Some(AuditName::Unknown) => self.detail_debug(name, value, true),
+            _ => self.detail_debug(name.strip_prefix("r#").unwrap_or(name), value, false),
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_typed(field, &value, |b| encode::write_i64(b, value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.record_typed(field, &value, |b| encode::write_u64(b, value));
+    }
+
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        // JSON numbers this large lose precision in most readers; keep the digits.
+        self.record_typed(field, &value, |b| {
+            encode::write_plain_str(b, &value.to_string())
+        });
+    }
+
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        self.record_typed(field, &value, |b| {
+            encode::write_plain_str(b, &value.to_string())
+        });
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        let mut finite = true;
+        self.record_typed(field, &value, |b| finite = encode::write_f64(b, value));
+        if !finite {
+            self.invalid.push(field.name().to_owned());
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.record_typed(field, &value, |b| {
+            b.extend_from_slice(if value { b"true" } else { b"false" })
+        });
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record_string(field, &error_chain(value));
+    }
+
+    #[cfg(all(tracing_unstable, feature = "valuable"))]
+    fn record_value(&mut self, field: &Field, value: valuable::Value<'_>) {
+        let name = field.name();
+        // A convention slot takes a string, number or bool as its text; a
+        // structured value cannot fill it and is kept in details, flagged.
+        if let Some(AuditName::Event | AuditName::Context(_)) = classify(name) {
+            if let Some(text) = primitive_text(value) {
+                self.record_string(field, &text);
+                return;
+            }
+        }
+        let ser = valuable_serde::Serializable::new(value);
+        match serde_json::to_value(&ser) {
+            Ok(serde_json::Value::Object(map)) if name == "audit.details" => {
+                for (k, v) in map {
+                    // Written through this crate's stricter escaper.
+                    let mut out = Vec::new();
+                    reescape(&v, &mut out);
+                    self.detail_raw(&k, &out);
+                }
+            }
+            Ok(v) => {
+                let mut out = Vec::new();
+                reescape(&v, &mut out);
+                self.detail_raw(name, &out);
+                if matches!(
+                    classify(name),
+                    Some(AuditName::Event | AuditName::Context(_) | AuditName::Unknown)
+                ) {
+                    self.invalid.push(name.to_owned());
+                }
+            }
+            Err(e) => {
+                self.detail_str_dropped(name, &format!("<unserialisable: {e}>"), 0, true);
+            }
+        }
+    }
+}
+
+/// Writes a `serde_json::Value` through this crate's escaper.
+#[cfg(all(tracing_unstable, feature = "valuable"))]
+fn reescape(v: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => encode::write_plain_str(out, s),
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                reescape(x, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(m) => {
+            out.push(b'{');
+            for (i, (k, x)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                encode::write_plain_str(out, k);
+                out.push(b':');
+                reescape(x, out);
+            }
+            out.push(b'}');
+        }
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost`.
+pub(crate) fn error_chain(value: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = value.to_string();
+    let mut source = value.source();
+    while let Some(s) = source {
+        let _ = write!(text, ": {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// The text of a `valuable` string, number or bool (what a convention
+/// slot can hold); `None` for structured values.
+#[cfg(all(tracing_unstable, feature = "valuable"))]
+pub(crate) fn primitive_text(value: valuable::Value<'_>) -> Option<String> {
+    use valuable::Value as V;
+    Some(match value {
+        V::String(s) => s.to_owned(),
+        V::Bool(b) => b.to_string(),
+        V::I8(n) => n.to_string(),
+        V::I16(n) => n.to_string(),
+        V::I32(n) => n.to_string(),
+        V::I64(n) => n.to_string(),
+        V::U8(n) => n.to_string(),
+        V::U16(n) => n.to_string(),
+        V::U32(n) => n.to_string(),
+        V::U64(n) => n.to_string(),
+        V::F32(n) => n.to_string(),
+        V::F64(n) => n.to_string(),
+        V::Char(c) => c.to_string(),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_keeps_nothing() {
+        let mut c = Draft::new(10);
+        c.set_event_type("x");
+        c.set_message("m");
+        c.detail_u64("n", 1);
+        c.reset(10);
+        assert!(c.event_type().is_none() && c.message().is_none() && c.details.is_empty());
+    }
+
+    #[test]
+    fn invalid_risk_kept_and_flagged() {
+        let mut c = Draft::new(100);
+        c.set_context_if_absent(ContextField::Risk, "severe");
+        let r = c.resolve_risk(&tracing_core::Level::ERROR);
+        assert_eq!(r, Risk::High);
+        assert_eq!(c.invalid, vec!["audit.risk"]);
+        assert_eq!(
+            std::str::from_utf8(&c.details).unwrap(),
+            r#""audit.risk":"severe""#
+        );
+    }
+}
