@@ -732,18 +732,14 @@ fn offline_replay_counts_out_of_order_records_at_their_own_time() {
         .window(Duration::from_secs(10))
         .retention(Duration::from_secs(10 * 365 * 86_400));
     let trail = tracing_audit::AuditTrail::open(dir.path()).unwrap();
-    let (c, unreadable) =
-        tracing_audit::Compliance::from_trail(&trail, vec![policy.clone().threshold(3)]);
+    let (c, unreadable) = trail.compliance(vec![policy.clone().threshold(3)]);
     assert_eq!(unreadable, 0);
     let r = c.report("p").unwrap();
     assert_eq!(r.total_events, 4);
     assert_eq!((r.status, r.alerts), (Status::Compliant, 0), "{r:?}");
     // Threshold 2 in 20 s: only 50 s and 60 s are close enough, so the one
     // crossing is at 60 s (the fourth record), not at the second.
-    let (c, _) = tracing_audit::Compliance::from_trail(
-        &trail,
-        vec![policy.threshold(2).window(Duration::from_secs(20))],
-    );
+    let (c, _) = trail.compliance(vec![policy.threshold(2).window(Duration::from_secs(20))]);
     let r = c.report("p").unwrap();
     assert_eq!(r.alerts, 1);
     assert_eq!(r.crossings[0].at.to_rfc3339(), "2026-01-01T00:01:00+00:00");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use tracing_audit::{AuditTrail, Compliance, FileSink, Follower, Outcome, Policy, Query, Risk};
+use tracing_audit::{AuditTrail, FileSink, Follower, Outcome, Policy, Query, Risk};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -433,7 +433,7 @@ fn report(
         policies.extend(Policy::load(f)?);
     }
     let t = trail.open()?;
-    let (compliance, unreadable) = Compliance::from_trail(&t, policies);
+    let (compliance, unreadable) = t.compliance(policies);
     if unreadable > 0 {
         eprintln!("warning: {unreadable} unreadable lines skipped (run `tracing-audit verify`)");
     }

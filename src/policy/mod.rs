@@ -84,7 +84,7 @@ pub const DEFAULT_MAX_GROUPS: usize = 10_000;
 use crate::error::Error;
 use crate::layer::filter::{delegate_layer, AuditFilter};
 use crate::record::fields::ContextField;
-use crate::trail::AuditTrail;
+use crate::record::AuditRecord;
 
 /// A clock for the layer (tests inject one).
 ///
@@ -803,18 +803,37 @@ impl Compliance {
         stats
     }
 
-    /// Replays a trail's records through `policies`, each at its own
-    /// timestamp in whatever order the files hold them, without alerts:
-    /// the report `tracing-audit report` prints. Alert records count as on
-    /// the live layer (only for policies that name their kind; those an
-    /// alert record caused, for none). Returns the handle and the number of
-    /// unreadable lines skipped.
+    /// Replays records through `policies`, each at its own timestamp in
+    /// whatever order they come, without alerts: the report
+    /// `tracing-audit report` prints (through
+    /// [`AuditTrail::compliance`](crate::trail::AuditTrail::compliance)),
+    /// or one over records from anywhere else (a SIEM export read with
+    /// [`AuditRecord::parse`]). Alert records count as on the live layer
+    /// (only for policies that name their kind; those an alert record
+    /// caused, for none). Returns the handle and the number of `Err`
+    /// items skipped.
+    ///
+    /// ```
+    /// use tracing_audit::{AuditRecord, Compliance, Policy};
+    ///
+    /// let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    /// let line = format!(r#"{{"schema":1,"audit_id":"0190c0de-0000-7000-8000-000000000000","seq":0,"timestamp":"{now}","event_type":"data_access","actor":"alice","resource":null,"action":null,"outcome":"success","risk_level":"low","session_id":null,"ip_address":null,"message":null,"details":{{}},"service":null,"version":null,"environment":null,"host":null,"source":{{"target":"t","level":"INFO","span":null}},"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","hash":"0000000000000000000000000000000000000000000000000000000000000000"}}"#);
+    /// let records = [AuditRecord::parse(line.as_bytes())];
+    /// let (compliance, skipped) = Compliance::replay(records, Policy::defaults());
+    /// assert_eq!(skipped, 0);
+    /// let data = compliance.report("data_access_tracking")?;
+    /// assert_eq!(data.events_by_type["data_access"], 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// Reports read the system clock, but never earlier than the newest
     /// record: a trail written on a host whose clock ran ahead of this one
     /// (or a moment ago, with the precise clock the records carry) still
     /// counts its newest records.
-    pub fn from_trail(trail: &AuditTrail, policies: Vec<Policy>) -> (Compliance, u64) {
+    pub fn replay<E>(
+        records: impl IntoIterator<Item = Result<AuditRecord, E>>,
+        policies: Vec<Policy>,
+    ) -> (Compliance, u64) {
         let newest = Arc::new(Mutex::new(UNIX_EPOCH));
         let seen = Arc::clone(&newest);
         let (_, compliance) = PolicyLayer::builder()
@@ -829,7 +848,7 @@ impl Compliance {
         let mut engine = compliance.engine();
         let mut sink = Vec::new();
         let mut newest_seen = UNIX_EPOCH;
-        for r in trail.records() {
+        for r in records {
             let Ok(r) = r else {
                 unreadable += 1;
                 continue;

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::policy::{Compliance, Policy};
 use crate::record::chain::{check_line, Hasher, LinkError};
 use crate::record::fields::{Outcome, Risk};
 use crate::record::AuditRecord;
@@ -105,6 +106,25 @@ impl AuditTrail {
     /// The audit files, oldest first (the order their names sort in).
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Replays every record through `policies` (see
+    /// [`Compliance::replay`]): the report `tracing-audit report` prints.
+    /// Returns the handle and the number of unreadable lines skipped.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let tmp = tempfile::tempdir()?;
+    /// # let dir = tmp.path();
+    /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
+    /// let trail = tracing_audit::AuditTrail::open(dir)?;
+    /// let (compliance, unreadable) = trail.compliance(tracing_audit::Policy::defaults());
+    /// assert_eq!(unreadable, 0);
+    /// assert_eq!(compliance.reports().len(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn compliance(&self, policies: Vec<Policy>) -> (Compliance, u64) {
+        Compliance::replay(self.records(), policies)
     }
 
     /// Every record, oldest first. Lines that do not parse are yielded as
