@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tracing_audit::{verify, AuditLayer, AuditTrail, FileSink};
+use tracing_audit::{trail::AuditTrail, verify, AuditLayer, FileSink};
 use tracing_subscriber::layer::SubscriberExt;
 
 fn is_root() -> bool {
@@ -264,6 +264,41 @@ fn run_child_through_outage(dir: &Path, filler: &Path, hold: Duration, run_secs:
     child.finish(Duration::from_secs(run_secs + 8)).0
 }
 
+/// For a failure: what each line that is not JSON is made of (its length,
+/// NUL bytes, and where record heads start in it), to tell a hole of zeros
+/// from two records run together.
+fn describe_bad_lines(dir: &Path) {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let mut at = 0usize;
+        for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if !line.is_empty() && serde_json::from_slice::<serde_json::Value>(line).is_err() {
+                let heads: Vec<usize> = line
+                    .windows(10)
+                    .enumerate()
+                    .filter(|(_, w)| *w == b"{\"schema\":")
+                    .map(|(i, _)| i)
+                    .collect();
+                let nul = line.iter().filter(|b| **b == 0).count();
+                let first_nul = line.iter().position(|b| *b == 0);
+                eprintln!(
+                    "{}:{}: offset {at}, {} bytes, {nul} NUL (first at {first_nul:?}), record heads at {heads:?}",
+                    f.display(),
+                    n + 1,
+                    line.len()
+                );
+            }
+            at += line.len() + 1;
+        }
+    }
+}
+
 fn remount_and_check(fs: Mount, img: &Path, base: &Path, acked: &[u64], fsck: bool) {
     let mnt = fs.at.clone();
     drop(fs);
@@ -306,6 +341,9 @@ fn remount_and_check(fs: Mount, img: &Path, base: &Path, acked: &[u64], fsck: bo
         found.len(),
         lost.len()
     );
+    if !lost.is_empty() {
+        describe_bad_lines(&dir);
+    }
     assert!(
         lost.is_empty(),
         "acknowledged and lost: {:?}",
@@ -582,7 +620,7 @@ fn the_space_watermark_is_crossed_both_ways_once_each() {
     let base = tempfile::tempdir().unwrap();
     let m = tmpfs(&base.path().join("t"), "8m");
     let dir = m.at.join("audit");
-    let sink = FileSink::new(&dir).space_left(tracing_audit::SpaceLeft::Bytes(4 << 20));
+    let sink = FileSink::new(&dir).space_left(tracing_audit::file::SpaceLeft::Bytes(4 << 20));
     let (audit, guard) = AuditLayer::builder().file(sink).build().unwrap();
     let wait_for = |want: bool| {
         let t0 = Instant::now();
@@ -711,7 +749,7 @@ fn drop_mode_on_a_full_disk_never_blocks_and_counts_exactly() {
     let m = tmpfs(&base.path().join("t"), "3m");
     let dir = m.at.join("audit");
     let (audit, guard) = AuditLayer::builder()
-        .file(FileSink::new(&dir).on_error(tracing_audit::OnError::Drop))
+        .file(FileSink::new(&dir).on_error(tracing_audit::file::OnError::Drop))
         .queue_capacity(1024)
         .build()
         .unwrap();
