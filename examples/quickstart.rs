@@ -11,7 +11,9 @@
 
 use std::time::Duration;
 
-use tracing_audit::{AuditLayer, AuditTrail, FileSink, Policy, PolicyLayer, Query, Risk};
+use tracing_audit::{
+    trail::AuditTrail, trail::Query, AuditLayer, FileSink, Policy, PolicyLayer, Risk,
+};
 use tracing_subscriber::prelude::*;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .environment("demo")
         .file(
             FileSink::new(dir)
-                .rotation(tracing_audit::Rotation::DAILY)
+                .rotation(tracing_audit::file::Rotation::DAILY)
                 .max_files(90),
         )
         .durable_at(Risk::High)

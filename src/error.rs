@@ -1,9 +1,12 @@
-//! The error type for building the pipeline and reading trails.
+//! The error of building an audit pipeline. Reading a trail and loading
+//! policies have their own: [`crate::trail::TrailError`] and
+//! [`crate::policy::PolicyError`].
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Why an audit pipeline could not be built, or a trail could not be read.
+/// Why an audit pipeline could not be built
+/// ([`AuditLayerBuilder::build`](crate::layer::AuditLayerBuilder::build)).
 ///
 /// Nothing in a layer callback returns this: once built, failures are
 /// counted (see [`AuditStats`](crate::AuditStats)) and never reach the
@@ -64,17 +67,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A policy file could not be read or parsed.
-    #[error("invalid policy file `{}`: {message}", path.display())]
-    Policy {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// A named policy does not exist.
-    #[error("no policy named `{0}`")]
-    UnknownPolicy(String),
 }
 
 impl Error {

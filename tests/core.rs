@@ -550,7 +550,7 @@ fn a_free_space_watermark_is_seen_before_the_disk_fills() {
     let dir = common::tempdir();
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = tracing_audit::FileSink::new(dir.path())
-        .space_left(tracing_audit::SpaceLeft::Percent(100.0))
+        .space_left(tracing_audit::file::SpaceLeft::Percent(100.0))
         .on_space_low(move |s| tx.send(s.clone()).unwrap());
     let (audit, guard) = AuditLayer::builder().file(sink).build().unwrap();
     let report = rx
@@ -597,10 +597,10 @@ fn trail_stats_keep_the_top_actors_and_sum_the_rest() {
         }
     });
     drop(guard);
-    let s = tracing_audit::AuditTrail::open(dir.path())
+    let s = tracing_audit::trail::AuditTrail::open(dir.path())
         .unwrap()
-        .stats(&tracing_audit::Query::default());
-    assert_eq!(s.by_actor.len(), tracing_audit::TOP_ACTORS);
+        .stats(&tracing_audit::trail::Query::default());
+    assert_eq!(s.by_actor.len(), tracing_audit::trail::TOP_ACTORS);
     assert_eq!(s.by_actor["user-0"], 5);
     assert_eq!(s.by_actor.values().sum::<u64>() + s.other_actors, s.total);
     assert!(s.other_actors > 0);

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use common::audit_files;
 use tracing_audit::{
-    verify, verify_opts, AuditLayer, AuditTrail, FailureKind, FileSink, Query, VerifyOptions,
-    VerifyReport,
+    trail::verify_opts, trail::AuditTrail, trail::FailureKind, trail::Query, trail::VerifyOptions,
+    trail::VerifyReport, verify, AuditLayer, FileSink,
 };
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -230,7 +230,7 @@ fn retention_is_sealed_and_only_accepted_at_a_file_start() {
     // Two processes, each in a new file, under max_files retention.
     let lifetime = || {
         let sink = FileSink::new(d.path())
-            .rotation(tracing_audit::Rotation::NEVER)
+            .rotation(tracing_audit::file::Rotation::NEVER)
             .max_files(1);
         let (audit, guard) = AuditLayer::builder()
             .file(sink)
@@ -351,7 +351,7 @@ fn tail_follow_started_mid_line_prints_that_record_once_complete() {
         + 1;
     let last = text[start..].to_vec();
     std::fs::write(&p, &text[..start + 50]).unwrap();
-    let mut f = tracing_audit::Follower::from_end(FileSink::new(d.path())).unwrap();
+    let mut f = tracing_audit::trail::Follower::from_end(FileSink::new(d.path())).unwrap();
     assert!(f.poll().unwrap().is_empty());
     append(&p, &last[50..]);
     let got = f.poll().unwrap();
@@ -370,7 +370,7 @@ fn age_and_size_retention_remove_whole_old_files_and_verify_as_retention() {
     let mut old = Vec::new();
     for date in ["2020-01-01", "2020-01-02"] {
         let (audit, guard) = AuditLayer::builder()
-            .file(FileSink::new(d.path()).rotation(tracing_audit::Rotation::NEVER))
+            .file(FileSink::new(d.path()).rotation(tracing_audit::file::Rotation::NEVER))
             .build()
             .unwrap();
         tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {

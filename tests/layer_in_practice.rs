@@ -43,7 +43,7 @@ fn in_child(scenario: &str) -> (Vec<Value>, String) {
     // Every line is a record under the strict reader: unique keys at any
     // depth, the schema's values.
     for l in common::raw_lines(dir.path()) {
-        if let Err(e) = tracing_audit::AuditRecord::parse(l.as_bytes()) {
+        if let Err(e) = tracing_audit::record::AuditRecord::parse(l.as_bytes()) {
             panic!("{scenario}: not a strict record ({e}): {l:.200}");
         }
     }

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 
-use tracing_audit::{verify, AuditLayer, FileSink, Framing, QueueMode, SyslogSink};
+use tracing_audit::{syslog::Framing, verify, AuditLayer, FileSink, QueueMode, SyslogSink};
 use tracing_subscriber::layer::SubscriberExt;
 
 const THREADS: u64 = 32;

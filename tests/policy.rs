@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tracing_audit::{AuditLayer, Outcome, Policy, PolicyLayer, Status};
+use tracing_audit::{policy::Status, AuditLayer, Outcome, Policy, PolicyLayer};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// A clock the test moves by hand.
@@ -351,7 +351,10 @@ fn fail_as(actor: &str) {
 }
 
 /// Alerts seen so far, waiting up to `wait` for the first.
-fn drain(rx: &mpsc::Receiver<tracing_audit::Alert>, wait: Duration) -> Vec<tracing_audit::Alert> {
+fn drain(
+    rx: &mpsc::Receiver<tracing_audit::policy::Alert>,
+    wait: Duration,
+) -> Vec<tracing_audit::policy::Alert> {
     let mut v: Vec<_> = rx.recv_timeout(wait).into_iter().collect();
     std::thread::sleep(Duration::from_millis(100));
     v.extend(rx.try_iter());
@@ -731,7 +734,7 @@ fn offline_replay_counts_out_of_order_records_at_their_own_time() {
         .threshold(3)
         .window(Duration::from_secs(10))
         .retention(Duration::from_secs(10 * 365 * 86_400));
-    let trail = tracing_audit::AuditTrail::open(dir.path()).unwrap();
+    let trail = tracing_audit::trail::AuditTrail::open(dir.path()).unwrap();
     let (c, unreadable) = trail.compliance(vec![policy.clone().threshold(3)]);
     assert_eq!(unreadable, 0);
     let r = c.report("p").unwrap();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing_audit::{verify, AuditLayer, AuditTrail};
+use tracing_audit::{trail::AuditTrail, verify, AuditLayer};
 use tracing_subscriber::layer::SubscriberExt;
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use tracing_audit::{verify, AuditLayer, AuditTrail};
+use tracing_audit::{trail::AuditTrail, verify, AuditLayer};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// A trail of one crashed run: records whose last one is not `audit_stopped`.

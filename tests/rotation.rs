@@ -160,7 +160,8 @@ fn rotated_files_are_compressed_and_read_transparently() {
     for run in 0..3u64 {
         let (audit, guard) = AuditLayer::builder().file(sink()).build().unwrap();
         let f = follower.get_or_insert_with(|| {
-            tracing_audit::Follower::from_end(tracing_audit::FileSink::new(dir.path())).unwrap()
+            tracing_audit::trail::Follower::from_end(tracing_audit::FileSink::new(dir.path()))
+                .unwrap()
         });
         tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
             for i in 0..200u64 {
@@ -197,7 +198,7 @@ fn rotated_files_are_compressed_and_read_transparently() {
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
 
     let count_ticks = || {
-        tracing_audit::AuditTrail::open(dir.path())
+        tracing_audit::trail::AuditTrail::open(dir.path())
             .unwrap()
             .records()
             .map(Result::unwrap)

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tracing_audit::{AuditLayer, Format, Framing, SyslogSink};
+use tracing_audit::{syslog::Format, syslog::Framing, AuditLayer, SyslogSink};
 use tracing_subscriber::layer::SubscriberExt;
 
 struct Rsyslog {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use common::audit_files;
 use sha2::{Digest, Sha256};
-use tracing_audit::{verify, AuditLayer, FailureKind, VerifyReport};
+use tracing_audit::{trail::FailureKind, trail::VerifyReport, verify, AuditLayer};
 use tracing_subscriber::layer::SubscriberExt;
 
 const FILES: [&str; 3] = [
@@ -216,7 +216,7 @@ fn keyed_chain_survives_no_plain_recompute() {
     );
 
     // Edit a record, then recompute a plain SHA-256 chain over everything.
-    let mut prev = tracing_audit::GENESIS.to_owned();
+    let mut prev = tracing_audit::record::GENESIS.to_owned();
     for (fi, f) in files.iter().enumerate() {
         let mut out = Vec::new();
         for (li, line) in lines(f).into_iter().enumerate() {

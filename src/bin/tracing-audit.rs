@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use tracing_audit::{AuditTrail, FileSink, Follower, Outcome, Policy, Query, Risk};
+use tracing_audit::{
+    trail::AuditTrail, trail::Follower, trail::Query, FileSink, Outcome, Policy, Risk,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -284,11 +286,11 @@ fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
         return Err(format!("{} is not a directory", trail.dir.display()).into());
     }
     let key = trail.key()?;
-    let mut opts = tracing_audit::VerifyOptions::default();
+    let mut opts = tracing_audit::trail::VerifyOptions::default();
     if let Some(s) = expect_service {
         opts = opts.expect_service(s);
     }
-    let report = tracing_audit::verify_opts(&trail.sink(), key.as_deref(), &opts)?;
+    let report = tracing_audit::trail::verify_opts(&trail.sink(), key.as_deref(), &opts)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -325,7 +327,8 @@ fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
         Some(f)
             if matches!(
                 f.kind,
-                tracing_audit::FailureKind::KeyRequired | tracing_audit::FailureKind::WrongKey
+                tracing_audit::trail::FailureKind::KeyRequired
+                    | tracing_audit::trail::FailureKind::WrongKey
             ) =>
         {
             ExitCode::from(2)
@@ -445,7 +448,7 @@ fn report(
     // gate on it; the JSON carries the same findings.
     let code = if reports
         .iter()
-        .any(|r| r.status == tracing_audit::Status::Violation)
+        .any(|r| r.status == tracing_audit::policy::Status::Violation)
     {
         ExitCode::from(1)
     } else {
@@ -538,7 +541,10 @@ fn tail(trail: &Trail, lines: usize, follow: bool, json: bool) -> Res {
         for r in f.poll_sealed()? {
             match r {
                 Ok(s) => table.row(&mut out, &s)?,
-                Err(e) => eprintln!("warning: unreadable line: {}", printable(&e, usize::MAX)),
+                Err(e) => eprintln!(
+                    "warning: unreadable line: {}",
+                    printable(&e.to_string(), usize::MAX)
+                ),
             }
         }
         out.flush()?;
@@ -648,7 +654,11 @@ impl Table {
         Ok(())
     }
 
-    fn row(&mut self, out: &mut impl Write, s: &tracing_audit::Sealed) -> std::io::Result<()> {
+    fn row(
+        &mut self,
+        out: &mut impl Write,
+        s: &tracing_audit::trail::Sealed,
+    ) -> std::io::Result<()> {
         if self.json {
             out.write_all(&s.line)?;
             return out.write_all(b"\n");

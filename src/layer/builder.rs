@@ -1,16 +1,18 @@
 //! Configuring and starting an audit pipeline.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::layer::{AuditLayer, Shared};
+use crate::layer::{AuditLayer, LayerContext};
 use crate::pipeline::guard::{AuditGuard, AuditHandle};
-use crate::pipeline::worker::Worker;
+use crate::pipeline::worker::{SpaceWatch, Worker};
 use crate::pipeline::{Counters, QueueMode, Submitter};
 use crate::record::chain::{Chain, Hasher};
 use crate::record::fields::Risk;
-use crate::record::Statics;
+use crate::record::RecordConstants;
 use crate::sink::file::{self, FileSink, FileWriter, Resume};
 use crate::sink::syslog::SyslogCounters;
 use crate::sink::syslog::SyslogSink;
@@ -24,10 +26,10 @@ use crate::sink::LineSink;
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// // In the service: the key comes from the environment at build time.
-/// std::env::set_var(tracing_audit::CHAIN_KEY_ENV, "0123456789abcdef0123456789abcdef");
+/// std::env::set_var(tracing_audit::layer::CHAIN_KEY_ENV, "0123456789abcdef0123456789abcdef");
 /// let (_audit, guard) = tracing_audit::AuditLayer::builder()
 ///     .file(dir)
-///     .chain_key_env(tracing_audit::CHAIN_KEY_ENV)
+///     .chain_key_env(tracing_audit::layer::CHAIN_KEY_ENV)
 ///     .build::<tracing_subscriber::Registry>()?;
 /// drop(guard);
 /// # Ok(()) }
@@ -233,30 +235,19 @@ impl AuditLayerBuilder {
 
     /// Checks the configuration, opens the sinks, resumes the chain from
     /// the files on disk, and starts the worker threads.
-    pub fn build<S>(self) -> Result<(AuditLayer<S>, AuditGuard), Error> {
+    pub fn build<S>(mut self) -> Result<(AuditLayer<S>, AuditGuard), Error> {
         if self.file.is_none() && self.syslog.is_empty() {
             return Err(Error::Config(
                 "no sink: call .file(..) and/or .syslog(..)".into(),
             ));
         }
-        let hasher = match self.chain_key {
+        let hasher = match self.chain_key.take() {
             None => Hasher::Plain,
             Some(Ok(h)) => h,
             Some(Err(e)) => return Err(Error::Config(e)),
         };
 
-        let mut config_warnings = Vec::new();
-        let (file, resume) = match &self.file {
-            Some(sink) => {
-                sink.check_names()?;
-                let dir = file::prepare_dir(&sink.dir)?;
-                config_warnings.extend(dir.warning);
-                let lock = file::lock_dir(&dir.path)?;
-                let resume = file::find_resume(sink, &dir.path, &hasher)?;
-                (Some(FileWriter::new(sink, dir.path, lock)), resume)
-            }
-            None => (None, Resume::default()),
-        };
+        let (file, resume, config_warnings) = self.open_file(&hasher)?;
         let retention = self
             .file
             .as_ref()
@@ -268,16 +259,13 @@ impl AuditLayerBuilder {
 
         let counters = Arc::new(Counters::default());
         let syslog_counters = Arc::new(SyslogCounters::default());
-        let mut threads = Vec::new();
-        let mut forwards: Vec<Box<dyn LineSink>> = Vec::new();
-        for sink in self.syslog {
-            // A sink never gets longer than the pipeline's own grace: the
-            // guard's drop is bounded by it.
-            let sink = sink.bounded_by(self.shutdown_grace);
-            let (fwd, thread) = sink.start(syslog_counters.clone(), self.host.as_deref())?;
-            forwards.push(Box::new(fwd));
-            threads.push(thread);
-        }
+        let grace = self.shutdown_grace;
+        let (forwards, mut threads) = start_syslog(
+            std::mem::take(&mut self.syslog),
+            &syslog_counters,
+            grace,
+            self.host.as_deref(),
+        )?;
 
         let (submitter, rx) = Submitter::new(
             self.queue_capacity,
@@ -291,23 +279,14 @@ impl AuditLayerBuilder {
             submitter.sender(),
             submitter.waker.clone(),
         );
-        let statics = Statics::new(
+        let constants = RecordConstants::new(
             self.service.as_deref(),
             self.version.as_deref(),
             self.environment.as_deref(),
             self.host.as_deref(),
         );
         let probe = crate::pipeline::ProbeSlot::default();
-        let space = self
-            .file
-            .as_ref()
-            .and_then(|f| f.space_left.map(|w| (w, f.on_space_low.clone())))
-            .map(|(watermark, handler)| crate::pipeline::worker::SpaceWatch {
-                watermark,
-                handler,
-                low: false,
-                last_check: None,
-            });
+        let space = self.file.as_ref().and_then(SpaceWatch::new);
         let worker = Worker {
             probe: probe.clone(),
             space,
@@ -318,7 +297,7 @@ impl AuditLayerBuilder {
             counters,
             sync_interval: self.sync_interval,
             shutdown_grace: self.shutdown_grace,
-            statics: statics.clone(),
+            constants: constants.clone(),
             value_limit: self.max_value_len,
             resume,
             retention,
@@ -329,29 +308,71 @@ impl AuditLayerBuilder {
                 .as_ref()
                 .is_some_and(|f| f.on_error == crate::sink::file::OnError::Drop),
         };
-        let main = std::thread::Builder::new()
-            .name("tracing-audit".into())
-            .spawn(move || worker.run())
-            .map_err(|e| {
-                Error::io(
-                    "start the audit worker thread",
-                    std::path::Path::new("."),
-                    e,
-                )
-            })?;
+        let main = spawn_worker(worker)?;
         submitter.waker.set(main.thread().clone());
         // The pipeline worker must stop first (it closes the syslog queues).
         threads.insert(0, main);
 
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(LayerContext {
             submitter,
             probe,
-            statics,
-            limit: self.max_value_len,
+            constants,
+            value_limit: self.max_value_len,
         });
         Ok((
             AuditLayer::new(shared),
             AuditGuard::new(handle, threads, self.shutdown_grace),
         ))
     }
+
+    /// Prepares the audit directory (created `0700`, locked), and finds
+    /// where the trail resumes. Returns the writer, the resume point and
+    /// warnings for the first record.
+    fn open_file(
+        &self,
+        hasher: &Hasher,
+    ) -> Result<(Option<FileWriter>, Resume, Vec<String>), Error> {
+        let Some(sink) = &self.file else {
+            return Ok((None, Resume::default(), Vec::new()));
+        };
+        sink.check_names()?;
+        let dir = file::prepare_dir(&sink.dir)?;
+        let warnings = dir.warning.into_iter().collect();
+        let lock = file::lock_dir(&dir.path)?;
+        let resume = file::find_resume(sink, &dir.path, hasher)?;
+        Ok((
+            Some(FileWriter::new(sink, dir.path, lock)),
+            resume,
+            warnings,
+        ))
+    }
+}
+
+/// The forwarders the worker hands each sealed line to.
+type Forwards = Vec<Box<dyn LineSink>>;
+
+/// Starts each syslog sink's thread; a sink never gets a longer shutdown
+/// grace than the pipeline's own (the guard's drop is bounded by it).
+fn start_syslog(
+    sinks: Vec<SyslogSink>,
+    counters: &Arc<SyslogCounters>,
+    grace: Duration,
+    host: Option<&str>,
+) -> Result<(Forwards, Vec<JoinHandle<()>>), Error> {
+    let mut forwards: Forwards = Vec::new();
+    let mut threads = Vec::new();
+    for sink in sinks {
+        let (fwd, thread) = sink.bounded_by(grace).start(counters.clone(), host)?;
+        forwards.push(Box::new(fwd));
+        threads.push(thread);
+    }
+    Ok((forwards, threads))
+}
+
+/// Runs the worker on its own thread.
+fn spawn_worker(worker: Worker) -> Result<JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name("tracing-audit".into())
+        .spawn(move || worker.run())
+        .map_err(|e| Error::io("start the audit worker thread", Path::new("."), e))
 }

@@ -1,7 +1,29 @@
+//! The audit layer and its builder: what turns ordinary `tracing` events
+//! carrying `audit.*` fields into audit records.
+//!
+//! [`AuditLayer`] (also at the crate root) is built by
+//! [`AuditLayerBuilder`]; [`CHAIN_KEY_ENV`] names the environment variable
+//! a chain key can come from.
+//!
+//! ```
+//! use tracing_audit::layer::{AuditLayerBuilder, CHAIN_KEY_ENV};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let builder: AuditLayerBuilder = tracing_audit::AuditLayer::builder()
+//!     .service("billing-api")
+//!     .file(dir.path());
+//! let (layer, guard) = builder.build::<tracing_subscriber::Registry>()?;
+//! assert_eq!(CHAIN_KEY_ENV, "TRACING_AUDIT_CHAIN_KEY");
+//! # drop((layer, guard));
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
 //! `AuditLayer`: turns audit events into record bodies on the caller's
 //! thread and hands them to the pipeline.
 //!
-//! Per event: visit the fields into a reused thread-local [`Draft`],
+//! Per event: visit the fields into a reused thread-local `Draft`,
 //! merge the `audit.*` context of its audit spans (innermost wins; the
 //! event's own fields win over any span), encode the body into a reused
 //! buffer, and submit it. Sequencing, hashing and I/O happen on the worker.
@@ -9,6 +31,7 @@
 pub(crate) mod builder;
 pub(crate) mod capture;
 pub(crate) mod filter;
+pub use builder::{AuditLayerBuilder, CHAIN_KEY_ENV};
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -24,25 +47,26 @@ use crate::layer::capture::{merge_span, with_reused, SpanContext};
 use crate::layer::filter::{delegate_layer, AuditFilter};
 use crate::pipeline::Submitter;
 use crate::record::draft::Draft;
-use crate::record::{encode_body, uuid_at, Source, Statics};
+use crate::record::{encode_body, uuid_at, RecordConstants, Source};
 
 /// Most span names kept for `source.span`.
 const MAX_SPANS: usize = 32;
 
-/// What the layer shares with nothing else at run time.
+/// What every clone of the layer needs to make and submit records.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct LayerContext {
     pub(crate) submitter: Submitter,
     /// What the global-filter probe found, for the worker to report.
     pub(crate) probe: crate::pipeline::ProbeSlot,
-    pub(crate) statics: Statics,
-    pub(crate) limit: usize,
+    pub(crate) constants: RecordConstants,
+    /// Longest value kept, in bytes (`max_value_len`).
+    pub(crate) value_limit: usize,
 }
 
 /// The layer that does the work, behind the per-layer filter.
 #[derive(Debug)]
 pub(crate) struct AuditCore {
-    shared: Arc<Shared>,
+    shared: Arc<LayerContext>,
 }
 
 struct Scratch {
@@ -64,7 +88,7 @@ impl AuditCore {
     {
         let at = SystemTime::now();
         let meta = event.metadata();
-        let limit = self.shared.limit;
+        let limit = self.shared.value_limit;
         s.capture.reset(limit);
         event.record(&mut s.capture);
         let mut names = [""; MAX_SPANS];
@@ -95,7 +119,7 @@ impl AuditCore {
             &mut s.body,
             &mut s.capture,
             at,
-            &self.shared.statics,
+            &self.shared.constants,
             source,
             limit,
         );
@@ -139,7 +163,7 @@ where
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
-            if !SpanContext::on_new_span(attrs, &span, self.shared.limit) {
+            if !SpanContext::on_new_span(attrs, &span, self.shared.value_limit) {
                 self.span_panic();
             }
         }
@@ -147,7 +171,7 @@ where
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
-            if !SpanContext::on_record(values, &span, self.shared.limit) {
+            if !SpanContext::on_record(values, &span, self.shared.value_limit) {
                 self.span_panic();
             }
         }
@@ -155,7 +179,7 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let fresh = || Scratch {
-            capture: Draft::new(self.shared.limit),
+            capture: Draft::new(self.shared.value_limit),
             body: Vec::new(),
         };
         if !with_reused(&SCRATCH, fresh, |s| self.record(s, event, &ctx)) {
@@ -192,7 +216,7 @@ pub struct AuditLayer<S> {
 }
 
 impl<S> AuditLayer<S> {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<LayerContext>) -> Self {
         AuditLayer {
             inner: Filtered::new(AuditCore { shared }, AuditFilter),
         }
@@ -201,8 +225,8 @@ impl<S> AuditLayer<S> {
 
 impl AuditLayer<()> {
     /// Starts configuring an audit layer.
-    pub fn builder() -> crate::AuditLayerBuilder {
-        crate::AuditLayerBuilder::default()
+    pub fn builder() -> crate::layer::AuditLayerBuilder {
+        crate::layer::AuditLayerBuilder::default()
     }
 }
 

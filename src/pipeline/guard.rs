@@ -40,7 +40,7 @@ pub struct AuditStats {
     pub dropped_after_shutdown: u64,
     /// Still unwritten when the shutdown grace ran out.
     pub dropped_unwritten: u64,
-    /// Records dropped because writing failed, with [`OnError::Drop`](crate::OnError::Drop)
+    /// Records dropped because writing failed, with [`OnError::Drop`](crate::file::OnError::Drop)
     /// (never a durable record; a `records_lost` record says how many once
     /// writing works again).
     pub dropped_write_error: u64,

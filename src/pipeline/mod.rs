@@ -1,10 +1,33 @@
+//! The pipeline between the layer and the sinks: the bounded queue, the
+//! worker thread, and the handles that flush it, stop it and read its
+//! counters.
+//!
+//! [`AuditGuard`] (keep it alive; dropping it drains and syncs the trail),
+//! [`AuditHandle`] (flush, stats and health from anywhere), [`AuditStats`]
+//! and [`Health`]. The guard, handle and stats are also at the crate root.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let (layer, guard) = tracing_audit::AuditLayer::builder()
+//!     .file(dir.path())
+//!     .build::<tracing_subscriber::Registry>()?;
+//! let handle = guard.handle();
+//! let health: tracing_audit::pipeline::Health = handle.health();
+//! assert!(health.healthy, "{health:?}");
+//! # drop((layer, guard));
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
 //! The caller's side of the pipeline: the bounded queue into the worker,
 //! lossless/lossy submission, durability waits, shutdown refusal, and the
 //! shared counters.
 //!
-//! Every record handed to [`Submitter::submit`] ends in exactly one place:
+//! Every record handed to `Submitter::submit` ends in exactly one place:
 //! the trail, or one of the dropped counters with its cause. Once shutdown
-//! has begun ([`Counters::closed`]), new records are refused and counted;
+//! has begun (`Counters::closed`), new records are refused and counted;
 //! the worker waits for submissions already under way (`inflight`) before
 //! its last look at the queue, so none slips past uncounted.
 //!
@@ -17,6 +40,7 @@
 
 pub(crate) mod guard;
 pub(crate) mod worker;
+pub use guard::{AuditGuard, AuditHandle, AuditStats, Health};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc::{self, Receiver, SyncSender};

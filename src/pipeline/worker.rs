@@ -48,7 +48,7 @@ use crate::record::chain::Chain;
 use crate::record::draft::Draft;
 use crate::record::encode;
 use crate::record::layout::KeyFields;
-use crate::record::{encode_body, Source, Statics};
+use crate::record::{encode_body, RecordConstants, Source};
 use crate::sink::file::{FileWriter, Resume};
 use crate::sink::{LineSink, SealedLine};
 
@@ -81,7 +81,7 @@ pub(crate) struct Worker {
     pub(crate) counters: Arc<Counters>,
     pub(crate) sync_interval: Duration,
     pub(crate) shutdown_grace: Duration,
-    pub(crate) statics: Statics,
+    pub(crate) constants: RecordConstants,
     pub(crate) value_limit: usize,
     pub(crate) resume: Resume,
     /// The retention in force, as JSON (sealed into the trail).
@@ -104,6 +104,19 @@ pub(crate) struct SpaceWatch {
     pub(crate) handler: Option<crate::sink::file::SpaceHandler>,
     pub(crate) low: bool,
     pub(crate) last_check: Option<Instant>,
+}
+
+impl SpaceWatch {
+    /// The watch a file sink asks for (`space_left`), if any.
+    pub(crate) fn new(sink: &crate::sink::file::FileSink) -> Option<Self> {
+        let watermark = sink.space_left?;
+        Some(SpaceWatch {
+            watermark,
+            handler: sink.on_space_low.clone(),
+            low: false,
+            last_check: None,
+        })
+    }
 }
 
 impl std::fmt::Debug for SpaceWatch {
@@ -168,7 +181,7 @@ struct State {
 impl Worker {
     /// Runs until shutdown (or until every sender is gone).
     pub(crate) fn run(mut self) {
-        let mut st = State {
+        let mut state = State {
             batch: Vec::with_capacity(64 * 1024),
             batch_chain: None,
             kept: Vec::new(),
@@ -201,58 +214,58 @@ impl Worker {
             }
         }
         let _gone = Gone(self.counters.clone());
-        while self.step(&mut st) == Step::Continue {}
+        while self.step(&mut state) == Step::Continue {}
         self.finish();
     }
 
-    fn step(&mut self, st: &mut State) -> Step {
-        if st.deadline.is_none() && self.counters.closed.load(SeqCst) {
-            st.deadline = Some(Instant::now() + self.shutdown_grace);
+    fn step(&mut self, state: &mut State) -> Step {
+        if state.deadline.is_none() && self.counters.closed.load(SeqCst) {
+            state.deadline = Some(Instant::now() + self.shutdown_grace);
         }
         let now = Instant::now();
-        let healthy = st.retry_at.is_none_or(|t| now >= t);
-        let stopping = st.deadline.is_some();
-        if stopping && !st.stopped_sealed {
+        let healthy = state.retry_at.is_none_or(|t| now >= t);
+        let stopping = state.deadline.is_some();
+        if stopping && !state.stopped_sealed {
             // Read before the last look at the queue: once nothing is under
             // way, every later submission sees `closed` and is refused, so
             // nothing can follow `audit_stopped`.
             let settled = self.counters.inflight.is_zero();
-            self.take_all(st);
-            self.report_lost(st);
-            self.check_max_level(st);
-            if settled && st.queue_empty && self.prepare(st) {
-                self.stopped(st);
-                st.stopped_sealed = true;
-                st.want_sync = true;
+            self.take_all(state);
+            self.report_lost(state);
+            self.check_max_level(state);
+            if settled && state.queue_empty && self.prepare(state) {
+                self.stopped(state);
+                state.stopped_sealed = true;
+                state.want_sync = true;
             }
-        } else if !stopping && healthy && st.batch.is_empty() && self.prepare(st) {
-            self.seal_held(st);
-            self.intake(st);
+        } else if !stopping && healthy && state.batch.is_empty() && self.prepare(state) {
+            self.seal_held(state);
+            self.intake(state);
         } else if !stopping && !healthy && self.drop_on_error {
-            self.shed(st);
+            self.shed(state);
         }
         if !stopping {
-            self.report_lost(st);
-            self.check_max_level(st);
-            self.check_space(st);
+            self.report_lost(state);
+            self.check_max_level(state);
+            self.check_space(state);
         }
         if healthy {
-            self.write_and_sync(st, stopping);
+            self.write_and_sync(state, stopping);
         }
-        if let Some(deadline) = st.deadline {
-            let settled = st.stopped_sealed
-                && st.batch.is_empty()
-                && st.unsynced_since.is_none()
-                && st.sync_waiters.is_empty();
+        if let Some(deadline) = state.deadline {
+            let settled = state.stopped_sealed
+                && state.batch.is_empty()
+                && state.unsynced_since.is_none()
+                && state.sync_waiters.is_empty();
             if settled {
                 return Step::Done;
             }
             if Instant::now() >= deadline {
-                self.give_up(st);
+                self.give_up(state);
                 return Step::Done;
             }
         }
-        if let Some(t) = st.retry_at {
+        if let Some(t) = state.retry_at {
             let wait = t.saturating_duration_since(Instant::now());
             std::thread::park_timeout(wait.min(Duration::from_millis(50)));
         }
@@ -261,8 +274,8 @@ impl Worker {
 
     /// Makes the file ready for a new batch (rotation, `audit_started`).
     /// Only when the batch is empty: a batch never spans two files.
-    fn prepare(&mut self, st: &mut State) -> bool {
-        if !st.batch.is_empty() {
+    fn prepare(&mut self, state: &mut State) -> bool {
+        if !state.batch.is_empty() {
             return true;
         }
         let now = SystemTime::now();
@@ -271,27 +284,27 @@ impl Worker {
                 match file.rotate(now) {
                     Ok(opened) => {
                         self.recovered();
-                        st.opened = Some(opened);
+                        state.opened = Some(opened);
                     }
                     Err(e) => {
-                        self.failure(st, format!("cannot start the audit file: {e}"));
+                        self.failure(state, format!("cannot start the audit file: {e}"));
                         return false;
                     }
                 }
             }
         }
-        if st.started_pending {
-            st.started_pending = false;
-            self.started(st);
+        if state.started_pending {
+            state.started_pending = false;
+            self.started(state);
             for w in std::mem::take(&mut self.config_warnings) {
                 eprintln!("tracing-audit: {w}");
-                self.own_record(st, "audit_config_warning", &Level::WARN, &w, |_| {});
+                self.own_record(state, "audit_config_warning", &Level::WARN, &w, |_| {});
             }
-        } else if let Some(o) = st.opened.take().filter(|o| o.created) {
+        } else if let Some(o) = state.opened.take().filter(|o| o.created) {
             let retention = self.retention.clone();
             let msg = format!("audit file {} opened", o.name);
             let algorithm = self.chain.hasher().algorithm();
-            self.own_record(st, "audit_file_opened", &Level::INFO, &msg, |c| {
+            self.own_record(state, "audit_file_opened", &Level::INFO, &msg, |c| {
                 c.detail_str("chain", algorithm);
                 c.detail_str("opened_file", &o.name);
                 match &o.previous {
@@ -301,27 +314,27 @@ impl Worker {
                 c.detail_raw("retention", retention.as_bytes());
             });
         }
-        st.opened = None;
+        state.opened = None;
         true
     }
 
     /// Takes what is queued, blocking a little when nothing is.
-    fn intake(&mut self, st: &mut State) {
-        let timeout = match st.unsynced_since {
+    fn intake(&mut self, state: &mut State) {
+        let timeout = match state.unsynced_since {
             Some(t) => self.sync_interval.saturating_sub(t.elapsed()),
             None => self.sync_interval,
         };
         let limit = self.batch_limit();
-        let mut n = self.drain(st, limit);
+        let mut n = self.drain(state, limit);
         if n == 0 {
-            if st.last_busy.elapsed() < POLL_FOR {
+            if state.last_busy.elapsed() < POLL_FOR {
                 // Recently busy: poll, so senders never pay for a wake-up.
                 std::thread::park_timeout(POLL_EVERY.min(timeout));
             } else {
                 match self.rx.recv_timeout(timeout) {
                     Ok(m) => {
                         n += 1;
-                        self.take(st, m);
+                        self.take(state, m);
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => {
@@ -329,10 +342,10 @@ impl Worker {
                     }
                 }
             }
-            n += self.drain(st, limit);
+            n += self.drain(state, limit);
         }
         if n > 0 {
-            st.last_busy = Instant::now();
+            state.last_busy = Instant::now();
         }
     }
 
@@ -348,35 +361,35 @@ impl Worker {
     /// capacity, since new records are refused) into the current batch, as
     /// far as the file's size limit lets it; the rest waits for the next
     /// batch, and `audit_stopped` for an empty queue.
-    fn take_all(&mut self, st: &mut State) {
-        if !self.prepare(st) {
+    fn take_all(&mut self, state: &mut State) {
+        if !self.prepare(state) {
             return;
         }
         let limit = match self.file.as_ref().map(|f| f.room()) {
             Some(room) if room < usize::MAX => room.max(1),
             _ => usize::MAX,
         };
-        self.drain(st, limit);
+        self.drain(state, limit);
     }
 
     /// Takes what is queued, without blocking; returns how many messages.
     /// Sets `queue_empty` when it stopped because nothing was left.
-    fn drain(&mut self, st: &mut State, max_bytes: usize) -> usize {
+    fn drain(&mut self, state: &mut State, max_bytes: usize) -> usize {
         let mut n = 0;
-        st.queue_empty = false;
-        while st.batch.len() < max_bytes {
+        state.queue_empty = false;
+        while state.batch.len() < max_bytes {
             match self.rx.try_recv() {
                 Ok(m) => {
                     n += 1;
-                    self.take(st, m);
+                    self.take(state, m);
                 }
                 Err(TryRecvError::Empty) => {
-                    st.queue_empty = true;
+                    state.queue_empty = true;
                     break;
                 }
                 Err(TryRecvError::Disconnected) => {
                     self.counters.closed.store(true, SeqCst);
-                    st.queue_empty = true;
+                    state.queue_empty = true;
                     break;
                 }
             }
@@ -384,17 +397,17 @@ impl Worker {
         n
     }
 
-    fn take(&mut self, st: &mut State, m: Msg) {
+    fn take(&mut self, state: &mut State, m: Msg) {
         match m {
             Msg::Record(p) => {
                 // A durable record is synced with this batch (group commit).
-                st.want_sync |= p.done.is_some();
+                state.want_sync |= p.done.is_some();
                 let keep = p.done.is_some();
-                self.seal(st, p, keep);
+                self.seal(state, p, keep);
             }
             Msg::Flush(w) => {
-                st.batch_waiters.push(w);
-                st.want_sync = true;
+                state.batch_waiters.push(w);
+                state.want_sync = true;
             }
             Msg::Wake => {}
         }
@@ -402,96 +415,96 @@ impl Worker {
 
     /// Seals `p` into the batch. With `OnError::Drop`, `keep` marks a
     /// record that a failed write must not drop (durable, or the trail's own).
-    fn seal(&mut self, st: &mut State, p: Pending, keep: bool) {
+    fn seal(&mut self, state: &mut State, p: Pending, keep: bool) {
         if self.drop_on_error {
-            if st.records_in_batch == 0 {
-                st.batch_chain = Some(self.chain.clone());
+            if state.records_in_batch == 0 {
+                state.batch_chain = Some(self.chain.clone());
             }
             if keep {
-                st.kept.push((p.id, p.body.clone(), p.keys));
+                state.kept.push((p.id, p.body.clone(), p.keys));
             }
         }
-        let sealed = self.chain.seal(&mut st.batch, &p.id, &p.body);
-        st.lines.push(LineEnd {
-            end: st.batch.len(),
+        let sealed = self.chain.seal(&mut state.batch, &p.id, &p.body);
+        state.lines.push(LineEnd {
+            end: state.batch.len(),
             seq: sealed.seq,
             body_at: sealed.body_at,
             keys: p.keys,
         });
-        st.records_in_batch += 1;
+        state.records_in_batch += 1;
         if let Some(w) = p.done {
-            st.batch_waiters.push(w);
+            state.batch_waiters.push(w);
         }
     }
 
     /// Writes the batch, then syncs if a waiter, the interval or shutdown
     /// asks for it.
-    fn write_and_sync(&mut self, st: &mut State, stopping: bool) {
-        if !st.batch.is_empty() || !st.batch_waiters.is_empty() {
-            if let Err(e) = self.write_batch(st) {
-                self.failure(st, format!("audit file write failed: {e}"));
+    fn write_and_sync(&mut self, state: &mut State, stopping: bool) {
+        if !state.batch.is_empty() || !state.batch_waiters.is_empty() {
+            if let Err(e) = self.write_batch(state) {
+                self.failure(state, format!("audit file write failed: {e}"));
                 if self.drop_on_error {
-                    self.drop_batch(st);
+                    self.drop_batch(state);
                 }
                 return;
             }
         }
-        let due = st
+        let due = state
             .unsynced_since
             .is_some_and(|t| t.elapsed() >= self.sync_interval);
-        let wanted = st.want_sync || due || (stopping && st.stopped_sealed);
-        if !wanted || (st.unsynced_since.is_none() && st.sync_waiters.is_empty()) {
-            st.want_sync = false;
+        let wanted = state.want_sync || due || (stopping && state.stopped_sealed);
+        if !wanted || (state.unsynced_since.is_none() && state.sync_waiters.is_empty()) {
+            state.want_sync = false;
             return;
         }
         match self.file.as_mut().map_or(Ok(()), FileWriter::sync) {
             Ok(()) => {
-                if st.unsynced_since.is_some() {
+                if state.unsynced_since.is_some() {
                     self.counters.syncs.fetch_add(1, Relaxed);
                 }
                 self.take_writer_warning();
                 self.recovered();
-                st.unsynced_since = None;
-                st.want_sync = false;
-                for w in st.sync_waiters.drain(..) {
+                state.unsynced_since = None;
+                state.want_sync = false;
+                for w in state.sync_waiters.drain(..) {
                     let _ = w.try_send(true);
                 }
             }
             Err(e) => {
                 self.take_writer_warning();
                 self.counters.sync_errors.fetch_add(1, Relaxed);
-                self.failure(st, format!("audit file sync failed: {e}"));
+                self.failure(state, format!("audit file sync failed: {e}"));
             }
         }
     }
 
     /// Writes the whole batch or nothing of it.
-    fn write_batch(&mut self, st: &mut State) -> std::io::Result<()> {
-        if !st.batch.is_empty() {
+    fn write_batch(&mut self, state: &mut State) -> std::io::Result<()> {
+        if !state.batch.is_empty() {
             if let Some(file) = &mut self.file {
                 self.counters.writes.fetch_add(1, Relaxed);
-                file.write(&st.batch)?;
+                file.write(&state.batch)?;
             }
             self.take_writer_warning();
-            let batch = std::mem::take(&mut st.batch);
-            self.forward(&batch, &st.lines);
-            st.batch = batch;
+            let batch = std::mem::take(&mut state.batch);
+            self.forward(&batch, &state.lines);
+            state.batch = batch;
             self.counters
                 .records_written
-                .fetch_add(st.records_in_batch, Relaxed);
+                .fetch_add(state.records_in_batch, Relaxed);
             self.counters
                 .bytes_written
-                .fetch_add(st.batch.len() as u64, Relaxed);
-            st.unsynced_since.get_or_insert_with(Instant::now);
-            st.batch.clear();
-            st.lines.clear();
-            st.records_in_batch = 0;
-            st.batch_chain = None;
-            st.kept.clear();
+                .fetch_add(state.batch.len() as u64, Relaxed);
+            state.unsynced_since.get_or_insert_with(Instant::now);
+            state.batch.clear();
+            state.lines.clear();
+            state.records_in_batch = 0;
+            state.batch_chain = None;
+            state.kept.clear();
         }
-        st.sync_waiters.append(&mut st.batch_waiters);
+        state.sync_waiters.append(&mut state.batch_waiters);
         if self.file.is_none() {
-            st.unsynced_since.get_or_insert_with(Instant::now);
+            state.unsynced_since.get_or_insert_with(Instant::now);
         }
         Ok(())
     }
@@ -505,7 +518,7 @@ impl Worker {
 
     /// A failed write or sync: counted, said once per episode, retried
     /// after a growing pause.
-    fn failure(&mut self, st: &mut State, msg: String) {
+    fn failure(&mut self, state: &mut State, msg: String) {
         self.counters
             .error(&self.counters.write_errors, msg.clone());
         if !self.counters.storage_failing.load(SeqCst) {
@@ -521,11 +534,11 @@ impl Worker {
                 "durable records wait until a sync succeeds"
             };
             eprintln!("tracing-audit: {msg}; retrying ({meanwhile})");
-            st.backoff = BACKOFF_MIN;
+            state.backoff = BACKOFF_MIN;
         } else {
-            st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
+            state.backoff = (state.backoff * 2).min(BACKOFF_MAX);
         }
-        st.retry_at = Some(Instant::now() + st.backoff);
+        state.retry_at = Some(Instant::now() + state.backoff);
     }
 
     fn recovered(&mut self) {
@@ -564,19 +577,20 @@ impl Worker {
     /// Writes a record of the crate's own into the batch.
     fn own_record(
         &mut self,
-        st: &mut State,
+        state: &mut State,
         event: &str,
         level: &Level,
         message: &str,
         details: impl FnOnce(&mut Draft),
     ) {
-        st.capture.reset(self.value_limit);
-        st.capture.set_event_type(event);
-        st.capture.set_message(message);
-        st.capture
+        state.capture.reset(self.value_limit);
+        state.capture.set_event_type(event);
+        state.capture.set_message(message);
+        state
+            .capture
             .set_context_if_absent(crate::record::fields::ContextField::Actor, "tracing-audit");
-        details(&mut st.capture);
-        st.body.clear();
+        details(&mut state.capture);
+        state.body.clear();
         let source = Source {
             target: "tracing_audit",
             level,
@@ -584,16 +598,16 @@ impl Worker {
         };
         let now = SystemTime::now();
         let keys = encode_body(
-            &mut st.body,
-            &mut st.capture,
+            &mut state.body,
+            &mut state.capture,
             now,
-            &self.statics,
+            &self.constants,
             source,
             self.value_limit,
         );
-        let body = std::mem::take(&mut st.body);
+        let body = std::mem::take(&mut state.body);
         self.seal(
-            st,
+            state,
             Pending {
                 id: crate::record::uuid_at(now),
                 body,
@@ -608,16 +622,16 @@ impl Worker {
     /// dropped and counted, except those kept (durable, own), which are
     /// sealed again from where the chain stood before the batch: the trail
     /// stays contiguous. The waiters stay: their records are still there.
-    fn drop_batch(&mut self, st: &mut State) {
-        let Some(chain) = st.batch_chain.take() else {
+    fn drop_batch(&mut self, state: &mut State) {
+        let Some(chain) = state.batch_chain.take() else {
             return;
         };
-        let kept = std::mem::take(&mut st.kept);
-        let dropped = st.records_in_batch - kept.len() as u64;
+        let kept = std::mem::take(&mut state.kept);
+        let dropped = state.records_in_batch - kept.len() as u64;
         self.chain = chain;
-        st.batch.clear();
-        st.lines.clear();
-        st.records_in_batch = 0;
+        state.batch.clear();
+        state.lines.clear();
+        state.records_in_batch = 0;
         for (id, body, keys) in kept {
             let p = Pending {
                 id,
@@ -625,7 +639,7 @@ impl Worker {
                 keys,
                 done: None,
             };
-            self.seal(st, p, true);
+            self.seal(state, p, true);
         }
         self.counters.dropped(DropCause::WriteError, dropped);
     }
@@ -634,11 +648,11 @@ impl Worker {
     /// callers never wait for the disk; ordinary records are dropped and
     /// counted, durable ones held (their callers wait), flushes answered
     /// "not synced".
-    fn shed(&mut self, st: &mut State) {
+    fn shed(&mut self, state: &mut State) {
         let mut dropped = 0;
         for _ in 0..65_536 {
             match self.rx.try_recv() {
-                Ok(Msg::Record(p)) if p.done.is_some() => st.held.push(p),
+                Ok(Msg::Record(p)) if p.done.is_some() => state.held.push(p),
                 Ok(Msg::Record(_)) => dropped += 1,
                 Ok(Msg::Flush(w)) => {
                     let _ = w.try_send(false);
@@ -651,14 +665,14 @@ impl Worker {
     }
 
     /// Seals the durable records held while the file failed, in order.
-    fn seal_held(&mut self, st: &mut State) {
-        for p in std::mem::take(&mut st.held) {
-            st.want_sync = true;
-            self.seal(st, p, true);
+    fn seal_held(&mut self, state: &mut State) {
+        for p in std::mem::take(&mut state.held) {
+            state.want_sync = true;
+            self.seal(state, p, true);
         }
     }
 
-    fn started(&mut self, st: &mut State) {
+    fn started(&mut self, state: &mut State) {
         let algorithm = self.chain.hasher().algorithm();
         let resumed = self.resume.last.as_ref().map(|(s, _)| *s);
         let junk = std::mem::take(&mut self.resume.junk);
@@ -666,7 +680,7 @@ impl Worker {
         let completed = self.resume.completed.take();
         let pid = self.pid;
         let retention = self.retention.clone();
-        let opened = st
+        let opened = state
             .opened
             .as_ref()
             .filter(|o| o.created)
@@ -688,7 +702,7 @@ impl Worker {
         } else {
             Level::WARN
         };
-        self.own_record(st, "audit_started", &level, &msg, |c| {
+        self.own_record(state, "audit_started", &level, &msg, |c| {
             c.detail_str("chain", algorithm);
             c.detail_u64("pid", pid as u64);
             c.detail_str("crate_version", env!("CARGO_PKG_VERSION"));
@@ -724,20 +738,20 @@ impl Worker {
         });
     }
 
-    fn report_lost(&mut self, st: &mut State) {
+    fn report_lost(&mut self, state: &mut State) {
         let c = &self.counters;
         let dropped = c.records_dropped.load(Relaxed);
         // Said once the file works again: while it fails, one record with
         // the whole count follows, instead of one per retry.
-        if dropped <= st.lost_reported
+        if dropped <= state.lost_reported
             || (c.storage_failing.load(SeqCst) && !c.closed.load(SeqCst))
-            || !self.prepare(st)
+            || !self.prepare(state)
         {
             return;
         }
         let c = &self.counters;
-        let n = dropped - st.lost_reported;
-        st.lost_reported = dropped;
+        let n = dropped - state.lost_reported;
+        state.lost_reported = dropped;
         let full = c.dropped_queue_full.load(Relaxed);
         let closed = c.dropped_closed.load(Relaxed);
         let panic = c.dropped_panic.load(Relaxed);
@@ -757,7 +771,7 @@ impl Worker {
             }
         }
         let msg = format!("audit records were dropped: {}", causes.join("; "));
-        self.own_record(st, "records_lost", &Level::ERROR, &msg, |c| {
+        self.own_record(state, "records_lost", &Level::ERROR, &msg, |c| {
             c.detail_u64("count", n);
             c.detail_u64("total", dropped);
             c.detail_u64("queue_full", full);
@@ -774,34 +788,34 @@ impl Worker {
     /// layer probes it once (`layer::filter::probe`) and, if an INFO
     /// audit event would be discarded by a global filter, says so in the
     /// trail and on stderr, naming the fix.
-    fn check_max_level(&mut self, st: &mut State) {
+    fn check_max_level(&mut self, state: &mut State) {
         use crate::pipeline::Probed;
-        if st.level_checked {
+        if state.level_checked {
             return;
         }
         let found = self.probe.lock().ok().and_then(|p| *p);
         let Some(found) = found else { return };
         let Probed::DiscardedByGlobalFilter(through) = found else {
-            st.level_checked = true;
+            state.level_checked = true;
             return;
         };
-        if !self.prepare(st) {
+        if !self.prepare(state) {
             return;
         }
-        st.level_checked = true;
+        state.level_checked = true;
         let max = through.to_string();
         let msg = format!(
             "a global filter caps tracing at {max}: INFO audit events (and any less severe than that) are discarded before they reach the audit layer; give that filter to the fmt layer with .with_filter(..) instead"
         );
         eprintln!("tracing-audit: {msg}");
-        self.own_record(st, "audit_config_warning", &Level::WARN, &msg, |c| {
+        self.own_record(state, "audit_config_warning", &Level::WARN, &msg, |c| {
             c.detail_str("max_level", &max);
         });
     }
 
     /// Once a second: has free space crossed the watermark? Each crossing
     /// is a record, a stats flag, a line on stderr and the callback.
-    fn check_space(&mut self, st: &mut State) {
+    fn check_space(&mut self, state: &mut State) {
         let (Some(space), Some(file)) = (&mut self.space, &self.file) else {
             return;
         };
@@ -820,7 +834,7 @@ impl Worker {
         if low == space.low {
             return;
         }
-        if !self.prepare(st) {
+        if !self.prepare(state) {
             return;
         }
         let Some(space) = &mut self.space else { return };
@@ -852,19 +866,19 @@ impl Worker {
             )
         };
         eprintln!("tracing-audit: {msg}");
-        self.own_record(st, event, &level, &msg, |c| {
+        self.own_record(state, event, &level, &msg, |c| {
             c.detail_u64("available_bytes", available);
             c.detail_u64("total_bytes", total);
             c.detail_u64("watermark_bytes", watermark);
         });
     }
 
-    fn stopped(&mut self, st: &mut State) {
-        let written = self.counters.records_written.load(Relaxed) + st.records_in_batch + 1;
+    fn stopped(&mut self, state: &mut State) {
+        let written = self.counters.records_written.load(Relaxed) + state.records_in_batch + 1;
         let dropped = self.counters.records_dropped.load(Relaxed);
         let last = self.chain.next_seq();
         self.own_record(
-            st,
+            state,
             "audit_stopped",
             &Level::INFO,
             "audit trail stopped",
@@ -878,16 +892,16 @@ impl Worker {
 
     /// The shutdown grace ran out: count what is not written, say so, and
     /// release every waiter.
-    fn give_up(&mut self, st: &mut State) {
-        let held = std::mem::take(&mut st.held);
+    fn give_up(&mut self, state: &mut State) {
+        let held = std::mem::take(&mut state.held);
         for p in &held {
             if let Some(w) = &p.done {
                 let _ = w.try_send(false);
             }
         }
-        let lost = st.records_in_batch + held.len() as u64;
+        let lost = state.records_in_batch + held.len() as u64;
         self.counters.dropped(DropCause::Unwritten, lost);
-        let unsynced = st.unsynced_since.is_some();
+        let unsynced = state.unsynced_since.is_some();
         eprintln!(
             "tracing-audit: shutdown grace of {:?} ran out: {lost} audit record(s) could not be written{}",
             self.shutdown_grace,
@@ -897,10 +911,14 @@ impl Worker {
                 ""
             }
         );
-        st.batch.clear();
-        st.lines.clear();
-        st.records_in_batch = 0;
-        for w in st.batch_waiters.drain(..).chain(st.sync_waiters.drain(..)) {
+        state.batch.clear();
+        state.lines.clear();
+        state.records_in_batch = 0;
+        for w in state
+            .batch_waiters
+            .drain(..)
+            .chain(state.sync_waiters.drain(..))
+        {
             let _ = w.try_send(false);
         }
     }

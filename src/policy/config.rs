@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
 use crate::record::fields::{Outcome, Risk};
 
 /// A compliance policy.
@@ -117,6 +116,32 @@ pub const MIN_WINDOW: Duration = Duration::from_millis(1);
 pub const MIN_RETENTION: Duration = Duration::from_secs(1);
 /// The longest window or retention: 100 years of 365 days.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Why policies could not be loaded, or a report could not be given.
+///
+/// ```
+/// use tracing_audit::policy::{Policy, PolicyError, PolicyLayer};
+/// let err = Policy::load("/nonexistent/policies.toml").unwrap_err();
+/// assert!(matches!(err, PolicyError::Load { .. }), "{err}");
+/// let (_layer, compliance) = PolicyLayer::builder().build::<tracing_subscriber::Registry>();
+/// let err = compliance.report("nope").unwrap_err();
+/// assert!(matches!(err, PolicyError::Unknown(ref n) if n == "nope"), "{err}");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A policy file could not be read, parsed or validated.
+    #[error("invalid policy file `{}`: {message}", path.display())]
+    Load {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// No policy has this name.
+    #[error("no policy named `{0}`")]
+    Unknown(String),
+}
 
 /// A policy setting outside what can be counted exactly.
 ///
@@ -356,9 +381,9 @@ impl Policy {
     /// window = "5m"
     /// retention = "30d"
     /// ```
-    pub fn load(path: impl AsRef<Path>) -> Result<Vec<Policy>, Error> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Vec<Policy>, PolicyError> {
         let path = path.as_ref();
-        let err = |message: String| Error::Policy {
+        let err = |message: String| PolicyError::Load {
             path: path.to_path_buf(),
             message,
         };

@@ -67,7 +67,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 use config::show_duration;
 pub use config::{
-    GroupBy, InvalidPolicy, Policy, MAX_DURATION, MAX_THRESHOLD, MIN_RETENTION, MIN_WINDOW,
+    GroupBy, InvalidPolicy, Policy, PolicyError, MAX_DURATION, MAX_THRESHOLD, MIN_RETENTION,
+    MIN_WINDOW,
 };
 use engine::{Crossing, Engine, Nanos, Observed, Source, EPOCH};
 
@@ -81,7 +82,6 @@ const POLICY_VALUE_LIMIT: usize = 8 * 1024;
 
 /// Groups tracked per `group_by` policy unless the builder says otherwise.
 pub const DEFAULT_MAX_GROUPS: usize = 10_000;
-use crate::error::Error;
 use crate::layer::filter::{delegate_layer, AuditFilter};
 use crate::record::fields::ContextField;
 use crate::record::AuditRecord;
@@ -89,7 +89,7 @@ use crate::record::AuditRecord;
 /// A clock for the layer (tests inject one).
 ///
 /// ```
-/// let clock: tracing_audit::Clock = std::sync::Arc::new(std::time::SystemTime::now);
+/// let clock: tracing_audit::policy::Clock = std::sync::Arc::new(std::time::SystemTime::now);
 /// let (_layer, _c) = tracing_audit::PolicyLayer::builder()
 ///     .clock(move || clock())
 ///     .build::<tracing_subscriber::Registry>();
@@ -99,7 +99,7 @@ pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// A callback run on the alert thread.
 ///
 /// ```
-/// let handler: tracing_audit::AlertHandler = std::sync::Arc::new(|a| eprintln!("{}", a.policy));
+/// let handler: tracing_audit::policy::AlertHandler = std::sync::Arc::new(|a| eprintln!("{}", a.policy));
 /// let (_layer, _c) = tracing_audit::PolicyLayer::builder()
 ///     .on_alert(move |a| handler(a))
 ///     .build::<tracing_subscriber::Registry>();
@@ -153,7 +153,7 @@ fn time(n: Nanos) -> DateTime<Utc> {
 /// use tracing_audit::{Policy, PolicyLayer};
 /// let (_layer, _compliance) = PolicyLayer::builder()
 ///     .policy(Policy::new("failed_logins").require(["auth_failure"]).threshold(5))
-///     .on_alert(|a: &tracing_audit::Alert| eprintln!("{} crossed {} at {}", a.policy, a.threshold, a.at))
+///     .on_alert(|a: &tracing_audit::policy::Alert| eprintln!("{} crossed {} at {}", a.policy, a.threshold, a.at))
 ///     .build::<tracing_subscriber::Registry>();
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -548,7 +548,7 @@ delegate_layer!(PolicyLayer);
 /// Compliant or not.
 ///
 /// ```
-/// use tracing_audit::Status;
+/// use tracing_audit::policy::Status;
 /// assert_eq!(serde_json::to_string(&Status::Violation).unwrap(), "\"violation\"");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -563,7 +563,7 @@ pub enum Status {
 /// A compliance report for one policy (the seed monitor's fields, plus status).
 ///
 /// ```
-/// use tracing_audit::{Policy, PolicyLayer, Status};
+/// use tracing_audit::{Policy, PolicyLayer, policy::Status};
 /// let (_layer, compliance) = PolicyLayer::builder()
 ///     .policies(Policy::defaults())
 ///     .build::<tracing_subscriber::Registry>();
@@ -748,12 +748,12 @@ impl Compliance {
     }
 
     /// The report for policy `name`.
-    pub fn report(&self, name: &str) -> Result<ComplianceReport, Error> {
+    pub fn report(&self, name: &str) -> Result<ComplianceReport, PolicyError> {
         let now = nanos((self.shared.clock)());
         let engine = self.engine();
         let i = engine
             .index(name)
-            .ok_or_else(|| Error::UnknownPolicy(name.into()))?;
+            .ok_or_else(|| PolicyError::Unknown(name.into()))?;
         Ok(report(&engine, i, now))
     }
 
@@ -814,7 +814,7 @@ impl Compliance {
     /// items skipped.
     ///
     /// ```
-    /// use tracing_audit::{AuditRecord, Compliance, Policy};
+    /// use tracing_audit::{record::AuditRecord, policy::Compliance, Policy};
     ///
     /// let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     /// let line = format!(r#"{{"schema":1,"audit_id":"0190c0de-0000-7000-8000-000000000000","seq":0,"timestamp":"{now}","event_type":"data_access","actor":"alice","resource":null,"action":null,"outcome":"success","risk_level":"low","session_id":null,"ip_address":null,"message":null,"details":{{}},"service":null,"version":null,"environment":null,"host":null,"source":{{"target":"t","level":"INFO","span":null}},"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","hash":"0000000000000000000000000000000000000000000000000000000000000000"}}"#);

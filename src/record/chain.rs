@@ -18,8 +18,8 @@ use crate::record::encode;
 /// `prev_hash` of the first record of a chain: 64 zeros.
 ///
 /// ```
-/// assert_eq!(tracing_audit::GENESIS.len(), 64);
-/// assert!(tracing_audit::GENESIS.bytes().all(|b| b == b'0'));
+/// assert_eq!(tracing_audit::record::GENESIS.len(), 64);
+/// assert!(tracing_audit::record::GENESIS.bytes().all(|b| b == b'0'));
 /// ```
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

@@ -1,10 +1,31 @@
+//! The audit record, as it is written and read back: schema version 1.
+//!
+//! [`AuditRecord`] is one parsed line; [`Risk`] and [`Outcome`] (also at
+//! the crate root) are the vocabulary of its `risk_level` and `outcome`;
+//! [`GENESIS`] is the `prev_hash` of a trail's first record.
+//!
+//! ```
+//! use tracing_audit::record::{AuditRecord, Risk, SCHEMA_VERSION};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir.path()).build::<tracing_subscriber::Registry>()?; drop(g);
+//! let trail = tracing_audit::trail::AuditTrail::open(dir.path())?;
+//! let first: AuditRecord = trail.records().next().unwrap()?;
+//! assert_eq!(first.schema, SCHEMA_VERSION);
+//! assert_eq!(first.prev_hash, tracing_audit::record::GENESIS);
+//! assert!(first.risk_level >= Risk::Low);
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
 //! The audit record: schema version 1, its key order, and its encoding.
 //!
 //! A line is built in two halves. The caller's thread encodes the *body*
 //! (everything from `timestamp` to `source`), which is where nearly all the
 //! work is. The pipeline worker, which alone knows the order of records,
 //! wraps it: `{"schema":1,"audit_id":…,"seq":N` + body +
-//! `,"prev_hash":…,"hash":…}` (see [`crate::record::chain`]).
+//! `,"prev_hash":…,"hash":…}` (see the private `chain` and `layout` modules).
 //!
 //! [`AuditRecord`] is the owned, parsed form used by the reader, the
 //! verifier and the command-line tool.
@@ -14,6 +35,8 @@ pub(crate) mod draft;
 pub(crate) mod encode;
 pub(crate) mod fields;
 pub(crate) mod layout;
+pub use chain::GENESIS;
+pub use fields::{Outcome, ParseValueError, Risk};
 
 use std::time::SystemTime;
 
@@ -21,24 +44,24 @@ use serde::{Deserialize, Serialize};
 use tracing_core::Level;
 
 use crate::record::draft::Draft;
-use crate::record::fields::{ContextField, Outcome, Risk};
+use crate::record::fields::ContextField;
 use crate::record::layout::{Key, KeyFields};
 
 /// The schema version written in every record's `schema` key.
 ///
 /// ```
-/// assert_eq!(tracing_audit::SCHEMA_VERSION, 1);
+/// assert_eq!(tracing_audit::record::SCHEMA_VERSION, 1);
 /// ```
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Record-wide values fixed at build time (`service`, `version`,
 /// `environment`, `host`), pre-encoded once.
 #[derive(Debug, Clone)]
-pub(crate) struct Statics {
+pub(crate) struct RecordConstants {
     encoded: Vec<u8>,
 }
 
-impl Statics {
+impl RecordConstants {
     pub(crate) fn new(
         service: Option<&str>,
         version: Option<&str>,
@@ -57,7 +80,7 @@ impl Statics {
             encoded.extend_from_slice(b"\":");
             opt_str(&mut encoded, v, usize::MAX);
         }
-        Statics { encoded }
+        RecordConstants { encoded }
     }
 }
 
@@ -101,68 +124,110 @@ pub(crate) fn encode_body(
     out: &mut Vec<u8>,
     c: &mut Draft,
     at: SystemTime,
-    statics: &Statics,
+    constants: &RecordConstants,
     source: Source<'_>,
     limit: usize,
 ) -> KeyFields {
     let risk = c.resolve_risk(source.level);
     let outcome = c.resolve_outcome();
     let mut keys = KeyFields::new(risk, outcome);
-    let base = out.len();
+    let cut = encode_key_fields(out, c, at, limit, &mut keys);
+    encode_details(out, c, &cut);
+    out.extend_from_slice(&constants.encoded);
+    encode_source(out, source, limit);
+    keys
+}
 
+/// Writes `,"key":value` for an optional string, noting where the value
+/// sits; returns whether it was cut to the limit.
+fn key_field(
+    out: &mut Vec<u8>,
+    base: usize,
+    name: &str,
+    value: Option<&str>,
+    (limit, dropped): (usize, usize),
+    located: (&mut KeyFields, Key),
+) -> bool {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    let start = out.len();
+    let cut = opt_str_dropped(out, value, limit, dropped);
+    let (keys, key) = located;
+    keys.locate(key, &out[base..], start - base, out.len() - base);
+    cut
+}
+
+/// The key fields, `timestamp` to `message`. Returns the names of those cut
+/// to the limit.
+fn encode_key_fields(
+    out: &mut Vec<u8>,
+    c: &Draft,
+    at: SystemTime,
+    limit: usize,
+    keys: &mut KeyFields,
+) -> Vec<&'static str> {
+    let base = out.len();
+    let mut cut = Vec::new();
     out.extend_from_slice(b",\"timestamp\":\"");
     let start = out.len() - 1;
     encode::write_timestamp(out, at);
     out.push(b'"');
     keys.locate(Key::Timestamp, &out[base..], start - base, out.len() - base);
-    out.extend_from_slice(b",\"event_type\":");
-    let mut truncated: Vec<&str> = Vec::new();
-    let start = out.len();
-    if opt_str_dropped(out, c.event_type(), limit, c.event_dropped()) {
-        truncated.push("audit.event");
+    let event = (limit, c.event_dropped());
+    if key_field(
+        out,
+        base,
+        "event_type",
+        c.event_type(),
+        event,
+        (keys, Key::EventType),
+    ) {
+        cut.push("audit.event");
     }
-    keys.locate(Key::EventType, &out[base..], start - base, out.len() - base);
-    for (key, f, k) in [
+    let context = |f: ContextField| (c.context(f), (limit, c.context_dropped(f)));
+    for (name, f, k) in [
         ("actor", ContextField::Actor, Key::Actor),
         ("resource", ContextField::Resource, Key::Resource),
         ("action", ContextField::Action, Key::Action),
     ] {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
-        let start = out.len();
-        if opt_str_dropped(out, c.context(f), limit, c.context_dropped(f)) {
-            truncated.push(f.name());
+        let (v, bounds) = context(f);
+        if key_field(out, base, name, v, bounds, (keys, k)) {
+            cut.push(f.name());
         }
-        keys.locate(k, &out[base..], start - base, out.len() - base);
     }
     out.extend_from_slice(b",\"outcome\":\"");
-    out.extend_from_slice(outcome.as_str().as_bytes());
+    out.extend_from_slice(keys.outcome.as_str().as_bytes());
     out.extend_from_slice(b"\",\"risk_level\":\"");
-    out.extend_from_slice(risk.as_str().as_bytes());
+    out.extend_from_slice(keys.risk.as_str().as_bytes());
     out.push(b'"');
-    for (key, f, k) in [
+    for (name, f, k) in [
         ("session_id", ContextField::Session, Key::Session),
         ("ip_address", ContextField::Ip, Key::Ip),
     ] {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
-        let start = out.len();
-        if opt_str_dropped(out, c.context(f), limit, c.context_dropped(f)) {
-            truncated.push(f.name());
+        let (v, bounds) = context(f);
+        if key_field(out, base, name, v, bounds, (keys, k)) {
+            cut.push(f.name());
         }
-        keys.locate(k, &out[base..], start - base, out.len() - base);
     }
     out.extend_from_slice(b",\"message\":");
     if opt_str_dropped(out, c.message(), limit, c.message_dropped()) {
-        truncated.push("message");
+        cut.push("message");
     }
+    cut
+}
 
+/// `,"details":{…}`: the draft's details, then the `audit.invalid` and
+/// `audit.truncated` lists (the key fields in `cut` first).
+fn encode_details(out: &mut Vec<u8>, c: &Draft, cut: &[&str]) {
     out.extend_from_slice(b",\"details\":{");
     out.extend_from_slice(&c.details);
     let mut sep = !c.details.is_empty();
-    truncated.extend(c.truncated.iter().map(String::as_str));
+    let truncated: Vec<&str> = cut
+        .iter()
+        .copied()
+        .chain(c.truncated.iter().map(String::as_str))
+        .collect();
     let invalid: Vec<&str> = c.invalid.iter().map(String::as_str).collect();
     for (key, names) in [("audit.invalid", &invalid), ("audit.truncated", &truncated)] {
         if names.is_empty() {
@@ -184,8 +249,10 @@ pub(crate) fn encode_body(
         out.push(b']');
     }
     out.push(b'}');
+}
 
-    out.extend_from_slice(&statics.encoded);
+/// `,"source":{…}`: target, level and the span path (outermost first).
+fn encode_source(out: &mut Vec<u8>, source: Source<'_>, limit: usize) {
     out.extend_from_slice(b",\"source\":{\"target\":");
     encode::write_str(out, source.target, limit);
     out.extend_from_slice(b",\"level\":\"");
@@ -204,7 +271,6 @@ pub(crate) fn encode_body(
         out.push(b'"');
     }
     out.push(b'}');
-    keys
 }
 
 /// Where a record was emitted from.
@@ -214,7 +280,7 @@ pub(crate) fn encode_body(
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
-/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let trail = tracing_audit::trail::AuditTrail::open(dir)?;
 /// for r in trail.records().flatten() {
 ///     println!("{} {} {:?}", r.source.level, r.source.target, r.source.span);
 /// }
@@ -240,7 +306,7 @@ pub struct RecordSource {
 /// ```
 /// let line = br#"{"schema":1}"#;
 /// // Strict: a line that is not a whole record of the schema is an error.
-/// assert!(tracing_audit::AuditRecord::parse(line).is_err());
+/// assert!(tracing_audit::record::AuditRecord::parse(line).is_err());
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -296,7 +362,7 @@ impl AuditRecord {
     ///
     /// ```
     /// let line = r#"{"schema":2}"#;
-    /// assert!(tracing_audit::AuditRecord::parse(line.as_bytes()).is_err());
+    /// assert!(tracing_audit::record::AuditRecord::parse(line.as_bytes()).is_err());
     /// ```
     pub fn parse(line: &[u8]) -> Result<AuditRecord, serde_json::Error> {
         use serde::de::Error as _;

@@ -1,3 +1,30 @@
+//! The read side: a trail a file sink wrote, opened to read, query,
+//! follow, summarise and verify, and to replay through policies.
+//!
+//! [`AuditTrail`] opens a directory; [`Query`] filters; [`Follower`] tails
+//! the newest file; [`verify`] (also at the crate root) checks every hash,
+//! link and sequence number. The `tracing-audit` command uses only this.
+//!
+//! ```
+//! use tracing_audit::trail::{AuditTrail, Query};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir.path()).build::<tracing_subscriber::Registry>()?; drop(g);
+//! let report = tracing_audit::verify(dir.path(), None)?;
+//! assert!(report.is_ok());
+//! let trail = AuditTrail::open(dir.path())?;
+//! let started = trail
+//!     .query(&Query {
+//!         event_type: Some("audit_started".into()),
+//!         ..Query::default()
+//!     })
+//!     .count();
+//! assert_eq!(started, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
 //! Reading a trail back: records in order across rotated files, filters,
 //! the newest `n`, and summary statistics. Everything streams line by line;
 //! no file is ever loaded whole.
@@ -11,6 +38,9 @@
 //! their place, never as records.
 
 pub(crate) mod verify;
+pub use verify::{
+    verify, verify_opts, verify_with, Failure, FailureKind, VerifyOptions, VerifyReport,
+};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read};
@@ -19,7 +49,6 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::error::Error;
 use crate::policy::{Compliance, Policy};
 use crate::record::chain::{check_line, Hasher, LinkError};
 use crate::record::fields::{Outcome, Risk};
@@ -33,7 +62,7 @@ use crate::sink::file::{list_files, open_read, plain_name, AuditRead, FileSink};
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
-/// use tracing_audit::{AuditTrail, Query, Risk};
+/// use tracing_audit::{trail::AuditTrail, trail::Query, Risk};
 /// let trail = AuditTrail::open(dir)?;
 /// let risky = Query { min_risk: Some(Risk::High), ..Query::default() };
 /// for r in trail.query(&risky).flatten() {
@@ -54,17 +83,17 @@ pub struct AuditTrail {
 
 impl AuditTrail {
     /// Opens a directory written with the default file names (`audit.*.jsonl`).
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, TrailError> {
         Self::open_with(&FileSink::new(dir))
     }
 
     /// Opens a directory written with a custom prefix/suffix.
-    pub fn open_with(sink: &FileSink) -> Result<Self, Error> {
+    pub fn open_with(sink: &FileSink) -> Result<Self, TrailError> {
         let files = list_files(&sink.dir, &sink.prefix, &sink.suffix)
-            .map_err(|e| Error::io("read audit directory", &sink.dir, e))?;
+            .map_err(|e| TrailError::io("read audit directory", &sink.dir, e))?;
         let declares_keyed = match files.first() {
             Some(f) => {
-                first_line_declares_keyed(f).map_err(|e| Error::io("read audit file", f, e))?
+                first_line_declares_keyed(f).map_err(|e| TrailError::io("read audit file", f, e))?
             }
             None => false,
         };
@@ -81,9 +110,9 @@ impl AuditTrail {
     /// HMAC does not check is not a record.
     ///
     /// ```no_run
-    /// let trail = tracing_audit::AuditTrail::open("./audit")?.with_key(b"the chain key");
+    /// let trail = tracing_audit::trail::AuditTrail::open("./audit")?.with_key(b"the chain key");
     /// # let _ = trail;
-    /// # Ok::<(), tracing_audit::Error>(())
+    /// # Ok::<(), tracing_audit::trail::TrailError>(())
     /// ```
     #[must_use]
     pub fn with_key(mut self, key: &[u8]) -> Self {
@@ -117,7 +146,7 @@ impl AuditTrail {
     /// # let tmp = tempfile::tempdir()?;
     /// # let dir = tmp.path();
     /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
-    /// let trail = tracing_audit::AuditTrail::open(dir)?;
+    /// let trail = tracing_audit::trail::AuditTrail::open(dir)?;
     /// let (compliance, unreadable) = trail.compliance(tracing_audit::Policy::defaults());
     /// assert_eq!(unreadable, 0);
     /// assert_eq!(compliance.reports().len(), 3);
@@ -148,7 +177,7 @@ impl AuditTrail {
     ///
     /// ```no_run
     /// use std::io::Write;
-    /// let trail = tracing_audit::AuditTrail::open("./audit")?;
+    /// let trail = tracing_audit::trail::AuditTrail::open("./audit")?;
     /// let mut out = std::io::stdout().lock();
     /// for s in trail.sealed().flatten() {
     ///     out.write_all(&s.line)?;
@@ -218,7 +247,7 @@ impl AuditTrail {
 /// # let dir = tmp.path();
 /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
 /// use std::io::Write;
-/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let trail = tracing_audit::trail::AuditTrail::open(dir)?;
 /// let mut out = Vec::new();
 /// for s in trail.sealed().flatten() {
 ///     out.extend_from_slice(&s.line); // the exact stored bytes: they hash to s.record.hash
@@ -242,7 +271,7 @@ pub struct Sealed {
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
-/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let trail = tracing_audit::trail::AuditTrail::open(dir)?;
 /// let lines: Vec<Vec<u8>> = trail.sealed().flatten().map(|s| s.line).collect();
 /// # let _ = lines;
 /// # Ok(()) }
@@ -269,6 +298,42 @@ impl SealedRecords {
     }
 }
 
+/// Why a trail could not be opened, read or verified (a line that is not
+/// a record is not this: it is a [`ReadError`] item, or a verify
+/// [`Failure`]).
+///
+/// ```
+/// use tracing_audit::trail::{AuditTrail, TrailError};
+/// let err = AuditTrail::open("/nonexistent/audit").unwrap_err();
+/// assert!(matches!(err, TrailError::Io { .. }), "{err}");
+/// assert!(err.to_string().contains("/nonexistent/audit"), "{err}");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrailError {
+    /// A file system operation failed.
+    #[error("failed to {what} `{}`: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl TrailError {
+    pub(crate) fn io(what: &'static str, path: &Path, source: io::Error) -> Self {
+        TrailError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// A line that is not a readable record.
 ///
 /// ```
@@ -276,7 +341,7 @@ impl SealedRecords {
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
-/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let trail = tracing_audit::trail::AuditTrail::open(dir)?;
 /// for e in trail.records().filter_map(Result::err) {
 ///     eprintln!("{}:{}: {}", e.file.display(), e.line, e.message);
 /// }
@@ -300,7 +365,7 @@ pub struct ReadError {
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
-/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let trail = tracing_audit::trail::AuditTrail::open(dir)?;
 /// let mut records = trail.records();
 /// let n = records.by_ref().filter(|r| r.is_ok()).count();
 /// println!("{n} records, {} unverified", records.unverified());
@@ -447,9 +512,9 @@ fn first_line_declares_keyed(path: &Path) -> io::Result<bool> {
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
-/// use tracing_audit::{Outcome, Query};
+/// use tracing_audit::{Outcome, trail::Query};
 /// let q = Query { actor: Some("mallory".into()), outcome: Some(Outcome::Failure), ..Query::default() };
-/// let trail = tracing_audit::AuditTrail::open(dir)?;
+/// let trail = tracing_audit::trail::AuditTrail::open(dir)?;
 /// let (newest, _errors) = trail.recent(10, &q);
 /// assert!(newest.len() <= 10);
 /// # Ok(()) }
@@ -495,7 +560,7 @@ impl Query {
 /// Distinct actors counted one by one while computing [`TrailStats`].
 ///
 /// ```
-/// assert!(tracing_audit::ACTORS_TRACKED >= tracing_audit::TOP_ACTORS);
+/// assert!(tracing_audit::trail::ACTORS_TRACKED >= tracing_audit::trail::TOP_ACTORS);
 /// ```
 pub const ACTORS_TRACKED: usize = 100_000;
 
@@ -503,7 +568,7 @@ pub const ACTORS_TRACKED: usize = 100_000;
 /// [`TrailStats::other_actors`].
 ///
 /// ```
-/// assert!(tracing_audit::TOP_ACTORS >= 10);
+/// assert!(tracing_audit::trail::TOP_ACTORS >= 10);
 /// ```
 pub const TOP_ACTORS: usize = 50;
 
@@ -514,8 +579,8 @@ pub const TOP_ACTORS: usize = 50;
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
-/// let trail = tracing_audit::AuditTrail::open(dir)?;
-/// let stats = trail.stats(&tracing_audit::Query::default());
+/// let trail = tracing_audit::trail::AuditTrail::open(dir)?;
+/// let stats = trail.stats(&tracing_audit::trail::Query::default());
 /// for (actor, n) in stats.top_actors(5) {
 ///     println!("{n:>6} {actor}");
 /// }
@@ -623,7 +688,7 @@ impl TrailStats {
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
-/// let mut f = tracing_audit::Follower::from_end(tracing_audit::FileSink::new(dir))?;
+/// let mut f = tracing_audit::trail::Follower::from_end(tracing_audit::FileSink::new(dir))?;
 /// for r in f.poll()?.into_iter().flatten() {
 ///     println!("{} {:?}", r.seq, r.event_type);
 /// }
@@ -633,6 +698,8 @@ impl TrailStats {
 pub struct Follower {
     sink: FileSink,
     file: Option<(PathBuf, BufReader<AuditRead>)>,
+    /// Complete lines read from the current file.
+    line: u64,
     partial: Vec<u8>,
     /// The line being read passed the length cap.
     overlong: bool,
@@ -642,20 +709,24 @@ pub struct Follower {
 impl Follower {
     /// Starts at the end of the newest file's last complete line (a line
     /// still being written is printed once it is complete).
-    pub fn from_end(sink: FileSink) -> io::Result<Self> {
+    pub fn from_end(sink: FileSink) -> Result<Self, TrailError> {
         Self::from_end_keyed(sink, None)
     }
 
     /// [`from_end`](Self::from_end), checking each record's HMAC with `key`.
-    pub fn from_end_keyed(sink: FileSink, key: Option<&[u8]>) -> io::Result<Self> {
-        let files = list_files(&sink.dir, &sink.prefix, &sink.suffix)?;
+    pub fn from_end_keyed(sink: FileSink, key: Option<&[u8]>) -> Result<Self, TrailError> {
+        let files = list_files(&sink.dir, &sink.prefix, &sink.suffix)
+            .map_err(|e| TrailError::io("read audit directory", &sink.dir, e))?;
         let declares_keyed = match files.first() {
-            Some(f) => first_line_declares_keyed(f)?,
+            Some(f) => {
+                first_line_declares_keyed(f).map_err(|e| TrailError::io("read audit file", f, e))?
+            }
             None => false,
         };
         let mut f = Follower {
             sink,
             file: None,
+            line: 0,
             partial: Vec::new(),
             overlong: false,
             check: SealCheck {
@@ -665,36 +736,46 @@ impl Follower {
             },
         };
         if let Some(newest) = files.last() {
-            let mut r = BufReader::new(open_read(newest)?);
-            let mut line = Vec::new();
-            let mut complete_end = 0u64;
-            let mut at = 0u64;
-            loop {
-                line.clear();
-                let read = crate::sink::file::lines::read_line(
-                    &mut r,
-                    &mut line,
-                    crate::sink::file::lines::MAX_LINE,
-                )?;
-                if read.consumed == 0 {
-                    break;
-                }
-                at += read.consumed;
-                if read.terminated {
-                    complete_end = at;
-                }
-            }
-            // Again from the start, up to the end of the last complete line
-            // (a compressed file cannot seek).
-            let mut r = BufReader::new(open_read(newest)?);
-            io::copy(&mut (&mut r).take(complete_end), &mut io::sink())?;
+            let (r, lines) = Self::skip_complete(newest)
+                .map_err(|e| TrailError::io("read audit file", newest, e))?;
             f.file = Some((newest.clone(), r));
+            f.line = lines;
         }
         Ok(f)
     }
 
-    /// Complete new records; lines that are not records as errors.
-    pub fn poll(&mut self) -> io::Result<Vec<Result<AuditRecord, String>>> {
+    /// Opens `path` just past its last complete line; returns the reader
+    /// and the number of lines skipped.
+    fn skip_complete(path: &Path) -> io::Result<(BufReader<AuditRead>, u64)> {
+        let mut r = BufReader::new(open_read(path)?);
+        let mut line = Vec::new();
+        let (mut complete_end, mut at, mut lines) = (0u64, 0u64, 0u64);
+        loop {
+            line.clear();
+            let read = crate::sink::file::lines::read_line(
+                &mut r,
+                &mut line,
+                crate::sink::file::lines::MAX_LINE,
+            )?;
+            if read.consumed == 0 {
+                break;
+            }
+            at += read.consumed;
+            if read.terminated {
+                complete_end = at;
+                lines += 1;
+            }
+        }
+        // Again from the start, up to the end of the last complete line
+        // (a compressed file cannot seek).
+        let mut r = BufReader::new(open_read(path)?);
+        io::copy(&mut (&mut r).take(complete_end), &mut io::sink())?;
+        Ok((r, lines))
+    }
+
+    /// Complete new records; lines that are not records as errors (the
+    /// same errors, with file and line, as [`AuditTrail::records`] gives).
+    pub fn poll(&mut self) -> Result<Vec<Result<AuditRecord, ReadError>>, TrailError> {
         Ok(self
             .poll_sealed()?
             .into_iter()
@@ -703,11 +784,13 @@ impl Follower {
     }
 
     /// Like [`poll`](Self::poll), with each record's stored bytes.
-    pub fn poll_sealed(&mut self) -> io::Result<Vec<Result<Sealed, String>>> {
+    pub fn poll_sealed(&mut self) -> Result<Vec<Result<Sealed, ReadError>>, TrailError> {
         let mut out = Vec::new();
         loop {
-            self.drain(&mut out)?;
-            let files = list_files(&self.sink.dir, &self.sink.prefix, &self.sink.suffix)?;
+            self.drain_current(&mut out)?;
+            let dir = &self.sink.dir;
+            let files = list_files(dir, &self.sink.prefix, &self.sink.suffix)
+                .map_err(|e| TrailError::io("read audit directory", dir, e))?;
             // By name before compression: the file being read may have
             // become `<name>.gz` meanwhile, and is not a next file.
             let next = match &self.file {
@@ -720,13 +803,27 @@ impl Follower {
             let Some(next) = next else { return Ok(out) };
             // The writer finished the old file before starting the new one:
             // read what reached it after the last read, then switch.
-            self.drain(&mut out)?;
+            self.drain_current(&mut out)?;
             self.partial.clear();
-            self.file = Some((next.clone(), BufReader::new(open_read(&next)?)));
+            let r = open_read(&next).map_err(|e| TrailError::io("open audit file", &next, e))?;
+            self.file = Some((next, BufReader::new(r)));
+            self.line = 0;
         }
     }
 
-    fn drain(&mut self, out: &mut Vec<Result<Sealed, String>>) -> io::Result<()> {
+    fn drain_current(
+        &mut self,
+        out: &mut Vec<Result<Sealed, ReadError>>,
+    ) -> Result<(), TrailError> {
+        let path = match &self.file {
+            Some((p, _)) => p.clone(),
+            None => return Ok(()),
+        };
+        self.drain(&path, out)
+            .map_err(|e| TrailError::io("read audit file", &path, e))
+    }
+
+    fn drain(&mut self, path: &Path, out: &mut Vec<Result<Sealed, ReadError>>) -> io::Result<()> {
         let Some((_, r)) = &mut self.file else {
             return Ok(());
         };
@@ -743,17 +840,28 @@ impl Follower {
                 return Ok(());
             }
             let line = std::mem::take(&mut self.partial);
+            self.line += 1;
+            let err = |line: u64, message: String| ReadError {
+                file: path.to_path_buf(),
+                line,
+                message,
+            };
             if std::mem::take(&mut self.overlong) {
-                out.push(Err("not a record: a line longer than any record".into()));
+                out.push(Err(err(
+                    self.line,
+                    "not a record: a line longer than any record".into(),
+                )));
                 continue;
             }
             if line.is_empty() {
                 continue;
             }
+            let at = self.line;
             out.push(
                 self.check
                     .record(&line)
-                    .map(|record| Sealed { record, line }),
+                    .map(|record| Sealed { record, line })
+                    .map_err(|m| err(at, m)),
             );
         }
     }

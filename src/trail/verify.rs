@@ -28,16 +28,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::Error;
-use crate::record::chain::{check_line, Hasher, LinkError, GENESIS};
+use crate::record::chain::{check_line, Hasher, Link, LinkError, GENESIS};
 use crate::record::{AuditRecord, CheckedRecord};
 use crate::sink::file::{file_name, open_read, FileSink};
 use crate::trail::AuditTrail;
+use crate::trail::TrailError;
 
 /// What kind of failure `verify` found.
 ///
 /// ```
-/// use tracing_audit::FailureKind;
+/// use tracing_audit::trail::FailureKind;
 /// assert!(FailureKind::Modified.is_tampering());
 /// assert!(!FailureKind::TornTail.is_tampering());
 /// ```
@@ -163,9 +163,9 @@ impl VerifyReport {
 /// ```no_run
 /// let report = tracing_audit::verify("./audit", None)?;
 /// assert!(report.is_ok(), "{:?}", report.failure);
-/// # Ok::<(), tracing_audit::Error>(())
+/// # Ok::<(), tracing_audit::trail::TrailError>(())
 /// ```
-pub fn verify(dir: impl AsRef<Path>, key: Option<&[u8]>) -> Result<VerifyReport, Error> {
+pub fn verify(dir: impl AsRef<Path>, key: Option<&[u8]>) -> Result<VerifyReport, TrailError> {
     verify_with(&FileSink::new(dir), key)
 }
 
@@ -173,11 +173,11 @@ pub fn verify(dir: impl AsRef<Path>, key: Option<&[u8]>) -> Result<VerifyReport,
 ///
 /// ```no_run
 /// let sink = tracing_audit::FileSink::new("./audit").prefix("billing");
-/// let report = tracing_audit::verify_with(&sink, Some(b"the chain key"))?;
+/// let report = tracing_audit::trail::verify_with(&sink, Some(b"the chain key"))?;
 /// # let _ = report;
-/// # Ok::<(), tracing_audit::Error>(())
+/// # Ok::<(), tracing_audit::trail::TrailError>(())
 /// ```
-pub fn verify_with(sink: &FileSink, key: Option<&[u8]>) -> Result<VerifyReport, Error> {
+pub fn verify_with(sink: &FileSink, key: Option<&[u8]>) -> Result<VerifyReport, TrailError> {
     verify_opts(sink, key, &VerifyOptions::default())
 }
 
@@ -188,8 +188,8 @@ pub fn verify_with(sink: &FileSink, key: Option<&[u8]>) -> Result<VerifyReport, 
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// # let (_l, g) = tracing_audit::AuditLayer::builder().file(dir).build::<tracing_subscriber::Registry>()?; drop(g);
-/// let opts = tracing_audit::VerifyOptions::default().expect_service("billing-api");
-/// let report = tracing_audit::verify_opts(&tracing_audit::FileSink::new(dir), None, &opts)?;
+/// let opts = tracing_audit::trail::VerifyOptions::default().expect_service("billing-api");
+/// let report = tracing_audit::trail::verify_opts(&tracing_audit::FileSink::new(dir), None, &opts)?;
 /// # let _ = report;
 /// # Ok(()) }
 /// ```
@@ -205,7 +205,7 @@ impl VerifyOptions {
     /// Requires every record's `service` to be `name`.
     ///
     /// ```
-    /// let opts = tracing_audit::VerifyOptions::default().expect_service("billing");
+    /// let opts = tracing_audit::trail::VerifyOptions::default().expect_service("billing");
     /// # let _ = opts;
     /// ```
     #[must_use]
@@ -218,17 +218,17 @@ impl VerifyOptions {
 /// [`verify_with`] with further checks ([`VerifyOptions`]).
 ///
 /// ```no_run
-/// use tracing_audit::{verify_opts, FileSink, VerifyOptions};
+/// use tracing_audit::{trail::verify_opts, FileSink, trail::VerifyOptions};
 /// let opts = VerifyOptions::default().expect_service("billing");
 /// let report = verify_opts(&FileSink::new("./audit"), None, &opts)?;
 /// # let _ = report;
-/// # Ok::<(), tracing_audit::Error>(())
+/// # Ok::<(), tracing_audit::trail::TrailError>(())
 /// ```
 pub fn verify_opts(
     sink: &FileSink,
     key: Option<&[u8]>,
     opts: &VerifyOptions,
-) -> Result<VerifyReport, Error> {
+) -> Result<VerifyReport, TrailError> {
     let trail = AuditTrail::open_with(sink)?;
     let hasher = Hasher::new(key);
     let mut v = Verifier {
@@ -250,7 +250,7 @@ pub fn verify_opts(
     for (i, path) in trail.files().iter().enumerate() {
         v.later = trail.files()[i + 1..].to_vec();
         v.file(path, i == 0)
-            .map_err(|e| Error::io("read audit file", path, e))?;
+            .map_err(|e| TrailError::io("read audit file", path, e))?;
         if v.report.failure.is_some() {
             break;
         }
@@ -288,6 +288,31 @@ struct Verifier {
     last_stopped: bool,
     /// Files after the one being read (searched when `seq` jumps ahead).
     later: Vec<PathBuf>,
+}
+
+/// Where in the trail the line being checked is.
+#[derive(Debug)]
+struct Place<'p> {
+    path: &'p Path,
+    /// 1-based line number.
+    line: u64,
+    /// Byte offsets of the line's start and of its end (newline included).
+    at: u64,
+    end: u64,
+    first_file: bool,
+    /// No record of this file has been accepted yet.
+    first_in_file: bool,
+}
+
+/// What one line turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// A record that links: counted.
+    Record,
+    /// Not a record: kept as junk until a restart names it.
+    NotARecord,
+    /// The first failure is in the report: stop.
+    Failed,
 }
 
 impl Verifier {
@@ -352,8 +377,14 @@ impl Verifier {
     fn file(&mut self, path: &Path, first_file: bool) -> std::io::Result<()> {
         let mut r = BufReader::with_capacity(1 << 16, open_read(path)?);
         let mut buf = Vec::with_capacity(1024);
-        let (mut line_no, mut offset) = (0u64, 0u64);
-        let mut first_in_file = true;
+        let mut place = Place {
+            path,
+            line: 0,
+            at: 0,
+            end: 0,
+            first_file,
+            first_in_file: true,
+        };
         loop {
             buf.clear();
             let read = crate::sink::file::lines::read_line(
@@ -364,117 +395,150 @@ impl Verifier {
             if read.consumed == 0 {
                 return Ok(());
             }
-            line_no += 1;
-            let at = offset;
-            offset += read.consumed;
-            let (line, unterminated) = (&buf[..], !read.terminated);
-            if let Some(digest) = read.overlong {
-                // Longer than any record: not held, named by its digest.
-                let mut hex = [0u8; 64];
-                crate::record::encode::hex_into(&mut hex, &digest);
-                self.junk.push(Junk {
-                    file: path.to_path_buf(),
-                    line: line_no,
-                    offset: at,
-                    len: read.len,
-                    sha256: String::from_utf8_lossy(&hex).into_owned(),
-                    unterminated,
-                });
-                continue;
+            place.line += 1;
+            place.at = place.end;
+            place.end += read.consumed;
+            match self.line(&place, &buf, &read) {
+                Seen::Record => place.first_in_file = false,
+                Seen::NotARecord => {}
+                Seen::Failed => return Ok(()),
             }
-            if line.is_empty() {
-                continue;
+        }
+    }
+
+    /// Checks one line: a record that links, a line that is not a record
+    /// (kept until a restart names it), or the first failure.
+    fn line(&mut self, p: &Place<'_>, line: &[u8], read: &crate::sink::file::lines::Line) -> Seen {
+        let unterminated = !read.terminated;
+        if let Some(digest) = read.overlong {
+            // Longer than any record: not held, named by its digest.
+            let mut hex = [0u8; 64];
+            crate::record::encode::hex_into(&mut hex, &digest);
+            self.junk.push(Junk {
+                file: p.path.to_path_buf(),
+                line: p.line,
+                offset: p.at,
+                len: read.len,
+                sha256: String::from_utf8_lossy(&hex).into_owned(),
+                unterminated,
+            });
+            return Seen::NotARecord;
+        }
+        if line.is_empty() {
+            return Seen::NotARecord;
+        }
+        let link = match self.sealed(p, line, unterminated) {
+            Ok(link) => link,
+            Err(seen) => return seen,
+        };
+        let (checked, full) = match self.record(p, line, &link) {
+            Ok(r) => r,
+            Err(seen) => return seen,
+        };
+        match (&self.expect, &full) {
+            (None, Some(record)) => {
+                let first = p.first_file && p.first_in_file;
+                self.chain_start(&link, record, p.path, p.line, first)
             }
-            let link = match check_line(&self.hasher, line) {
-                Ok(l) if !unterminated => l,
-                Ok(_) | Err(LinkError::Malformed) => {
-                    self.push_junk(path, line_no, at, line, unterminated);
-                    continue;
-                }
-                Err(LinkError::HashMismatch)
-                    if self.last_stopped
-                        && (self.keyed
-                            || started_algorithm(line).as_deref() != Some("hmac-sha256")) =>
-                {
-                    // After a clean stop nothing may follow but a restart:
-                    // a line that does not check there is someone else's.
-                    self.push_junk(path, line_no, at, line, unterminated);
-                    continue;
-                }
-                Err(LinkError::HashMismatch) => {
-                    self.hash_mismatch(path, line_no, line);
-                    return Ok(());
-                }
-            };
-            // Strict, but borrowing: the full owned parse only where its
-            // details are read (the first record, after junk).
-            let checked = match CheckedRecord::check(line) {
-                Ok(r) => r,
-                Err(e) => {
-                    let detail = format!("a sealed line that is not a record of the schema: {e}");
-                    self.fail(FailureKind::NotARecord, path, line_no, detail);
-                    return Ok(());
-                }
-            };
-            let full = if !self.junk.is_empty() || self.expect.is_none() {
-                match AuditRecord::parse(line) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        let detail =
-                            format!("a sealed line that is not a record of the schema: {e}");
-                        self.fail(FailureKind::NotARecord, path, line_no, detail);
-                        return Ok(());
-                    }
-                }
-            } else {
-                None
-            };
-            if let Some(record) = full.as_ref().filter(|_| !self.junk.is_empty()) {
-                if !self.acknowledge(record, link.seq) {
-                    return Ok(());
+            (Some((seq, prev)), _) => {
+                if link.seq != *seq || link.prev_hash.as_bytes() != &prev[..] {
+                    let seq = *seq;
+                    self.broken(&link, seq, p.path, p.line, p.end, p.first_in_file);
                 }
             }
-            if let Some(want) = &self.expect_service {
-                if checked.service.as_deref() != Some(want.as_str()) {
-                    let detail = format!(
-                        "record seq {} is from service {:?}, not {want:?}: the trail was replaced or mixed",
-                        link.seq, checked.service
-                    );
-                    self.fail(FailureKind::OtherService, path, line_no, detail);
-                    return Ok(());
-                }
+            (None, None) => {}
+        }
+        if self.report.failure.is_some() {
+            return Seen::Failed;
+        }
+        self.accept(&link, &checked, line);
+        Seen::Record
+    }
+
+    /// The line's chain fields, if it is a sealed line whose hash checks.
+    fn sealed<'a>(
+        &mut self,
+        p: &Place<'_>,
+        line: &'a [u8],
+        unterminated: bool,
+    ) -> Result<Link<'a>, Seen> {
+        match check_line(&self.hasher, line) {
+            Ok(l) if !unterminated => Ok(l),
+            Ok(_) | Err(LinkError::Malformed) => {
+                self.push_junk(p.path, p.line, p.at, line, unterminated);
+                Err(Seen::NotARecord)
             }
-            match (&self.expect, &full) {
-                (None, Some(record)) => {
-                    self.chain_start(&link, record, path, line_no, first_file && first_in_file)
-                }
-                (Some((seq, prev)), _) => {
-                    if link.seq != *seq || link.prev_hash.as_bytes() != &prev[..] {
-                        let seq = *seq;
-                        self.broken(&link, seq, path, line_no, offset, first_in_file);
-                    }
-                }
-                (None, None) => {}
+            Err(LinkError::HashMismatch)
+                if self.last_stopped
+                    && (self.keyed
+                        || started_algorithm(line).as_deref() != Some("hmac-sha256")) =>
+            {
+                // After a clean stop nothing may follow but a restart: a
+                // line that does not check there is someone else's.
+                self.push_junk(p.path, p.line, p.at, line, unterminated);
+                Err(Seen::NotARecord)
             }
-            if self.report.failure.is_some() {
-                return Ok(());
+            Err(LinkError::HashMismatch) => {
+                self.hash_mismatch(p.path, p.line, line);
+                Err(Seen::Failed)
             }
-            first_in_file = false;
-            self.last_stopped = checked.event_type.as_deref() == Some("audit_stopped");
-            let mut next = [0u8; 64];
-            next.copy_from_slice(link.hash.as_bytes());
-            self.expect = Some((link.seq + 1, next));
-            self.report.records += 1;
-            self.report.first_seq.get_or_insert(link.seq);
-            self.report.last_seq = Some(link.seq);
-            if let Some(ts) = timestamp(line) {
-                if self.report.first_time.is_none() {
-                    self.report.first_time = Some(String::from_utf8_lossy(ts).into_owned());
-                }
-                let mut t = [0u8; 27];
-                t.copy_from_slice(ts);
-                self.last_ts = Some(t);
+        }
+    }
+
+    /// Parses a sealed line strictly, but borrowing: the full owned parse
+    /// only where its details are read (the first record, after junk).
+    /// Checks what junk before it and the expected service require.
+    fn record<'a>(
+        &mut self,
+        p: &Place<'_>,
+        line: &'a [u8],
+        link: &Link<'_>,
+    ) -> Result<(CheckedRecord<'a>, Option<AuditRecord>), Seen> {
+        let not_a_record = |v: &mut Self, e: serde_json::Error| {
+            let detail = format!("a sealed line that is not a record of the schema: {e}");
+            v.fail(FailureKind::NotARecord, p.path, p.line, detail);
+            Seen::Failed
+        };
+        let checked = CheckedRecord::check(line).map_err(|e| not_a_record(self, e))?;
+        let full = if !self.junk.is_empty() || self.expect.is_none() {
+            Some(AuditRecord::parse(line).map_err(|e| not_a_record(self, e))?)
+        } else {
+            None
+        };
+        if let Some(record) = full.as_ref().filter(|_| !self.junk.is_empty()) {
+            if !self.acknowledge(record, link.seq) {
+                return Err(Seen::Failed);
             }
+        }
+        if let Some(want) = &self.expect_service {
+            if checked.service.as_deref() != Some(want.as_str()) {
+                let detail = format!(
+                    "record seq {} is from service {:?}, not {want:?}: the trail was replaced or mixed",
+                    link.seq, checked.service
+                );
+                self.fail(FailureKind::OtherService, p.path, p.line, detail);
+                return Err(Seen::Failed);
+            }
+        }
+        Ok((checked, full))
+    }
+
+    /// Counts a record that linked, and expects the next one after it.
+    fn accept(&mut self, link: &Link<'_>, checked: &CheckedRecord<'_>, line: &[u8]) {
+        self.last_stopped = checked.event_type.as_deref() == Some("audit_stopped");
+        let mut next = [0u8; 64];
+        next.copy_from_slice(link.hash.as_bytes());
+        self.expect = Some((link.seq + 1, next));
+        self.report.records += 1;
+        self.report.first_seq.get_or_insert(link.seq);
+        self.report.last_seq = Some(link.seq);
+        if let Some(ts) = timestamp(line) {
+            if self.report.first_time.is_none() {
+                self.report.first_time = Some(String::from_utf8_lossy(ts).into_owned());
+            }
+            let mut t = [0u8; 27];
+            t.copy_from_slice(ts);
+            self.last_ts = Some(t);
         }
     }
 

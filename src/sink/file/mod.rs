@@ -35,7 +35,7 @@ pub(crate) const LOCK_FILE: &str = ".lock";
 /// itself.
 ///
 /// ```
-/// use tracing_audit::OnError;
+/// use tracing_audit::file::OnError;
 /// assert_eq!(OnError::default(), OnError::Block);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub enum OnError {
 /// the second and later files of a period are `<prefix>.<date>_000001.<suffix>`,
 /// `_000002`, …, so that names sort in the order files were written. Every
 /// file is created `0600`; the directory
-/// is created `0700` (see [`AuditLayerBuilder::build`](crate::AuditLayerBuilder::build)
+/// is created `0700` (see [`AuditLayerBuilder::build`](crate::layer::AuditLayerBuilder::build)
 /// for a directory that already exists).
 ///
 /// ```
@@ -119,7 +119,7 @@ impl std::fmt::Debug for FileSink {
 /// [`FileSink::space_left`]).
 ///
 /// ```
-/// use tracing_audit::{FileSink, SpaceLeft};
+/// use tracing_audit::{FileSink, file::SpaceLeft};
 /// let sink = FileSink::new("./audit").space_left(SpaceLeft::Bytes(512 << 20));
 /// # let _ = sink;
 /// ```
@@ -146,8 +146,8 @@ impl SpaceLeft {
 ///
 /// ```
 /// let sink = tracing_audit::FileSink::new("./audit")
-///     .space_left(tracing_audit::SpaceLeft::Percent(10.0))
-///     .on_space_low(|s: &tracing_audit::SpaceLow| {
+///     .space_left(tracing_audit::file::SpaceLeft::Percent(10.0))
+///     .on_space_low(|s: &tracing_audit::file::SpaceLow| {
 ///         eprintln!("audit disk: {} of {} bytes free (watermark {})", s.available, s.total, s.watermark)
 ///     });
 /// # let _ = sink;
@@ -176,12 +176,12 @@ pub(crate) fn free_space(dir: &Path) -> io::Result<(u64, u64)> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: a zeroed statvfs is a valid out-parameter, the path is a
     // NUL-terminated string that outlives the call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut fs) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let frsize = st.f_frsize as u64;
-    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+    let frsize = fs.f_frsize as u64;
+    Ok((fs.f_bavail as u64 * frsize, fs.f_blocks as u64 * frsize))
 }
 
 impl FileSink {
@@ -246,7 +246,7 @@ impl FileSink {
     /// once a second by the worker.
     ///
     /// ```
-    /// use tracing_audit::{FileSink, SpaceLeft};
+    /// use tracing_audit::{FileSink, file::SpaceLeft};
     /// let sink = FileSink::new("./audit").space_left(SpaceLeft::Percent(5.0));
     /// # let _ = sink;
     /// ```
@@ -261,7 +261,7 @@ impl FileSink {
     ///
     /// ```
     /// let sink = tracing_audit::FileSink::new("./audit")
-    ///     .space_left(tracing_audit::SpaceLeft::Bytes(1 << 30))
+    ///     .space_left(tracing_audit::file::SpaceLeft::Bytes(1 << 30))
     ///     .on_space_low(|s| eprintln!("audit disk low: {s:?}"));
     /// # let _ = sink;
     /// ```
@@ -323,7 +323,7 @@ impl FileSink {
     /// (ENOSPC, EIO, EROFS, EDQUOT): see [`OnError`].
     ///
     /// ```
-    /// use tracing_audit::{FileSink, OnError};
+    /// use tracing_audit::{FileSink, file::OnError};
     /// let sink = FileSink::new("./audit").on_error(OnError::Drop);
     /// # let _ = sink;
     /// ```

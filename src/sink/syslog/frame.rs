@@ -19,7 +19,7 @@ use crate::sink::SealedLine;
 /// Syslog facility (RFC 5424 §6.2.1).
 ///
 /// ```
-/// use tracing_audit::{Facility, SyslogSink};
+/// use tracing_audit::{syslog::Facility, SyslogSink};
 /// let sink = SyslogSink::udp("127.0.0.1:514").facility(Facility::Auth);
 /// # let _ = sink;
 /// ```
@@ -51,7 +51,7 @@ pub enum Facility {
 /// Which syslog message format to send.
 ///
 /// ```
-/// use tracing_audit::{Format, SyslogSink};
+/// use tracing_audit::{syslog::Format, SyslogSink};
 /// let sink = SyslogSink::udp("127.0.0.1:514").format(Format::Rfc3164);
 /// # let _ = sink;
 /// ```
@@ -74,7 +74,7 @@ pub enum Format {
 /// | critical | 2 critical |
 ///
 /// ```
-/// use tracing_audit::{severity, Risk};
+/// use tracing_audit::{syslog::severity, Risk};
 /// assert_eq!(severity(Risk::Critical), 2);
 /// assert_eq!(severity(Risk::Low), 6);
 /// ```
@@ -90,7 +90,7 @@ pub fn severity(risk: Risk) -> u8 {
 /// The fields of a sealed line that the header and SD need, read from
 /// where the line's layout says they are (no JSON parsing).
 #[derive(Debug)]
-pub(crate) struct Keys<'a> {
+pub(crate) struct SdFields<'a> {
     audit_id: &'a str,
     seq: u64,
     timestamp: Cow<'a, str>,
@@ -104,9 +104,9 @@ pub(crate) struct Keys<'a> {
     ip_address: Option<Cow<'a, str>>,
 }
 
-impl<'a> Keys<'a> {
-    pub(crate) fn from_line(line: &SealedLine<'a>) -> Keys<'a> {
-        Keys {
+impl<'a> SdFields<'a> {
+    pub(crate) fn from_line(line: &SealedLine<'a>) -> SdFields<'a> {
+        SdFields {
             audit_id: line.audit_id(),
             seq: line.seq,
             timestamp: line.get(Key::Timestamp).unwrap_or(Cow::Borrowed("-")),
@@ -191,7 +191,7 @@ impl Header {
     pub(crate) fn build(
         &self,
         line: &[u8],
-        keys: Option<&Keys<'_>>,
+        keys: Option<&SdFields<'_>>,
         max: Option<usize>,
     ) -> (Vec<u8>, bool) {
         match self.format {
@@ -203,7 +203,7 @@ impl Header {
     fn build_5424(
         &self,
         line: &[u8],
-        keys: Option<&Keys<'_>>,
+        keys: Option<&SdFields<'_>>,
         max: Option<usize>,
     ) -> (Vec<u8>, bool) {
         let mut out = Vec::with_capacity(line.len() + 400);
@@ -265,7 +265,7 @@ impl Header {
     fn push_sd(
         &self,
         out: &mut Vec<u8>,
-        keys: Option<&Keys<'_>>,
+        keys: Option<&SdFields<'_>>,
         value_max: usize,
         key_only: bool,
     ) {
@@ -306,7 +306,7 @@ impl Header {
     fn build_3164(
         &self,
         line: &[u8],
-        keys: Option<&Keys<'_>>,
+        keys: Option<&SdFields<'_>>,
         max: Option<usize>,
     ) -> (Vec<u8>, bool) {
         let mut out = Vec::with_capacity(line.len() + 100);
@@ -410,7 +410,7 @@ mod tests {
             &mut body,
             &mut d,
             at.into(),
-            &crate::record::Statics::new(None, None, None, None),
+            &crate::record::RecordConstants::new(None, None, None, None),
             crate::record::Source {
                 target: "t",
                 level: &tracing_core::Level::WARN,
@@ -419,7 +419,7 @@ mod tests {
             usize::MAX,
         );
         let mut chain = match seq.checked_sub(1) {
-            Some(last) => Chain::resume(Hasher::Plain, last, crate::GENESIS),
+            Some(last) => Chain::resume(Hasher::Plain, last, crate::record::GENESIS),
             None => Chain::new(Hasher::Plain),
         };
         let mut bytes = Vec::new();
@@ -441,7 +441,7 @@ mod tests {
     #[test]
     fn rfc5424_parses_with_escaped_sd() {
         let line = line();
-        let keys = Keys::from_line(&line.as_line());
+        let keys = SdFields::from_line(&line.as_line());
         let (msg, cut) = header(Format::Rfc5424).build(&line.bytes, Some(&keys), None);
         assert!(!cut);
         let text = String::from_utf8(msg).unwrap();
@@ -477,7 +477,7 @@ mod tests {
     #[test]
     fn udp_cap_cuts_msg_keeps_sd() {
         let line = line();
-        let keys = Keys::from_line(&line.as_line());
+        let keys = SdFields::from_line(&line.as_line());
         let (msg, cut) = header(Format::Rfc5424).build(&line.bytes, Some(&keys), Some(300));
         assert!(cut && msg.len() <= 300);
         let text = String::from_utf8(msg).unwrap();
@@ -516,7 +516,7 @@ mod tests {
             let seq = rnd(&mut x) % 1000;
             let sealed = sealed(&event, &actor, &resource, Some(&session), seq);
             let line = &sealed.bytes;
-            let keys = Keys::from_line(&sealed.as_line());
+            let keys = SdFields::from_line(&sealed.as_line());
             for max in [None, Some(2048), Some(600)] {
                 let (msg, _) = header(Format::Rfc5424).build(line, Some(&keys), max);
                 if let Some(m) = max {
@@ -555,7 +555,7 @@ mod tests {
     #[test]
     fn rfc3164_shape() {
         let line = line();
-        let keys = Keys::from_line(&line.as_line());
+        let keys = SdFields::from_line(&line.as_line());
         let (msg, _) = header(Format::Rfc3164).build(&line.bytes, Some(&keys), None);
         let text = String::from_utf8(msg).unwrap();
         assert!(

@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::queue::{offer, Offered, QueueMode};
 use crate::record::layout::OwnedLine;
 use crate::sink::{LastError, LineSink, SealedLine};
-use frame::{Header, Keys};
+use frame::{Header, SdFields};
 use transport::{Conn, Target};
 
 /// A syslog destination.
@@ -53,7 +53,7 @@ use transport::{Conn, Target};
 /// | shutdown grace for an unreachable server | 10 s |
 ///
 /// ```no_run
-/// use tracing_audit::{AuditLayer, SyslogSink, Facility};
+/// use tracing_audit::{AuditLayer, SyslogSink, syslog::Facility};
 /// let (layer, guard) = AuditLayer::builder()
 ///     .file("./audit")
 ///     .syslog(SyslogSink::tcp("127.0.0.1:6514").app_name("billing-api").facility(Facility::Local7))
@@ -236,6 +236,10 @@ impl SyslogSink {
             recent: VecDeque::new(),
             conn_since: None,
             closing: closing.clone(),
+            pending: VecDeque::new(),
+            deadline: None,
+            backoff: Duration::ZERO,
+            scratch: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("tracing-audit-syslog".into())
@@ -322,6 +326,14 @@ struct Sender {
     conn_since: Option<Instant>,
     /// Set by the pipeline when it closes the queue.
     closing: Arc<AtomicBool>,
+    /// Framed messages taken from the queue, not yet sent (in order).
+    pending: VecDeque<Vec<u8>>,
+    /// When the shutdown grace ends (set once closing begins).
+    deadline: Option<Instant>,
+    /// The next pause before a retry.
+    backoff: Duration,
+    /// Reused buffer for transport framing.
+    scratch: Vec<u8>,
 }
 
 /// How long a connection must stay up before it counts as healthy (and the
@@ -329,124 +341,158 @@ struct Sender {
 const HEALTHY_AFTER: Duration = Duration::from_secs(2);
 
 impl Sender {
+    /// The sink's thread: take lines, send them in order, retry with
+    /// backoff, and when the pipeline closes, send what is left within the
+    /// shutdown grace and count the rest.
     fn run(mut self, rx: Receiver<OwnedLine>) {
-        let mut scratch = Vec::new();
-        let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
-        // Set when the pipeline closes the queue: a server that is down then
-        // gets this long before what is left is counted as dropped.
-        let mut deadline: Option<Instant> = None;
-        let mut backoff = self.cfg.backoff_min;
-        loop {
-            if deadline.is_none() && self.closing.load(SeqCst) {
-                deadline = Some(Instant::now() + self.cfg.shutdown_grace);
-            }
-            if pending.is_empty() && deadline.is_some() {
-                // Closing: what is still queued is taken in order.
-                if let Ok(line) = rx.try_recv() {
-                    pending.push_back(self.message(&line));
-                }
-            }
-            if pending.is_empty() {
-                if deadline.is_some() {
-                    break;
-                }
-                match rx.recv_timeout(Duration::from_millis(500)) {
-                    Ok(line) => pending.push_back(self.message(&line)),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        deadline = Some(Instant::now() + self.cfg.shutdown_grace);
-                        continue;
-                    }
-                }
-            }
-            while deadline.is_none() && pending.len() < 1024 {
-                match rx.try_recv() {
-                    Ok(line) => pending.push_back(self.message(&line)),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        deadline = Some(Instant::now() + self.cfg.shutdown_grace)
-                    }
-                }
-            }
-            while let Some(msg) = pending.front() {
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                if let (Some(left), Some(c)) = (left, &self.conn) {
-                    // A blocked write must not outlive the shutdown grace.
-                    c.bound_timeouts(left);
-                }
-                match self.send(msg, &mut scratch, left.unwrap_or(Duration::MAX)) {
-                    Ok(()) => {
-                        self.counters.sent.fetch_add(1, Relaxed);
-                        // Only a connection that stayed up proves the peer
-                        // healthy: one that accepts and closes at once must
-                        // not reset the backoff (it would reconnect every
-                        // 100 ms forever).
-                        if self
-                            .conn_since
-                            .is_some_and(|t| t.elapsed() >= HEALTHY_AFTER)
-                        {
-                            backoff = self.cfg.backoff_min;
-                        }
-                        if let Some(msg) = pending.pop_front() {
-                            if !self.cfg.target.is_datagram() && self.cfg.replay > 0 {
-                                if self.recent.len() >= self.cfg.replay {
-                                    self.recent.pop_front();
-                                }
-                                self.recent.push_back(msg);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        self.counters
-                            .error(format!("syslog {:?}: {e}", self.cfg.target));
-                        if let Some(c) = self.conn.take() {
-                            c.close();
-                            // The stream died: what went into it lately may not have arrived.
-                            for m in self.recent.drain(..).rev() {
-                                pending.push_front(m);
-                            }
-                        }
-                        if deadline.is_none() && self.closing.load(SeqCst) {
-                            deadline = Some(Instant::now() + self.cfg.shutdown_grace);
-                        }
-                        if deadline.is_some_and(|d| Instant::now() >= d) {
-                            // Everything not sent: the pending messages and
-                            // what is still queued behind them.
-                            let n = (pending.len() + rx.try_iter().count()) as u64;
-                            self.counters.dropped.fetch_add(n, Relaxed);
-                            eprintln!(
-                                "tracing-audit: syslog {:?} unreachable at shutdown; {n} messages not sent",
-                                self.cfg.target
-                            );
-                            return;
-                        }
-                        // While retrying, keep taking the queue (in order) so
-                        // a closed one starts the shutdown grace.
-                        while deadline.is_none() {
-                            match rx.try_recv() {
-                                Ok(line) => pending.push_back(self.message(&line)),
-                                Err(mpsc::TryRecvError::Empty) => break,
-                                Err(mpsc::TryRecvError::Disconnected) => {
-                                    deadline = Some(Instant::now() + self.cfg.shutdown_grace)
-                                }
-                            }
-                            if pending.len() >= self.cfg.capacity {
-                                break;
-                            }
-                        }
-                        let mut pause = jitter(backoff);
-                        if let Some(d) = deadline {
-                            pause = pause.min(d.saturating_duration_since(Instant::now()));
-                        }
-                        self.pause(pause, deadline.is_none());
-                        backoff = (backoff * 2).min(self.cfg.backoff_max);
-                    }
-                }
+        self.backoff = self.cfg.backoff_min;
+        while self.fill(&rx) {
+            if !self.send_pending(&rx) {
+                return; // gave up at the end of the shutdown grace
             }
         }
         if let Some(c) = self.conn.take() {
             c.close();
         }
+    }
+
+    /// Starts the shutdown grace (once): a server that is down then gets
+    /// this long before what is left is counted as dropped.
+    fn start_grace(&mut self) {
+        if self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.cfg.shutdown_grace);
+        }
+    }
+
+    /// Takes what the queue holds into `pending` (waiting for the first
+    /// one while nothing is pending). Returns `false` when there is
+    /// nothing left to do: closing, and nothing pending or queued.
+    fn fill(&mut self, rx: &Receiver<OwnedLine>) -> bool {
+        if self.closing.load(SeqCst) {
+            self.start_grace();
+        }
+        while self.pending.is_empty() {
+            if self.deadline.is_some() {
+                // Closing: what is still queued is taken in order.
+                match rx.try_recv() {
+                    Ok(line) => self.pending.push_back(self.message(&line)),
+                    Err(_) => return false,
+                }
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(line) => self.pending.push_back(self.message(&line)),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.closing.load(SeqCst) {
+                        self.start_grace();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => self.start_grace(),
+            }
+        }
+        if self.deadline.is_none() {
+            self.take_queued(rx, 1024);
+        }
+        true
+    }
+
+    /// Moves queued lines into `pending` (in order) until the queue is
+    /// empty or `pending` holds `up_to`; a closed queue starts the grace.
+    fn take_queued(&mut self, rx: &Receiver<OwnedLine>, up_to: usize) {
+        while self.deadline.is_none() && self.pending.len() < up_to {
+            match rx.try_recv() {
+                Ok(line) => self.pending.push_back(self.message(&line)),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => self.start_grace(),
+            }
+        }
+    }
+
+    /// Sends `pending` in order. Returns `false` if the shutdown grace ran
+    /// out with messages unsent (they are counted as dropped).
+    fn send_pending(&mut self, rx: &Receiver<OwnedLine>) -> bool {
+        while let Some(msg) = self.pending.pop_front() {
+            let left = self
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if let (Some(left), Some(c)) = (left, &self.conn) {
+                // A blocked write must not outlive the shutdown grace.
+                c.bound_timeouts(left);
+            }
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let sent = self.send(&msg, &mut scratch, left.unwrap_or(Duration::MAX));
+            self.scratch = scratch;
+            match sent {
+                Ok(()) => self.sent(msg),
+                Err(e) => {
+                    self.pending.push_front(msg);
+                    if !self.failed(&e, rx) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Counts a sent message and keeps it for a resend if the stream
+    /// proves dead.
+    fn sent(&mut self, msg: Vec<u8>) {
+        self.counters.sent.fetch_add(1, Relaxed);
+        // Only a connection that stayed up proves the peer healthy: one
+        // that accepts and closes at once must not reset the backoff (it
+        // would reconnect every 100 ms forever).
+        if self
+            .conn_since
+            .is_some_and(|t| t.elapsed() >= HEALTHY_AFTER)
+        {
+            self.backoff = self.cfg.backoff_min;
+        }
+        if !self.cfg.target.is_datagram() && self.cfg.replay > 0 {
+            if self.recent.len() >= self.cfg.replay {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(msg);
+        }
+    }
+
+    /// After a failed send: drop the connection (what went into it lately
+    /// goes back in front), then wait out the backoff while still taking
+    /// the queue. Returns `false` when the shutdown grace has run out.
+    fn failed(&mut self, e: &std::io::Error, rx: &Receiver<OwnedLine>) -> bool {
+        self.counters
+            .error(format!("syslog {:?}: {e}", self.cfg.target));
+        if let Some(c) = self.conn.take() {
+            c.close();
+            // The stream died: what went into it lately may not have arrived.
+            for m in self.recent.drain(..).rev() {
+                self.pending.push_front(m);
+            }
+        }
+        if self.closing.load(SeqCst) {
+            self.start_grace();
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            // Everything not sent: the pending messages and what is still
+            // queued behind them.
+            let n = (self.pending.len() + rx.try_iter().count()) as u64;
+            self.counters.dropped.fetch_add(n, Relaxed);
+            eprintln!(
+                "tracing-audit: syslog {:?} unreachable at shutdown; {n} messages not sent",
+                self.cfg.target
+            );
+            return false;
+        }
+        // While retrying, keep taking the queue (in order) so a closed one
+        // starts the shutdown grace.
+        self.take_queued(rx, self.cfg.capacity);
+        let mut pause = jitter(self.backoff);
+        if let Some(d) = self.deadline {
+            pause = pause.min(d.saturating_duration_since(Instant::now()));
+        }
+        self.pause(pause, self.deadline.is_none());
+        self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
+        true
     }
 
     /// Sleeps `d`; when `until_closing`, wakes early once the pipeline
@@ -464,7 +510,7 @@ impl Sender {
 
     fn message(&self, line: &OwnedLine) -> Vec<u8> {
         let line = line.as_line();
-        let keys = Keys::from_line(&line);
+        let keys = SdFields::from_line(&line);
         let line = line.bytes;
         let max = self
             .cfg

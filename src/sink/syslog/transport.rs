@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// How messages are delimited on a stream (RFC 6587).
 ///
 /// ```
-/// use tracing_audit::{Framing, SyslogSink};
+/// use tracing_audit::{syslog::Framing, SyslogSink};
 /// let sink = SyslogSink::tcp("127.0.0.1:601").framing(Framing::Lf);
 /// # let _ = sink;
 /// ```
