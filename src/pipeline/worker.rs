@@ -464,6 +464,7 @@ impl Worker {
                 }
                 self.take_writer_warning();
                 self.recovered();
+                self.report_storage_loss(state);
                 state.unsynced_since = None;
                 state.want_sync = false;
                 for w in state.sync_waiters.drain(..) {
@@ -514,6 +515,23 @@ impl Worker {
             eprintln!("tracing-audit: {w}");
             self.counters.error(&self.counters.write_errors, w);
         }
+    }
+
+    /// Puts on the record that the storage lost bytes it had confirmed
+    /// synced (found when the file was reopened after a failure): the
+    /// trail then says where its gap comes from, next to it.
+    fn report_storage_loss(&mut self, state: &mut State) {
+        let Some((file, bytes)) = self.file.as_mut().and_then(FileWriter::take_storage_loss) else {
+            return;
+        };
+        let msg = format!(
+            "the storage lost {bytes} bytes of {file} after confirming them synced; acknowledged records before this one may be missing"
+        );
+        self.own_record(state, "audit_storage_lost", &Level::ERROR, &msg, |c| {
+            c.detail_str("file", &file);
+            c.detail_u64("bytes", bytes);
+        });
+        state.want_sync = true;
     }
 
     /// A failed write or sync: counted, said once per episode, retried

@@ -102,6 +102,9 @@ pub(crate) struct FileWriter {
     sink: FileSink,
     cur: Option<Current>,
     warning: Option<String>,
+    /// A file found shorter than its last sync covered (name, bytes), for
+    /// the worker to put on the record.
+    storage_lost: Option<(String, u64)>,
     /// Compressions under way (feature `gzip`), and what failed in them.
     compressing: Vec<std::thread::JoinHandle<()>>,
     compress_errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -123,6 +126,7 @@ impl FileWriter {
             sink: sink.clone(),
             cur: None,
             warning: None,
+            storage_lost: None,
             compressing: Vec::new(),
             compress_errors: Default::default(),
             _lock: lock,
@@ -395,11 +399,23 @@ impl FileWriter {
                 }
             }
         }
-        rewrite(c)?;
+        if let Some(lost) = rewrite(c)? {
+            self.storage_lost = Some((c.name.clone(), lost));
+            self.warning = Some(format!(
+                "{} holds {lost} bytes less than its last successful sync covered: the storage lost data it had confirmed (acknowledged records may be gone; verify reports the gap); the records kept since then were written after its last complete line",
+                c.name
+            ));
+        }
         c.suspect = false;
         c.synced_len = c.len;
         c.unsynced.clear();
         Ok(())
+    }
+
+    /// A loss of confirmed data found by the last rewrite (file name,
+    /// bytes), once.
+    pub(crate) fn take_storage_loss(&mut self) -> Option<(String, u64)> {
+        self.storage_lost.take()
     }
 
     /// The directory written.
@@ -500,21 +516,54 @@ fn compress(dir: &Path, path: &Path) -> io::Result<()> {
 
 /// Reopens the file by path, cuts it to the synced length, writes the kept
 /// bytes again and syncs; on success the new descriptor replaces the old.
-fn rewrite(c: &mut Current) -> io::Result<()> {
+/// Reopens the file by path, cuts it back to the last synced length and
+/// writes the kept bytes again, synced. If the file is *shorter* than that
+/// length, the storage lost bytes after confirming them: the gap is never
+/// filled with zeros (that would glue the next record to garbage); the
+/// kept bytes go after the last complete line instead, and the number of
+/// bytes lost is returned.
+fn rewrite(c: &mut Current) -> io::Result<Option<u64>> {
     let (f, _) = open_private(&c.path)?;
-    f.set_len(c.synced_len)?;
-    f.write_all_at(&c.unsynced, c.synced_len)?;
+    let on_disk = f.metadata()?.len();
+    let (at, lost) = if on_disk >= c.synced_len {
+        (c.synced_len, None)
+    } else {
+        (last_line_end(&f, on_disk)?, Some(c.synced_len - on_disk))
+    };
+    f.set_len(at)?;
+    f.write_all_at(&c.unsynced, at)?;
     f.sync_data()?;
     c.file = f;
     c.dirty_tail = false;
-    Ok(())
+    c.synced_len = at;
+    c.len = at + c.unsynced.len() as u64;
+    Ok(lost)
 }
 
-/// Opens `path` for writing, creating it `0600` if missing; says whether it
+/// The offset just after the last `\n` in the first `len` bytes of `f`
+/// (0 if there is none).
+fn last_line_end(f: &File, len: u64) -> io::Result<u64> {
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Opens `path` for reading and writing (a rewrite reads where the last
+/// complete line ends), creating it `0600` if missing; says whether it
 /// was created. A created file is `fchmod`ed to `0600` before anything is
 /// written, so no umask can widen it.
 fn open_private(path: &Path) -> io::Result<(File, bool)> {
     match OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
@@ -525,7 +574,7 @@ fn open_private(path: &Path) -> io::Result<(File, bool)> {
             Ok((f, true))
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let f = OpenOptions::new().write(true).open(path)?;
+            let f = OpenOptions::new().read(true).write(true).open(path)?;
             Ok((f, false))
         }
         Err(e) => Err(e),
@@ -616,5 +665,32 @@ mod tests {
         w.cur.as_mut().unwrap().suspect = true;
         w.sync().unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"one\ntwo\n");
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_last_sync_is_reported_not_filled_with_zeros() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = writer(d.path(), Rotation::NEVER);
+        let opened = w.rotate(SystemTime::now()).unwrap();
+        w.write(b"one\ntwo\n").unwrap();
+        w.sync().unwrap();
+        w.write(b"three\n").unwrap();
+        // Storage that lost confirmed data: the file ends inside `two`.
+        let path = d.path().join(&opened.name);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(6)
+            .unwrap();
+        w.cur.as_mut().unwrap().suspect = true;
+        w.sync().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"one\nthree\n");
+        let warning = w.take_warning().unwrap();
+        assert!(warning.contains("2 bytes less"), "{warning}");
+        // Writing goes on at the new end.
+        w.write(b"four\n").unwrap();
+        w.sync().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"one\nthree\nfour\n");
     }
 }
