@@ -425,12 +425,14 @@ impl Worker {
             }
         }
         let sealed = self.chain.seal(&mut state.batch, &p.id, &p.body);
-        state.lines.push(LineEnd {
-            end: state.batch.len(),
-            seq: sealed.seq,
-            body_at: sealed.body_at,
-            keys: p.keys,
-        });
+        if !self.forwards.is_empty() {
+            state.lines.push(LineEnd {
+                end: state.batch.len(),
+                seq: sealed.seq,
+                body_at: sealed.body_at,
+                keys: p.keys,
+            });
+        }
         state.records_in_batch += 1;
         if let Some(w) = p.done {
             state.batch_waiters.push(w);

@@ -50,16 +50,20 @@ pub(crate) enum Key {
 
 const KEYS: usize = 7;
 
-/// Where the key values of one body sit (byte ranges of each JSON string,
-/// quotes included, relative to the body's start; `None` for `null`), with
-/// the resolved risk and outcome. Small and `Copy`: it travels beside the
-/// body through the queue.
+/// Where the key values of one body start (the offset of each JSON
+/// string's opening quote, relative to the body's start; [`NULL`] for a
+/// `null` value), with the resolved risk and outcome. 32 bytes and `Copy`:
+/// it travels beside the body through the queue, so it is kept small (the
+/// end of a value is found when it is read).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyFields {
     pub(crate) risk: Risk,
     pub(crate) outcome: Outcome,
-    at: [Option<(u32, u32)>; KEYS],
+    starts: [u32; KEYS],
 }
+
+/// A key whose value is `null` (or not located).
+const NULL: u32 = u32::MAX;
 
 impl KeyFields {
     /// Nothing located yet.
@@ -67,20 +71,32 @@ impl KeyFields {
         KeyFields {
             risk,
             outcome,
-            at: [None; KEYS],
+            starts: [NULL; KEYS],
         }
     }
 
-    /// Notes that `key`'s value occupies `start..end` of the body (nothing
-    /// for a `null` value, or a body past 4 GiB, which the value limit
-    /// rules out).
-    pub(crate) fn locate(&mut self, key: Key, body: &[u8], start: usize, end: usize) {
+    /// Notes that `key`'s value starts at `start` of the body, if it is a
+    /// string there (nothing for `null`, or a body past 4 GiB, which the
+    /// value limit rules out).
+    #[inline]
+    pub(crate) fn locate(&mut self, key: Key, body: &[u8], start: usize) {
         if body.get(start) == Some(&b'"') {
-            if let (Ok(s), Ok(e)) = (u32::try_from(start), u32::try_from(end)) {
-                self.at[key as usize] = Some((s, e));
-            }
+            self.starts[key as usize] = u32::try_from(start).unwrap_or(NULL);
         }
     }
+}
+
+/// The JSON string token starting at `bytes[0]` (a `"`), quotes included.
+fn string_token(bytes: &[u8]) -> Option<&[u8]> {
+    let mut i = 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(&bytes[..=i]),
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// One sealed line as a sink receives it: the bytes (without `\n`), the
@@ -105,11 +121,13 @@ impl<'a> SealedLine<'a> {
 
     /// The value of `key`, unescaped (borrowed unless it held an escape).
     pub(crate) fn get(&self, key: Key) -> Option<Cow<'a, str>> {
-        let (s, e) = self.keys.at[key as usize]?;
-        let token = self
-            .bytes
-            .get(self.body_at + s as usize..self.body_at + e as usize)?;
-        let inner = token.get(1..token.len().checked_sub(1)?)?;
+        let start = self.keys.starts[key as usize];
+        if start == NULL {
+            return None;
+        }
+        let from = self.bytes.get(self.body_at + start as usize..)?;
+        let token = string_token(from)?;
+        let inner = &token[1..token.len() - 1];
         if !inner.contains(&b'\\') {
             return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
         }
@@ -151,6 +169,13 @@ impl OwnedLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_tokens_end_at_the_unescaped_quote() {
+        assert_eq!(string_token(br#""a\"b\\"x"#), Some(&br#""a\"b\\""#[..]));
+        assert_eq!(string_token(br#""abc"#), None);
+        assert_eq!(std::mem::size_of::<KeyFields>(), 32);
+    }
 
     #[test]
     fn head_names_the_schema_version() {

@@ -139,7 +139,8 @@ pub(crate) fn encode_body(
 }
 
 /// Writes `,"key":value` for an optional string, noting where the value
-/// sits; returns whether it was cut to the limit.
+/// starts; returns whether it was cut to the limit.
+#[inline(always)]
 fn key_field(
     out: &mut Vec<u8>,
     base: usize,
@@ -154,7 +155,7 @@ fn key_field(
     let start = out.len();
     let cut = opt_str_dropped(out, value, limit, dropped);
     let (keys, key) = located;
-    keys.locate(key, &out[base..], start - base, out.len() - base);
+    keys.locate(key, &out[base..], start - base);
     cut
 }
 
@@ -173,7 +174,7 @@ fn encode_key_fields(
     let start = out.len() - 1;
     encode::write_timestamp(out, at);
     out.push(b'"');
-    keys.locate(Key::Timestamp, &out[base..], start - base, out.len() - base);
+    keys.locate(Key::Timestamp, &out[base..], start - base);
     let event = (limit, c.event_dropped());
     if key_field(
         out,
