@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use tracing_audit::{
-    trail::AuditTrail, trail::Follower, trail::Query, FileSink, Outcome, Policy, Risk,
-};
+use tracing_audit::{trail::AuditTrail, trail::Follower, trail::Query, FileSink, Policy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,57 +70,6 @@ impl Trail {
     }
 }
 
-#[derive(Args, Debug, Default)]
-struct Filters {
-    /// Only this event type.
-    #[arg(long)]
-    event_type: Option<String>,
-    /// Only this actor.
-    #[arg(long)]
-    actor: Option<String>,
-    /// Only this session id.
-    #[arg(long)]
-    session: Option<String>,
-    /// Only this resource.
-    #[arg(long)]
-    resource: Option<String>,
-    /// Only this outcome (success, failure, unknown).
-    #[arg(long)]
-    outcome: Option<Outcome>,
-    /// Only this risk or higher (low, medium, high, critical).
-    #[arg(long)]
-    min_risk: Option<Risk>,
-    /// Only at or after this time: RFC 3339, a date (`2026-11-22`, UTC
-    /// midnight), or a time ago (`30s`, `15m`, `1h`, `7d`).
-    #[arg(long, value_parser = parse_time)]
-    since: Option<DateTime<Utc>>,
-    /// Only at or before this time (same forms as --since).
-    #[arg(long, value_parser = parse_time)]
-    until: Option<DateTime<Utc>>,
-}
-
-/// RFC 3339, `YYYY-MM-DD` (UTC midnight), or `N[smhd]` ago.
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
-    }
-    let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = num.parse().map_err(|_| {
-        format!("{s:?}: expected RFC 3339, YYYY-MM-DD, or a time ago like 30m, 1h, 7d")
-    })?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{s:?}: a time ago ends in s, m, h or d")),
-    };
-    Ok(Utc::now() - chrono::Duration::seconds(secs))
-}
-
 /// The one time format of every human output: RFC 3339, microseconds, Z.
 fn rfc3339(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -134,21 +81,6 @@ fn count(n: u64, what: &str) -> String {
         format!("1 {what}")
     } else {
         format!("{n} {what}s")
-    }
-}
-
-impl Filters {
-    fn query(&self) -> Query {
-        Query {
-            event_type: self.event_type.clone(),
-            actor: self.actor.clone(),
-            session: self.session.clone(),
-            resource: self.resource.clone(),
-            outcome: self.outcome,
-            min_risk: self.min_risk,
-            since: self.since,
-            until: self.until,
-        }
     }
 }
 
@@ -171,7 +103,7 @@ enum Cmd {
         #[command(flatten)]
         trail: Trail,
         #[command(flatten)]
-        filters: Filters,
+        filters: Query,
         /// Only the newest N matches.
         #[arg(long)]
         limit: Option<usize>,
@@ -184,7 +116,7 @@ enum Cmd {
         #[command(flatten)]
         trail: Trail,
         #[command(flatten)]
-        filters: Filters,
+        filters: Query,
         /// Print as JSON.
         #[arg(long)]
         json: bool,
@@ -337,9 +269,8 @@ fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
     })
 }
 
-fn query(trail: &Trail, filters: &Filters, limit: Option<usize>, json: bool) -> Res {
+fn query(trail: &Trail, q: &Query, limit: Option<usize>, json: bool) -> Res {
     let t = trail.open()?;
-    let q = filters.query();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut table = Table::new(json);
     let matching = t
@@ -383,9 +314,9 @@ fn query(trail: &Trail, filters: &Filters, limit: Option<usize>, json: bool) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn stats(trail: &Trail, filters: &Filters, json: bool) -> Res {
+fn stats(trail: &Trail, filters: &Query, json: bool) -> Res {
     let t = trail.open()?;
-    let s = t.stats(&filters.query());
+    let s = t.stats(filters);
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(ExitCode::SUCCESS);

@@ -519,24 +519,70 @@ fn first_line_declares_keyed(path: &Path) -> io::Result<bool> {
 /// assert!(newest.len() <= 10);
 /// # Ok(()) }
 /// ```
+///
+/// With feature `cli` it is also the command's filter options (`clap`),
+/// so the command and the library filter the same way; its times are read
+/// with [`parse_time`].
 #[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "cli", derive(clap::Args), group(id = "filters"))]
 pub struct Query {
-    /// Exact event type.
+    /// Only this event type.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub event_type: Option<String>,
-    /// Exact actor.
+    /// Only this actor.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub actor: Option<String>,
-    /// Exact session id.
+    /// Only this session id.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub session: Option<String>,
-    /// Exact resource.
+    /// Only this resource.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub resource: Option<String>,
-    /// Outcome.
+    /// Only this outcome (success, failure, unknown).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub outcome: Option<Outcome>,
-    /// At least this risk.
+    /// Only this risk or higher (low, medium, high, critical).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub min_risk: Option<Risk>,
-    /// At or after.
+    /// Only at or after this time: RFC 3339, a date (`2026-11-22`, UTC
+    /// midnight), or a time ago (`30s`, `15m`, `1h`, `7d`).
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse_time))]
     pub since: Option<DateTime<Utc>>,
-    /// At or before.
+    /// Only at or before this time (same forms as `since`).
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse_time))]
     pub until: Option<DateTime<Utc>>,
+}
+
+/// Reads a time as the command's `--since` and `--until` take it: RFC 3339,
+/// a date `YYYY-MM-DD` (UTC midnight), or a time ago, `N` followed by `s`,
+/// `m`, `h` or `d`.
+///
+/// ```
+/// use tracing_audit::trail::parse_time;
+/// assert_eq!(parse_time("2026-11-22").unwrap().to_rfc3339(), "2026-11-22T00:00:00+00:00");
+/// let hour_ago = parse_time("1h").unwrap();
+/// assert!(chrono::Utc::now() - hour_ago >= chrono::Duration::minutes(59));
+/// assert!(parse_time("yesterday").is_err());
+/// ```
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = num.parse().map_err(|_| {
+        format!("{s:?}: expected RFC 3339, YYYY-MM-DD, or a time ago like 30m, 1h, 7d")
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: a time ago ends in s, m, h or d")),
+    };
+    Ok(Utc::now() - chrono::Duration::seconds(secs))
 }
 
 impl Query {
