@@ -390,45 +390,50 @@ fn report(
         return Ok(code);
     }
     for r in &reports {
-        println!("{} ({}): {:?}", r.policy_name, r.policy, r.status);
-        println!("  {}", r.description);
-        println!(
-            "  events within {} days: {} (counted in buckets of {}s)",
-            r.retention_days, r.total_events, r.counts_precision_secs
-        );
-        match r.group_by {
-            Some(by) => println!(
-                "  threshold {} within {} per {}",
-                r.threshold,
-                r.window,
-                by.as_str()
-            ),
-            None => println!("  threshold {} within {}", r.threshold, r.window),
-        }
-        if r.groups_evicted > 0 {
-            println!(
-                "  note: {} forgotten to stay within the bound",
-                count(r.groups_evicted, "group")
-            );
-        }
-        if r.inexact_events > 0 {
-            println!(
-                "  note: {} arrived after part of their window was forgotten; their alerts were judged on what was kept",
-                count(r.inexact_events, "event")
-            );
-        }
-        for (kind, n) in &r.events_by_type {
-            println!("    {n:>8}  {}", printable(kind, usize::MAX));
-        }
-        for v in &r.violations {
-            println!("  violation: {}", printable(v, usize::MAX));
-        }
-        for c in &r.coverage {
-            println!("  coverage: {c}");
-        }
-        println!();
+        print_report(r);
     }
     Ok(code)
+}
+
+/// One policy's report, for a person.
+fn print_report(r: &tracing_audit::policy::ComplianceReport) {
+    println!("{} ({}): {:?}", r.policy_name, r.policy, r.status);
+    println!("  {}", r.description);
+    println!(
+        "  events within {} days: {} (counted in buckets of {}s)",
+        r.retention_days, r.total_events, r.counts_precision_secs
+    );
+    match r.group_by {
+        Some(by) => println!(
+            "  threshold {} within {} per {}",
+            r.threshold,
+            r.window,
+            by.as_str()
+        ),
+        None => println!("  threshold {} within {}", r.threshold, r.window),
+    }
+    if r.groups_evicted > 0 {
+        println!(
+            "  note: {} forgotten to stay within the bound",
+            count(r.groups_evicted, "group")
+        );
+    }
+    if r.inexact_events > 0 {
+        println!(
+            "  note: {} arrived after part of their window was forgotten; their alerts were judged on what was kept",
+            count(r.inexact_events, "event")
+        );
+    }
+    for (kind, n) in &r.events_by_type {
+        println!("    {n:>8}  {}", printable(kind, usize::MAX));
+    }
+    for v in &r.violations {
+        println!("  violation: {}", printable(v, usize::MAX));
+    }
+    for c in &r.coverage {
+        println!("  coverage: {c}");
+    }
+    println!();
 }
 
 /// Rows of a count map, most frequent first.
