@@ -91,3 +91,42 @@ fn valuable_convention_fields_fill_their_slots_or_are_flagged() {
         .collect();
     assert!(reasons.contains(&"from valuable") && reasons.contains(&"from the event"));
 }
+
+#[derive(Valuable)]
+struct Login {
+    user: String,
+    password: String,
+    api_key: u64,
+}
+
+#[test]
+fn secret_keys_of_a_structured_details_map_are_redacted() {
+    let dir = common::tempdir();
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    let login = Login {
+        user: "alice".into(),
+        password: "s3cr3t-in-a-map".into(),
+        api_key: 4_242_424_242,
+    };
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::info!(audit.event = "login", audit.details = login.as_value());
+    });
+    drop(guard);
+    let raw = common::raw_lines(dir.path()).join("\n");
+    assert!(
+        !raw.contains("s3cr3t") && !raw.contains("4242424242"),
+        "{raw}"
+    );
+    let r = &common::app_records(dir.path())[0];
+    assert_eq!(r["details"]["user"], "alice");
+    assert_eq!(r["details"]["password"], tracing_audit::record::REDACTED);
+    assert_eq!(r["details"]["api_key"], tracing_audit::record::REDACTED);
+    let mut names: Vec<&str> = r["details"]["audit.redacted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["api_key", "password"]);
+}

@@ -12,6 +12,7 @@ use crate::pipeline::worker::{SpaceWatch, Worker};
 use crate::pipeline::{Counters, QueueMode, Submitter};
 use crate::record::chain::{Chain, Hasher};
 use crate::record::fields::Risk;
+use crate::record::redact::Redactor;
 use crate::record::RecordConstants;
 use crate::sink::file::{self, FileSink, FileWriter, Resume};
 use crate::sink::syslog::SyslogCounters;
@@ -45,6 +46,7 @@ pub const CHAIN_KEY_ENV: &str = "TRACING_AUDIT_CHAIN_KEY";
 /// | [`queue_capacity`](Self::queue_capacity) | 16 384 records |
 /// | [`queue_mode`](Self::queue_mode) | [`QueueMode::Lossless`]: the caller waits when the queue is full |
 /// | [`max_value_len`](Self::max_value_len) | 8 KiB per value, longer values truncated with a marker |
+/// | [`redact`](Self::redact) | [`DEFAULT_REDACTED_NAMES`](crate::record::DEFAULT_REDACTED_NAMES), replaced by `"[redacted]"` |
 /// | [`shutdown_grace`](Self::shutdown_grace) | 10 s: the longest dropping the guard takes |
 /// | chain | SHA-256; HMAC-SHA-256 with [`chain_key`](Self::chain_key) |
 /// | `host` | the machine's host name |
@@ -81,6 +83,10 @@ pub struct AuditLayerBuilder {
     queue_capacity: usize,
     queue_mode: QueueMode,
     max_value_len: usize,
+    /// Names whose `details` values are redacted.
+    redact: Vec<String>,
+    /// Redacted values become their HMAC under the chain key.
+    redact_hmac: bool,
     shutdown_grace: Duration,
     /// The keyed hasher (its `Debug` never shows the key), or why not.
     chain_key: Option<Result<Hasher, String>>,
@@ -100,6 +106,11 @@ impl Default for AuditLayerBuilder {
             queue_capacity: 16 * 1024,
             queue_mode: QueueMode::Lossless,
             max_value_len: 8 * 1024,
+            redact: crate::record::DEFAULT_REDACTED_NAMES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            redact_hmac: false,
             shutdown_grace: Duration::from_secs(10),
             chain_key: None,
         }
@@ -189,6 +200,60 @@ impl AuditLayerBuilder {
         self
     }
 
+    /// Field names whose values never reach the trail in clear (replacing
+    /// the defaults, [`DEFAULT_REDACTED_NAMES`](crate::record::DEFAULT_REDACTED_NAMES):
+    /// `password`, `passwd`, `secret`, `token`, `authorization`, `cookie`,
+    /// `api_key`, `private_key`). A field matches when its name contains an
+    /// entry, ignoring ASCII case (`user.password`, `Authorization`,
+    /// `refresh_token`); its value is written as `"[redacted]"` (or its
+    /// HMAC, with [`redact_with_hmac`](Self::redact_with_hmac)) and the
+    /// record lists it in `details["audit.redacted"]`. This applies to
+    /// every field that goes to `details`, including each key of a
+    /// `valuable` `audit.details` map; the `audit.*` slots are never
+    /// redacted. An empty list turns redaction off.
+    ///
+    /// ```
+    /// let builder = tracing_audit::AuditLayer::builder()
+    ///     .file("./audit")
+    ///     .redact(["password", "token", "ssn", "card_number"]);
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn redact<I, N>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+    {
+        self.redact = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Redacted values become `hmac-sha256:<hex>` under the chain key
+    /// (domain-separated from the chain's own HMAC; see
+    /// [`redaction_hmac`](crate::record::redaction_hmac)) instead of
+    /// `"[redacted]"`, as HashiCorp Vault's audit devices do: an auditor
+    /// with the key can check whether a known value appeared, and equal
+    /// values correlate across records. A value longer than
+    /// [`max_value_len`](Self::max_value_len) is hashed as cut. Needs a
+    /// [`chain_key`](Self::chain_key): `build` fails without one.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let (layer, guard) = tracing_audit::AuditLayer::builder()
+    ///     .file(dir.path())
+    ///     .chain_key(b"a key of at least 32 bytes from a secret store".to_vec())
+    ///     .redact_with_hmac()
+    ///     .build::<tracing_subscriber::Registry>()?;
+    /// # drop((layer, guard));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn redact_with_hmac(mut self) -> Self {
+        self.redact_hmac = true;
+        self
+    }
+
     /// The longest dropping the [`AuditGuard`] may take. Shutdown refuses
     /// new records at once (counting them), writes what is queued and
     /// `audit_stopped`, and syncs; whatever a failing disk or a stuck relay
@@ -247,6 +312,7 @@ impl AuditLayerBuilder {
             Some(Err(e)) => return Err(Error::Config(e)),
         };
 
+        let redactor = self.redactor(&hasher)?;
         let (file, resume, config_warnings) = self.open_file(&hasher)?;
         let retention = self
             .file
@@ -318,11 +384,26 @@ impl AuditLayerBuilder {
             probe,
             constants,
             value_limit: self.max_value_len,
+            redactor,
         });
         Ok((
             AuditLayer::new(shared),
             AuditGuard::new(handle, threads, self.shutdown_grace),
         ))
+    }
+
+    /// The redactor the builder asks for (`None` with an empty list).
+    fn redactor(&self, hasher: &Hasher) -> Result<Option<Arc<Redactor>>, Error> {
+        let mac = match (self.redact_hmac, hasher.mac()) {
+            (false, _) => None,
+            (true, Some(mac)) => Some(mac),
+            (true, None) => {
+                return Err(Error::Config(
+                    "redact_with_hmac needs a chain key (chain_key or chain_key_env)".into(),
+                ))
+            }
+        };
+        Ok(Redactor::new(&self.redact, mac).map(Arc::new))
     }
 
     /// Prepares the audit directory (created `0700`, locked), and finds

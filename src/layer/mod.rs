@@ -47,6 +47,7 @@ use crate::layer::capture::{merge_span, with_reused, SpanContext};
 use crate::layer::filter::{delegate_layer, AuditFilter};
 use crate::pipeline::Submitter;
 use crate::record::draft::Draft;
+use crate::record::redact::Redactor;
 use crate::record::{encode_body, uuid_at, RecordConstants, Source};
 
 /// Most span names kept for `source.span`.
@@ -61,6 +62,8 @@ pub(crate) struct LayerContext {
     pub(crate) constants: RecordConstants,
     /// Longest value kept, in bytes (`max_value_len`).
     pub(crate) value_limit: usize,
+    /// Which `details` names are redacted.
+    pub(crate) redactor: Option<Arc<Redactor>>,
 }
 
 /// The layer that does the work, behind the per-layer filter.
@@ -90,6 +93,7 @@ impl AuditCore {
         let meta = event.metadata();
         let limit = self.shared.value_limit;
         s.capture.reset(limit);
+        s.capture.use_redactor(&self.shared.redactor);
         event.record(&mut s.capture);
         let mut names = [""; MAX_SPANS];
         let mut n = 0;

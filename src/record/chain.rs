@@ -44,6 +44,15 @@ impl std::fmt::Debug for Hasher {
 }
 
 impl Hasher {
+    /// The keyed MAC, if any (a redactor hashes values under the same key,
+    /// domain-separated).
+    pub(crate) fn mac(&self) -> Option<Hmac<Sha256>> {
+        match self {
+            Hasher::Plain => None,
+            Hasher::Keyed(m) => Some(m.clone()),
+        }
+    }
+
     pub(crate) fn new(key: Option<&[u8]>) -> Self {
         match key {
             // HMAC accepts keys of any length; this cannot fail.

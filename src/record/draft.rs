@@ -13,11 +13,13 @@
 
 use std::fmt::{self, Write as _};
 use std::ops::Range;
+use std::sync::Arc;
 
 use tracing_core::field::{Field, Visit};
 
 use crate::record::encode;
 use crate::record::fields::{classify, AuditName, ContextField, Outcome, Risk, CONTEXT_SLOTS};
+use crate::record::redact::Redactor;
 
 /// Everything one audit event says, before it is encoded.
 #[derive(Debug)]
@@ -51,6 +53,10 @@ pub(crate) struct Draft {
     /// Whether non-audit fields are encoded into `details` (policy
     /// counting only needs the `audit.*` slots).
     keep_details: bool,
+    /// Which `details` names never reach the trail in clear.
+    redactor: Option<Arc<Redactor>>,
+    /// Fields whose value was redacted.
+    pub(crate) redacted: Vec<String>,
 }
 
 impl Draft {
@@ -70,7 +76,42 @@ impl Draft {
             scratch: String::new(),
             limit,
             keep_details: true,
+            redactor: None,
+            redacted: Vec::new(),
         }
+    }
+
+    /// Redacts with `r` from now on (kept across events: the `Arc` is
+    /// cloned only when the layer's redactor differs from the last one).
+    pub(crate) fn use_redactor(&mut self, r: &Option<Arc<Redactor>>) {
+        let same = match (&self.redactor, r) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.redactor = r.clone();
+        }
+    }
+
+    /// Whether the value of `name` is redacted.
+    #[inline]
+    fn redacts(&self, name: &str) -> bool {
+        self.redactor.as_ref().is_some_and(|r| r.matches(name))
+    }
+
+    /// Writes `name` with its value redacted (`raw` is the value's text);
+    /// with `invalid`, flags it.
+    fn detail_redacted(&mut self, name: &str, raw: &[u8], invalid: bool) {
+        let renamed = self.detail_key(name);
+        if let Some(r) = &self.redactor {
+            r.write_value(&mut self.details, raw);
+        }
+        let key = renamed.unwrap_or_else(|| name.to_owned());
+        if invalid {
+            self.invalid.push(key.clone());
+        }
+        self.redacted.push(key);
     }
 
     /// A capture that reads only the `audit.*` slots and skips `details`.
@@ -100,6 +141,7 @@ impl Draft {
         self.keys.clear();
         self.invalid.clear();
         self.truncated.clear();
+        self.redacted.clear();
         self.panics = 0;
         self.limit = limit;
     }
@@ -180,6 +222,7 @@ impl Draft {
     fn key_used(&self, name: &str) -> bool {
         name == INVALID_KEY
             || name == TRUNCATED_KEY
+            || name == REDACTED_KEY
             || self.keys.split_terminator('\0').any(|k| k == name)
     }
 
@@ -219,6 +262,9 @@ impl Draft {
         if !self.keep_details {
             return;
         }
+        if self.redacts(name) {
+            return self.detail_redacted(name, v.as_bytes(), invalid);
+        }
         let renamed = self.detail_key(name);
         let cut = encode::write_str_dropped(&mut self.details, v, self.limit, dropped);
         if cut || invalid {
@@ -237,6 +283,11 @@ impl Draft {
         if !self.keep_details {
             return;
         }
+        if self.redacts(name) {
+            let mut digits = Vec::new();
+            encode::write_u64(&mut digits, v);
+            return self.detail_redacted(name, &digits, false);
+        }
         self.detail_key(name);
         encode::write_u64(&mut self.details, v);
     }
@@ -245,6 +296,9 @@ impl Draft {
     pub(crate) fn detail_raw(&mut self, name: &str, json: &[u8]) {
         if !self.keep_details {
             return;
+        }
+        if self.redacts(name) {
+            return self.detail_redacted(name, json, false);
         }
         self.detail_key(name);
         self.details.extend_from_slice(json);
@@ -365,6 +419,12 @@ impl Draft {
                     return;
                 }
                 let plain = name.strip_prefix("r#").unwrap_or(name);
+                if self.redacts(plain) {
+                    let mut text = Vec::new();
+                    json(&mut text);
+                    let unknown = other == Some(AuditName::Unknown);
+                    return self.detail_redacted(plain, &text, unknown);
+                }
                 let renamed = self.detail_key(plain);
                 json(&mut self.details);
                 if other == Some(AuditName::Unknown) {
@@ -386,6 +446,7 @@ const MESSAGE_SLOT: usize = CONTEXT_SLOTS + 1;
 /// The keys the crate writes into `details` itself.
 const INVALID_KEY: &str = "audit.invalid";
 const TRUNCATED_KEY: &str = "audit.truncated";
+const REDACTED_KEY: &str = "audit.redacted";
 
 fn shrink(s: &mut String) {
     if s.capacity() > KEEP_BYTES {

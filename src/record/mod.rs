@@ -35,8 +35,10 @@ pub(crate) mod draft;
 pub(crate) mod encode;
 pub(crate) mod fields;
 pub(crate) mod layout;
+pub(crate) mod redact;
 pub use chain::GENESIS;
 pub use fields::{Outcome, ParseValueError, Risk};
+pub use redact::{redaction_hmac, DEFAULT_REDACTED_NAMES, REDACTED};
 
 use std::time::SystemTime;
 
@@ -218,8 +220,9 @@ fn encode_key_fields(
     cut
 }
 
-/// `,"details":{…}`: the draft's details, then the `audit.invalid` and
-/// `audit.truncated` lists (the key fields in `cut` first).
+/// `,"details":{…}`: the draft's details, then the `audit.invalid`,
+/// `audit.truncated` (the key fields in `cut` first) and `audit.redacted`
+/// lists.
 fn encode_details(out: &mut Vec<u8>, c: &Draft, cut: &[&str]) {
     out.extend_from_slice(b",\"details\":{");
     out.extend_from_slice(&c.details);
@@ -230,7 +233,12 @@ fn encode_details(out: &mut Vec<u8>, c: &Draft, cut: &[&str]) {
         .chain(c.truncated.iter().map(String::as_str))
         .collect();
     let invalid: Vec<&str> = c.invalid.iter().map(String::as_str).collect();
-    for (key, names) in [("audit.invalid", &invalid), ("audit.truncated", &truncated)] {
+    let redacted: Vec<&str> = c.redacted.iter().map(String::as_str).collect();
+    for (key, names) in [
+        ("audit.invalid", &invalid),
+        ("audit.truncated", &truncated),
+        ("audit.redacted", &redacted),
+    ] {
         if names.is_empty() {
             continue;
         }
