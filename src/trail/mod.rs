@@ -439,12 +439,7 @@ impl Iterator for Records {
                 }
             }
             let (path, reader, line_no) = self.current.as_mut()?;
-            self.buf.clear();
-            match crate::sink::file::lines::read_line(
-                reader,
-                &mut self.buf,
-                crate::sink::file::lines::MAX_LINE,
-            ) {
+            match crate::sink::file::lines::next_line(reader, &mut self.buf) {
                 Ok(read) if read.consumed == 0 => {
                     self.current = None;
                     self.offset = 0;
@@ -797,12 +792,7 @@ impl Follower {
         let mut line = Vec::new();
         let (mut complete_end, mut at, mut lines) = (0u64, 0u64, 0u64);
         loop {
-            line.clear();
-            let read = crate::sink::file::lines::read_line(
-                &mut r,
-                &mut line,
-                crate::sink::file::lines::MAX_LINE,
-            )?;
+            let read = crate::sink::file::lines::next_line(&mut r, &mut line)?;
             if read.consumed == 0 {
                 break;
             }

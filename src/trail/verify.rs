@@ -386,12 +386,7 @@ impl Verifier {
             first_in_file: true,
         };
         loop {
-            buf.clear();
-            let read = crate::sink::file::lines::read_line(
-                &mut r,
-                &mut buf,
-                crate::sink::file::lines::MAX_LINE,
-            )?;
+            let read = crate::sink::file::lines::next_line(&mut r, &mut buf)?;
             if read.consumed == 0 {
                 return Ok(());
             }
@@ -789,13 +784,7 @@ impl Verifier {
             let mut r = BufReader::new(f);
             let mut line = Vec::new();
             loop {
-                line.clear();
-                let read = crate::sink::file::lines::read_line(
-                    &mut r,
-                    &mut line,
-                    crate::sink::file::lines::MAX_LINE,
-                )
-                .ok()?;
+                let read = crate::sink::file::lines::next_line(&mut r, &mut line).ok()?;
                 if read.consumed == 0 {
                     break;
                 }

@@ -26,6 +26,13 @@ pub(crate) struct Line {
     pub(crate) overlong: Option<[u8; 32]>,
 }
 
+/// The next line in place of `buf`'s contents, held up to [`MAX_LINE`]:
+/// how every reader of a trail takes its lines.
+pub(crate) fn next_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Line> {
+    buf.clear();
+    read_line(r, buf, MAX_LINE)
+}
+
 /// Appends the next line (without its newline) to `buf`, up to `cap`
 /// bytes in `buf` in all; a longer line is consumed and hashed instead.
 pub(crate) fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>, cap: usize) -> io::Result<Line> {

@@ -120,8 +120,7 @@ fn last_checking_line(path: &Path, hasher: &Hasher) -> io::Result<Option<Vec<u8>
     let mut r = io::BufReader::new(super::open_read(path)?);
     let (mut line, mut last) = (Vec::new(), None);
     loop {
-        line.clear();
-        let read = crate::sink::file::lines::read_line(&mut r, &mut line, MAX_LINE as usize)?;
+        let read = crate::sink::file::lines::next_line(&mut r, &mut line)?;
         if read.consumed == 0 {
             return Ok(last);
         }
