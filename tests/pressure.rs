@@ -115,6 +115,87 @@ fn a_relay_that_never_reads_cannot_hold_the_drop() {
 }
 
 #[test]
+fn a_relp_relay_that_stops_answering_cannot_hold_the_drop() {
+    // A RELP "relay" that opens the session, acknowledges the first 50
+    // messages, then reads everything and answers nothing more.
+    use std::io::{BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let relay = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut answered = 0u64;
+        let token = |r: &mut BufReader<std::net::TcpStream>| -> Option<String> {
+            let mut t = Vec::new();
+            loop {
+                let mut b = [0u8];
+                r.read_exact(&mut b).ok()?;
+                if b[0] == b' ' || b[0] == b'\n' {
+                    return Some(
+                        String::from_utf8_lossy(&t).into_owned() + &(b[0] as char).to_string(),
+                    );
+                }
+                t.push(b[0]);
+            }
+        };
+        loop {
+            // TXNR SP COMMAND SP DATALEN [SP DATA] LF
+            let (Some(_txnr), Some(_cmd), Some(len)) =
+                (token(&mut r), token(&mut r), token(&mut r))
+            else {
+                return answered;
+            };
+            if len.ends_with(' ') {
+                let n: usize = len.trim().parse().unwrap();
+                let mut data = vec![0u8; n + 1]; // the data and the trailer
+                if r.read_exact(&mut data).is_err() {
+                    return answered;
+                }
+            }
+            answered += 1;
+            let txnr = answered; // commands arrive numbered 1, 2, …
+            if txnr == 1 {
+                let offers = "200 OK\nrelp_version=0\ncommands=syslog";
+                writeln!(w, "1 rsp {} {offers}", offers.len()).unwrap();
+            } else if txnr <= 51 {
+                writeln!(w, "{txnr} rsp 6 200 OK").unwrap();
+            }
+        }
+    });
+    let d = common::tempdir();
+    let grace = Duration::from_secs(2);
+    let (audit, guard) = AuditLayer::builder()
+        .file(d.path())
+        .syslog(tracing_audit::SyslogSink::relp(addr.to_string()))
+        .shutdown_grace(grace)
+        .build()
+        .unwrap();
+    let handle = guard.handle();
+    let n = 500u64;
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        for i in 0..n {
+            tracing::info!(audit.event = "relp", i);
+        }
+    });
+    let t0 = Instant::now();
+    drop(guard);
+    let took = t0.elapsed();
+    eprintln!("drop with a RELP relay that stopped answering took {took:?}");
+    assert!(took < grace + Duration::from_secs(3), "took {took:?}");
+    let stats = handle.stats();
+    // Exactly the 50 acknowledged messages count as sent; every other
+    // record of the trail (n + the start and stop records) is dropped.
+    assert_eq!(stats.syslog_sent, 50, "{stats:?}");
+    assert_eq!(stats.syslog_sent + stats.syslog_dropped, n + 2, "{stats:?}");
+    assert!(stats.syslog_errors >= 1, "{stats:?}");
+    let r = verify(d.path(), None).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    relay.join().unwrap();
+}
+
+#[test]
 fn a_unix_socket_receiver_that_stops_reading_cannot_hold_the_drop() {
     let d = common::tempdir();
     let sock = d.path().join("never-reads.sock");

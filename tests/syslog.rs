@@ -43,17 +43,28 @@ fn available() -> bool {
 /// it the TLS test is skipped visibly, or fails at once in CI.
 #[cfg(feature = "tls")]
 fn gtls_available() -> bool {
+    plugin_available("lmnsd_gtls.so", "rsyslog-gnutls")
+}
+
+/// Whether rsyslog's RELP input (`rsyslog-relp`) is installed.
+fn relp_available() -> bool {
+    available() && plugin_available("imrelp.so", "rsyslog-relp")
+}
+
+/// Whether an rsyslog plugin is installed; without it a test is skipped
+/// visibly, or fails at once in CI.
+fn plugin_available(file: &str, package: &str) -> bool {
     let ok = std::fs::read_dir("/usr/lib")
         .into_iter()
         .flatten()
         .flatten()
-        .any(|d| d.path().join("rsyslog/lmnsd_gtls.so").exists())
-        || Path::new("/usr/lib/rsyslog/lmnsd_gtls.so").exists();
+        .any(|d| d.path().join("rsyslog").join(file).exists())
+        || Path::new("/usr/lib/rsyslog").join(file).exists();
     if !ok {
         if std::env::var_os("CI").is_some() {
-            panic!("rsyslog's TLS driver is not installed: apt-get install rsyslog-gnutls (.ci/run does)");
+            panic!("rsyslog's {file} is not installed: apt-get install {package} (.ci/run does)");
         }
-        eprintln!("SKIPPED: rsyslog-gnutls not installed (apt-get install rsyslog-gnutls)");
+        eprintln!("SKIPPED: {package} not installed (apt-get install {package})");
     }
     ok
 }
@@ -552,36 +563,12 @@ fn tls_with_verified_server_certificate() {
         return;
     }
     let work = common::tempdir();
-    // A CA and a server certificate for 127.0.0.1, made here.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tracing-audit test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(work.path().join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(work.path().join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(work.path().join("key.pem"), key.serialize_pem()).unwrap();
-
+    let config = test_certificates(work.path(), false);
     let rs = Rsyslog::start(
         work.path(),
         "global(workDirectory=\"WORK/spool\" maxMessageSize=\"256k\" DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"WORK/ca.pem\" DefaultNetstreamDriverCertFile=\"WORK/cert.pem\" DefaultNetstreamDriverKeyFile=\"WORK/key.pem\")\nmodule(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"anon\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"0\" listenPortFileName=\"WORK/tls.port\")",
     );
     let port = rs.port("tls.port");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    let config = Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let stats = send(
         SyslogSink::tls(format!("127.0.0.1:{port}"), config.clone(), name),
@@ -624,4 +611,225 @@ fn tls_with_verified_server_certificate() {
     );
     drop(guard);
     assert!(rs.received().iter().all(|r| r.msgid != "never_delivered"));
+}
+
+/// imrelp on `port`; with `Direct` queues the relay writes a message to
+/// out.log before it acknowledges it, so an acknowledged message survives
+/// a SIGKILL of the relay (the kernel keeps what was written).
+fn relp_input(port: u16, tls: &str) -> String {
+    format!(
+        "{GLOBAL}\nmain_queue(queue.type=\"Direct\")\nmodule(load=\"imrelp\")\ninput(type=\"imrelp\" address=\"127.0.0.1\" port=\"{port}\" maxDataSize=\"256k\"{tls})"
+    )
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port` (imrelp writes no
+/// port file).
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Counts the app records received per `i`; returns (missing, duplicates).
+fn missing_and_duplicates(got: &[Received], n: u64) -> (Vec<u64>, u64) {
+    let mut seen = BTreeMap::new();
+    for r in got {
+        if r.record["event_type"] == "data_access" {
+            *seen
+                .entry(r.record["details"]["i"].as_u64().unwrap())
+                .or_insert(0u64) += 1;
+        }
+    }
+    let missing = (0..n).filter(|i| !seen.contains_key(i)).collect();
+    let dups = seen.values().map(|c| c - 1).sum();
+    (missing, dups)
+}
+
+#[test]
+fn relp_every_record_acknowledged_by_rsyslog() {
+    if !relp_available() {
+        return;
+    }
+    let work = common::tempdir();
+    let port = free_tcp_port();
+    let rs = Rsyslog::start(work.path(), &relp_input(port, ""));
+    wait_listening(port);
+    let n = 3000;
+    let stats = send(
+        SyslogSink::relp(format!("127.0.0.1:{port}")).relp_window(64),
+        n,
+        None,
+    );
+    let got = rs.wait_for(n as usize + 2);
+    check_exactly_once(&got, n);
+    assert_eq!(stats.syslog_errors, 0, "{stats:?}");
+    assert_eq!(stats.syslog_resent, 0, "{stats:?}");
+    // Sent means acknowledged, and the relay acknowledged what it wrote.
+    assert_eq!(stats.syslog_sent as usize, got.len(), "{stats:?}");
+}
+
+#[test]
+fn relp_relay_killed_mid_stream_resends_exactly_the_unacknowledged() {
+    if !relp_available() {
+        return;
+    }
+    let work = common::tempdir();
+    let port = free_tcp_port();
+    let mut rs = Rsyslog::start(work.path(), &relp_input(port, ""));
+    wait_listening(port);
+    let (audit, guard) = AuditLayer::builder()
+        .syslog(
+            SyslogSink::relp(format!("127.0.0.1:{port}"))
+                .app_name("billing-api")
+                .backoff(Duration::from_millis(20), Duration::from_millis(200)),
+        )
+        .build()
+        .unwrap();
+    let handle = guard.handle();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let n = 4000u64;
+    let sender = std::thread::spawn(move || {
+        tracing::dispatcher::with_default(&dispatch, || {
+            for i in 0..n {
+                tracing::info!(
+                    audit.event = "data_access",
+                    audit.actor = "alice",
+                    audit.outcome = "success",
+                    i
+                );
+                if i.is_multiple_of(10) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rs.received().len() < 800 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Stopped, the relay takes no more: the sink fills its window and
+    // waits for answers. SIGKILL then: it dies with those unacknowledged.
+    let pid = rs.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(300));
+    rs.child.kill().unwrap();
+    rs.child.wait().unwrap();
+    let before = rs.received().len();
+    std::thread::sleep(Duration::from_millis(300));
+    let rs2 = Rsyslog::spawn(work.path(), rs.conf.clone());
+    sender.join().unwrap();
+    drop(guard);
+    let got = rs2.wait_for(n as usize + 2);
+    let stats = handle.stats();
+    assert!(
+        before < n as usize,
+        "the kill happened mid-stream ({before} of {n} before it)"
+    );
+    assert!(stats.syslog_reconnects >= 1, "{stats:?}");
+    let (missing, dups) = missing_and_duplicates(&got, n);
+    assert!(
+        missing.is_empty(),
+        "lost across the kill: {} (first {:?}); stats {stats:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    eprintln!(
+        "relay killed after {before} records: {} resent, {dups} duplicates received, {} reconnects",
+        stats.syslog_resent, stats.syslog_reconnects
+    );
+    // Only what was unacknowledged at the kill was sent again: at most one
+    // window, and every duplicate the relay holds is one of those.
+    assert!((1..=128).contains(&stats.syslog_resent), "{stats:?}");
+    assert!(
+        dups <= stats.syslog_resent,
+        "{dups} duplicates, {} resent",
+        stats.syslog_resent
+    );
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn relp_over_tls_with_verified_server_certificate() {
+    if !relp_available() {
+        return;
+    }
+    let work = common::tempdir();
+    let config = test_certificates(work.path(), true);
+    let port = free_tcp_port();
+    let rs = Rsyslog::start(
+        work.path(),
+        &relp_input(
+            port,
+            " tls=\"on\" tls.authMode=\"certvalid\" tls.caCert=\"WORK/ca.pem\" tls.myCert=\"WORK/cert.pem\" tls.myPrivKey=\"WORK/key.pem\"",
+        ),
+    );
+    wait_listening(port);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stats = send(
+        SyslogSink::relp_tls(format!("127.0.0.1:{port}"), config, name),
+        500,
+        None,
+    );
+    let got = rs.wait_for(502);
+    check_exactly_once(&got, 500);
+    assert_eq!(stats.syslog_errors, 0, "{stats:?}");
+    assert_eq!(stats.syslog_sent as usize, got.len(), "{stats:?}");
+}
+
+/// A CA and a server certificate for localhost and 127.0.0.1, made here and
+/// written as ca.pem, cert.pem and key.pem in `work`; returns a client
+/// configuration that trusts the CA and, with `client_auth`, presents a
+/// client certificate from the same CA (imrelp's TLS asks for one).
+#[cfg(feature = "tls")]
+fn test_certificates(work: &Path, client_auth: bool) -> std::sync::Arc<rustls::ClientConfig> {
+    use std::sync::Arc;
+    // A CA and a server certificate for 127.0.0.1, made here.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tracing-audit test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(work.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(work.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(work.join("key.pem"), key.serialize_pem()).unwrap();
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    if !client_auth {
+        return Arc::new(builder.with_no_client_auth());
+    }
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["audit-client".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(client_key.serialize_der().into());
+    Arc::new(
+        builder
+            .with_client_auth_cert(vec![client.der().clone()], key_der)
+            .unwrap(),
+    )
 }

@@ -67,12 +67,17 @@ pub struct AuditStats {
     pub syncs: u64,
     /// Panics caught inside a layer callback (e.g. from a field's `Debug`).
     pub callback_errors: u64,
-    /// Syslog messages written: UDP and Unix datagrams sent, or messages
-    /// written into a TCP/TLS connection. Plain TCP and TLS cannot confirm
-    /// that the relay read them: a connection that then dies may have lost
-    /// what sat in the kernel's buffers (the last messages are resent after
-    /// a dead stream; see the README's syslog section).
+    /// Syslog messages delivered: acknowledged by the relay (RELP), or
+    /// for the other transports written (UDP and Unix datagrams sent,
+    /// messages written into a TCP/TLS connection). Plain TCP and TLS
+    /// cannot confirm that the relay read them: a connection that then dies
+    /// may have lost what sat in the kernel's buffers (the last messages
+    /// are resent after a dead stream; see the README's syslog section).
     pub syslog_sent: u64,
+    /// Messages sent again after a connection died: over RELP those the
+    /// relay had not acknowledged, over TCP/TLS the last ones written. Each
+    /// may arrive twice (a duplicate has the same `seq` and `id`).
+    pub syslog_resent: u64,
     /// Messages a syslog sink dropped (lossy mode, or unsendable).
     pub syslog_dropped: u64,
     /// Syslog messages cut to the UDP size limit.
@@ -173,6 +178,7 @@ impl AuditHandle {
             syslog_dropped: s.dropped.load(Relaxed),
             syslog_truncated: s.truncated.load(Relaxed),
             syslog_reconnects: s.reconnects.load(Relaxed),
+            syslog_resent: s.resent.load(Relaxed),
             syslog_errors: s.errors.load(Relaxed),
             last_error: last.as_ref().map(|e| e.message.clone()),
             last_error_at: last.map(|e| {

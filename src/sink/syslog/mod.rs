@@ -5,16 +5,19 @@
 //! holds an off-host copy of the chain) to this sink's bounded queue; the
 //! sink's thread frames and sends it. The application's threads never touch
 //! the network. On a send error or a closed peer the thread reconnects with
-//! exponential backoff and jitter, keeping the message; it also resends the
-//! last few messages sent on a stream that turned out dead (delivery is at
-//! least once across a reconnect; `seq` and `id` in the structured data
-//! identify duplicates).
+//! exponential backoff and jitter, keeping the message. What was in flight
+//! on a connection that died is sent again: over RELP exactly the messages
+//! the relay did not acknowledge ([`relp`]), over plain TCP/TLS, which
+//! cannot say what the relay took, the last few messages sent (delivery is
+//! at least once across a reconnect; `seq` and `id` in the structured data
+//! identify duplicates, and `syslog_resent` counts them).
 //!
 //! Hand-written rather than a syslog crate: the existing ones send
 //! synchronously from the caller's thread, lack RFC 6587 octet counting on
-//! TCP/TLS, and do not reconnect.
+//! TCP/TLS, do not reconnect, and none speaks RELP.
 
 mod frame;
+mod relp;
 mod transport;
 
 use std::collections::VecDeque;
@@ -49,7 +52,8 @@ use transport::{Conn, Target};
 /// | UDP message cap | 2048 bytes (MSG cut at a UTF-8 boundary, SD kept, counted) |
 /// | queue | 65 536 messages, [`QueueMode::Lossless`] |
 /// | reconnect backoff | 100 ms doubling to 30 s, ±25 % jitter |
-/// | resent after a dead stream | last 256 messages |
+/// | resent after a dead stream | RELP: exactly the unacknowledged; TCP/TLS: last 256 messages |
+/// | RELP window (unacknowledged messages in flight) | 128 |
 /// | shutdown grace for an unreachable server | 10 s |
 ///
 /// ```no_run
@@ -118,6 +122,55 @@ impl SyslogSink {
         Self::new(Target::Tls(addr.into(), config, server_name))
     }
 
+    /// RELP over TCP, to rsyslog's `imrelp` (or anything speaking RELP):
+    /// the relay acknowledges every message, so `syslog_sent` counts what
+    /// it took, and after a reconnect exactly the unacknowledged messages
+    /// are sent again. Up to [`relp_window`](Self::relp_window) messages
+    /// are in flight at once.
+    ///
+    /// ```no_run
+    /// use tracing_audit::{AuditLayer, SyslogSink};
+    /// let (layer, guard) = AuditLayer::builder()
+    ///     .file("./audit")
+    ///     .syslog(SyslogSink::relp("127.0.0.1:2514"))
+    ///     .build::<tracing_subscriber::Registry>()?;
+    /// # Ok::<(), tracing_audit::Error>(())
+    /// ```
+    pub fn relp(addr: impl Into<String>) -> Self {
+        Self::new(Target::Relp(addr.into(), RELP_WINDOW))
+    }
+
+    /// RELP over TLS (imrelp's `tls="on"`), with a rustls client
+    /// configuration as for [`tls`](Self::tls).
+    #[cfg(feature = "tls")]
+    pub fn relp_tls(
+        addr: impl Into<String>,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        Self::new(Target::RelpTls(
+            addr.into(),
+            RELP_WINDOW,
+            config,
+            server_name,
+        ))
+    }
+
+    /// How many messages a RELP sink sends before it waits for the relay's
+    /// acknowledgements (default 128, librelp's own; at least 1). Ignored
+    /// by the other transports.
+    #[must_use]
+    pub fn relp_window(mut self, messages: usize) -> Self {
+        let messages = messages.max(1);
+        match &mut self.target {
+            Target::Relp(_, w) => *w = messages,
+            #[cfg(feature = "tls")]
+            Target::RelpTls(_, w, ..) => *w = messages,
+            _ => {}
+        }
+        self
+    }
+
     /// A Unix datagram socket (the local syslog daemon's is `/dev/log`).
     pub fn unix(path: impl AsRef<Path>) -> Self {
         Self::new(Target::Unix(path.as_ref().to_path_buf()))
@@ -156,7 +209,8 @@ impl SyslogSink {
         self
     }
 
-    /// Stream framing (ignored for datagrams; TLS always counts octets).
+    /// Stream framing (ignored for datagrams and RELP; TLS always counts
+    /// octets).
     #[must_use]
     pub fn framing(mut self, framing: Framing) -> Self {
         self.framing = framing;
@@ -194,7 +248,8 @@ impl SyslogSink {
         self
     }
 
-    /// How many recent messages are resent after a stream is found dead.
+    /// How many recent messages are resent after a TCP or TLS stream is
+    /// found dead (RELP resends exactly what the relay did not acknowledge).
     #[must_use]
     pub fn replay(mut self, messages: usize) -> Self {
         self.replay = messages;
@@ -291,11 +346,15 @@ impl SyslogSink {
     }
 }
 
+/// The default [`SyslogSink::relp_window`].
+const RELP_WINDOW: usize = 128;
+
 /// What the syslog sinks did, read into [`crate::AuditStats`]. One set is
 /// shared by all of a pipeline's syslog sinks.
 #[derive(Debug, Default)]
 pub(crate) struct SyslogCounters {
     pub(crate) sent: AtomicU64,
+    pub(crate) resent: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) truncated: AtomicU64,
     pub(crate) reconnects: AtomicU64,
@@ -390,20 +449,24 @@ impl Sender {
                 Err(RecvTimeoutError::Disconnected) => self.start_grace(),
             }
         }
-        if self.deadline.is_none() {
-            self.take_queued(rx, 1024);
-        }
+        // A batch, also while closing: over RELP each batch ends with a wait
+        // for the relay's answers, which one message at a time would make a
+        // round trip per message.
+        self.take_queued(rx, 1024);
         true
     }
 
     /// Moves queued lines into `pending` (in order) until the queue is
     /// empty or `pending` holds `up_to`; a closed queue starts the grace.
     fn take_queued(&mut self, rx: &Receiver<OwnedLine>, up_to: usize) {
-        while self.deadline.is_none() && self.pending.len() < up_to {
+        while self.pending.len() < up_to {
             match rx.try_recv() {
                 Ok(line) => self.pending.push_back(self.message(&line)),
                 Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => self.start_grace(),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.start_grace();
+                    break;
+                }
             }
         }
     }
@@ -411,6 +474,32 @@ impl Sender {
     /// Sends `pending` in order. Returns `false` if the shutdown grace ran
     /// out with messages unsent (they are counted as dropped).
     fn send_pending(&mut self, rx: &Receiver<OwnedLine>) -> bool {
+        loop {
+            if !self.send_each(rx) {
+                return false;
+            }
+            // RELP: what was sent counts once the relay acknowledged it.
+            let settled = match &mut self.conn {
+                Some(c) => c.settle(),
+                None => Ok(0),
+            };
+            match settled {
+                Ok(n) => {
+                    self.counters.sent.fetch_add(n, Relaxed);
+                    return true;
+                }
+                Err(e) => {
+                    if !self.failed(&e, rx) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `pending` in order; the part of [`Self::send_pending`] before
+    /// the wait for acknowledgements.
+    fn send_each(&mut self, rx: &Receiver<OwnedLine>) -> bool {
         while let Some(msg) = self.pending.pop_front() {
             let left = self
                 .deadline
@@ -423,7 +512,7 @@ impl Sender {
             let sent = self.send(&msg, &mut scratch, left.unwrap_or(Duration::MAX));
             self.scratch = scratch;
             match sent {
-                Ok(()) => self.sent(msg),
+                Ok(delivered) => self.sent(msg, delivered),
                 Err(e) => {
                     self.pending.push_front(msg);
                     if !self.failed(&e, rx) {
@@ -435,10 +524,11 @@ impl Sender {
         true
     }
 
-    /// Counts a sent message and keeps it for a resend if the stream
-    /// proves dead.
-    fn sent(&mut self, msg: Vec<u8>) {
-        self.counters.sent.fetch_add(1, Relaxed);
+    /// Counts what is now delivered and keeps a sent message for a resend
+    /// if the stream proves dead (TCP/TLS; a RELP session keeps its own
+    /// unacknowledged messages).
+    fn sent(&mut self, msg: Vec<u8>, delivered: u64) {
+        self.counters.sent.fetch_add(delivered, Relaxed);
         // Only a connection that stayed up proves the peer healthy: one
         // that accepts and closes at once must not reset the backoff (it
         // would reconnect every 100 ms forever).
@@ -448,7 +538,8 @@ impl Sender {
         {
             self.backoff = self.cfg.backoff_min;
         }
-        if !self.cfg.target.is_datagram() && self.cfg.replay > 0 {
+        let guessed = !self.cfg.target.is_datagram() && !self.cfg.target.is_acknowledged();
+        if guessed && self.cfg.replay > 0 {
             if self.recent.len() >= self.cfg.replay {
                 self.recent.pop_front();
             }
@@ -463,9 +554,14 @@ impl Sender {
         self.counters
             .error(format!("syslog {:?}: {e}", self.cfg.target));
         if let Some(c) = self.conn.take() {
-            c.close();
-            // The stream died: what went into it lately may not have arrived.
-            for m in self.recent.drain(..).rev() {
+            // The stream died: over RELP what the relay did not acknowledge,
+            // over TCP/TLS what went into it lately, may not have arrived.
+            let mut back = c.abandon();
+            if !self.cfg.target.is_acknowledged() {
+                back = self.recent.drain(..).collect();
+            }
+            self.counters.resent.fetch_add(back.len() as u64, Relaxed);
+            for m in back.into_iter().rev() {
                 self.pending.push_front(m);
             }
         }
@@ -524,8 +620,11 @@ impl Sender {
         msg
     }
 
-    fn send(&mut self, msg: &[u8], scratch: &mut Vec<u8>, limit: Duration) -> std::io::Result<()> {
-        if self.conn.as_ref().is_some_and(Conn::peer_closed) {
+    fn send(&mut self, msg: &[u8], scratch: &mut Vec<u8>, limit: Duration) -> std::io::Result<u64> {
+        // A RELP session learns of a dead relay from its answers; a plain
+        // stream is checked before each message goes into it.
+        let check = !self.cfg.target.is_acknowledged();
+        if check && self.conn.as_ref().is_some_and(Conn::peer_closed) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
                 "the server closed the connection",

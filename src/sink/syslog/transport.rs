@@ -1,5 +1,6 @@
 //! Connections to a syslog server: UDP, TCP, TLS (RFC 5425) and Unix
-//! datagram sockets, with RFC 6587 framing on streams.
+//! datagram sockets, with RFC 6587 framing on streams, and RELP sessions
+//! (over TCP or TLS) whose messages the server acknowledges.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 #[cfg(feature = "tls")]
 use std::sync::Arc;
+
+use super::relp;
 
 /// How messages are delimited on a stream (RFC 6587).
 ///
@@ -38,6 +41,16 @@ pub(crate) enum Target {
         rustls::pki_types::ServerName<'static>,
     ),
     Unix(PathBuf),
+    /// RELP over TCP, with the window of unanswered messages.
+    Relp(String, usize),
+    /// RELP over TLS.
+    #[cfg(feature = "tls")]
+    RelpTls(
+        String,
+        usize,
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
 }
 
 impl std::fmt::Debug for Target {
@@ -48,6 +61,9 @@ impl std::fmt::Debug for Target {
             #[cfg(feature = "tls")]
             Target::Tls(a, _, _) => write!(f, "tls://{a}"),
             Target::Unix(p) => write!(f, "unix://{}", p.display()),
+            Target::Relp(a, _) => write!(f, "relp://{a}"),
+            #[cfg(feature = "tls")]
+            Target::RelpTls(a, ..) => write!(f, "relp+tls://{a}"),
         }
     }
 }
@@ -55,6 +71,16 @@ impl std::fmt::Debug for Target {
 impl Target {
     pub(crate) fn is_datagram(&self) -> bool {
         matches!(self, Target::Udp(_) | Target::Unix(_))
+    }
+
+    /// Whether the server acknowledges each message (RELP).
+    pub(crate) fn is_acknowledged(&self) -> bool {
+        match self {
+            Target::Relp(..) => true,
+            #[cfg(feature = "tls")]
+            Target::RelpTls(..) => true,
+            _ => false,
+        }
     }
 }
 
@@ -65,6 +91,8 @@ pub(crate) enum Conn {
     #[cfg(feature = "tls")]
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
     Unix(UnixDatagram),
+    /// A RELP session, and its socket (for timeouts and closing).
+    Relp(Box<relp::Session>, TcpStream),
 }
 
 impl std::fmt::Debug for Conn {
@@ -75,6 +103,7 @@ impl std::fmt::Debug for Conn {
             #[cfg(feature = "tls")]
             Conn::Tls(_) => "Conn::Tls",
             Conn::Unix(_) => "Conn::Unix",
+            Conn::Relp(..) => "Conn::Relp",
         })
     }
 }
@@ -126,15 +155,19 @@ impl Conn {
             Target::Tcp(addr) => Conn::Tcp(tcp(addr, limit)?),
             #[cfg(feature = "tls")]
             Target::Tls(addr, config, name) => {
+                Conn::Tls(Box::new(tls(tcp(addr, limit)?, config, name)?))
+            }
+            Target::Relp(addr, window) => {
                 let sock = tcp(addr, limit)?;
-                let conn = rustls::ClientConnection::new(config.clone(), name.clone())
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                let mut stream = rustls::StreamOwned::new(conn, sock);
-                // Complete the handshake now, so certificate errors surface here.
-                while stream.conn.is_handshaking() {
-                    stream.conn.complete_io(&mut stream.sock)?;
-                }
-                Conn::Tls(Box::new(stream))
+                let session = relp::Session::open(Box::new(sock.try_clone()?), *window)?;
+                Conn::Relp(Box::new(session), sock)
+            }
+            #[cfg(feature = "tls")]
+            Target::RelpTls(addr, window, config, name) => {
+                let sock = tcp(addr, limit)?;
+                let stream = tls(sock.try_clone()?, config, name)?;
+                let session = relp::Session::open(Box::new(stream), *window)?;
+                Conn::Relp(Box::new(session), sock)
             }
             Target::Unix(path) => {
                 let s = UnixDatagram::unbound()?;
@@ -162,6 +195,10 @@ impl Conn {
             Conn::Unix(s) => {
                 let _ = s.set_write_timeout(t);
             }
+            Conn::Relp(_, s) => {
+                let _ = s.set_write_timeout(t);
+                let _ = s.set_read_timeout(t);
+            }
             Conn::Udp(_) => {}
         }
     }
@@ -173,6 +210,7 @@ impl Conn {
             Conn::Tcp(s) => s,
             #[cfg(feature = "tls")]
             Conn::Tls(s) => &s.sock,
+            Conn::Relp(_, s) => s,
             _ => return false,
         };
         if sock.set_nonblocking(true).is_err() {
@@ -188,28 +226,62 @@ impl Conn {
         closed
     }
 
-    /// Sends one message with the framing the transport needs.
+    /// Sends one message with the framing the transport needs. Returns how
+    /// many messages are now delivered as far as the transport can tell:
+    /// this one once written, or for RELP those the server acknowledged.
     pub(crate) fn send(
         &mut self,
         msg: &[u8],
         framing: Framing,
         scratch: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         match self {
-            Conn::Udp(s) => s.send(msg).map(|_| ()),
-            Conn::Unix(s) => s.send(msg).map(|_| ()),
-            Conn::Tcp(s) => s.write_all(framed(msg, framing, scratch)),
+            Conn::Udp(s) => s.send(msg).map(|_| 1),
+            Conn::Unix(s) => s.send(msg).map(|_| 1),
+            Conn::Tcp(s) => s.write_all(framed(msg, framing, scratch)).map(|()| 1),
             #[cfg(feature = "tls")]
             Conn::Tls(s) => {
                 s.write_all(framed(msg, Framing::OctetCounting, scratch))?;
-                s.flush()
+                s.flush().map(|()| 1)
+            }
+            Conn::Relp(s, _) => s.send(msg),
+        }
+    }
+
+    /// Waits until the server has acknowledged everything sent (RELP; the
+    /// other transports have nothing to wait for). Returns how many
+    /// messages were acknowledged meanwhile.
+    pub(crate) fn settle(&mut self) -> io::Result<u64> {
+        match self {
+            Conn::Relp(s, _) => s.settle(),
+            _ => Ok(0),
+        }
+    }
+
+    /// Drops a connection found broken; returns the messages sent on it
+    /// that the server did not acknowledge (RELP), oldest first.
+    pub(crate) fn abandon(self) -> Vec<Vec<u8>> {
+        match self {
+            Conn::Relp(s, sock) => {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+                s.into_unacked()
+            }
+            other => {
+                other.close();
+                Vec::new()
             }
         }
     }
 
-    /// Closes politely (TLS `close_notify`).
+    /// Closes politely (TLS `close_notify`, RELP `close`).
     pub(crate) fn close(self) {
         match self {
+            Conn::Relp(s, sock) => {
+                if s.unanswered() == 0 {
+                    let _ = s.close();
+                }
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+            }
             #[cfg(feature = "tls")]
             Conn::Tls(mut s) => {
                 s.conn.send_close_notify();
@@ -222,6 +294,23 @@ impl Conn {
             _ => {}
         }
     }
+}
+
+/// A TLS client stream on a connected socket, its handshake complete (so
+/// certificate errors surface at connect).
+#[cfg(feature = "tls")]
+fn tls(
+    sock: TcpStream,
+    config: &Arc<rustls::ClientConfig>,
+    name: &rustls::pki_types::ServerName<'static>,
+) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let conn = rustls::ClientConnection::new(config.clone(), name.clone())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
 }
 
 fn framed<'a>(msg: &[u8], framing: Framing, scratch: &'a mut Vec<u8>) -> &'a [u8] {
