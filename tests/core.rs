@@ -14,10 +14,11 @@ use tracing_audit::{AuditLayer, Error, FileSink, QueueMode, Risk};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
-const KEYS: [&str; 22] = [
+const KEYS: [&str; 23] = [
     "schema",
     "audit_id",
     "seq",
+    "chain_id",
     "timestamp",
     "event_type",
     "actor",
@@ -104,9 +105,13 @@ fn records_follow_the_schema_and_other_layers_see_everything() {
                 .unwrap_or_else(|| panic!("{k} missing or out of order in {line}"));
             at += pos;
         }
-        assert_eq!(rec.as_object().unwrap().len(), 21);
+        assert_eq!(rec.as_object().unwrap().len(), 22);
+        assert_eq!(rec["schema"], 2);
         let id = uuid::Uuid::parse_str(rec["audit_id"].as_str().unwrap()).unwrap();
         assert_eq!(id.get_version_num(), 7);
+        // One chain id in every record of the directory.
+        assert_eq!(rec["chain_id"], all[0]["chain_id"]);
+        uuid::Uuid::parse_str(rec["chain_id"].as_str().unwrap()).unwrap();
         let ts = rec["timestamp"].as_str().unwrap();
         assert!(ts.ends_with('Z') && ts.len() == 27, "{ts}");
     }

@@ -275,6 +275,7 @@ fn check_exactly_once(got: &[Received], n: u64) {
             "outcome=\"success\"".into(),
             format!("seq=\"{seq}\""),
             format!("id=\"{}\"", r.record["audit_id"].as_str().unwrap()),
+            format!("chain=\"{}\"", r.record["chain_id"].as_str().unwrap()),
         ] {
             assert!(r.sd.contains(&want), "SD lacks {want}: {}", r.sd);
         }
@@ -759,6 +760,19 @@ fn relp_relay_killed_mid_stream_resends_exactly_the_unacknowledged() {
         "{dups} duplicates, {} resent",
         stats.syslog_resent
     );
+    // The relay's file, checked as a collected copy: one chain, intact and
+    // gap-free from seq 0, the resent copies counted as duplicates.
+    let report = tracing_audit::trail::verify_collected(
+        &[work.path().join("out.log")],
+        &tracing_audit::trail::CollectedOptions::default(),
+    )
+    .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.chains.len(), 1);
+    let chain = &report.chains[0];
+    assert_eq!(chain.first_seq, Some(0));
+    assert_eq!(chain.records, n + 2);
+    assert_eq!(chain.duplicates, dups);
 }
 
 #[cfg(feature = "tls")]

@@ -27,6 +27,13 @@ struct Cli {
 struct Trail {
     /// The audit directory.
     dir: PathBuf,
+    #[command(flatten)]
+    naming: Naming,
+}
+
+/// How a trail's files are named and keyed.
+#[derive(Args, Debug, Clone)]
+struct Naming {
     /// File name prefix the trail was written with.
     #[arg(long, default_value = "audit")]
     prefix: String,
@@ -39,13 +46,7 @@ struct Trail {
     key_env: Option<String>,
 }
 
-impl Trail {
-    fn sink(&self) -> FileSink {
-        FileSink::new(&self.dir)
-            .prefix(self.prefix.clone())
-            .suffix(self.suffix.clone())
-    }
-
+impl Naming {
     fn key(&self) -> Result<Option<Vec<u8>>, Box<dyn std::error::Error>> {
         Ok(match &self.key_env {
             Some(var) => match std::env::var(var) {
@@ -54,6 +55,18 @@ impl Trail {
             },
             None => None,
         })
+    }
+}
+
+impl Trail {
+    fn sink(&self) -> FileSink {
+        FileSink::new(&self.dir)
+            .prefix(self.naming.prefix.clone())
+            .suffix(self.naming.suffix.clone())
+    }
+
+    fn key(&self) -> Result<Option<Vec<u8>>, Box<dyn std::error::Error>> {
+        self.naming.key()
     }
 
     /// The trail opened for reading, keyed when a key was given; warns on
@@ -87,9 +100,26 @@ fn count(n: u64, what: &str) -> String {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Check every hash, link and sequence number; exit 1 naming the first failure.
+    /// With --collected, check a central store's copy instead (many chains,
+    /// any order, duplicates): exit 0 only if every chain is intact and gap-free.
     Verify {
+        /// The audit directory (not with --collected).
+        #[arg(required_unless_present = "collected")]
+        dir: Option<PathBuf>,
         #[command(flatten)]
-        trail: Trail,
+        naming: Naming,
+        /// Records exported from a central store (`-` for standard input):
+        /// one record per line, anything before its first `{` ignored.
+        #[arg(long, num_args = 1.., value_name = "FILE", conflicts_with = "dir")]
+        collected: Vec<PathBuf>,
+        /// With --collected: the local trail to compare with (which of its
+        /// records the central copy lacks).
+        #[arg(long, value_name = "DIR", requires = "collected")]
+        against: Option<PathBuf>,
+        /// With --collected: how far out of order a record may arrive, in
+        /// records of its chain.
+        #[arg(long, default_value_t = tracing_audit::trail::DEFAULT_WINDOW)]
+        window: usize,
         /// Fail unless every record is from this service (catches a trail
         /// replaced by another service's written under the same key).
         #[arg(long)]
@@ -176,10 +206,17 @@ type Res = Result<ExitCode, Box<dyn std::error::Error>>;
 fn run(cli: Cli) -> Res {
     match cli.cmd {
         Cmd::Verify {
-            trail,
+            dir,
+            naming,
+            collected,
+            against,
+            window,
             expect_service,
             json,
-        } => verify(&trail, expect_service, json),
+        } => match dir {
+            Some(dir) => verify(&Trail { dir, naming }, expect_service, json),
+            None => verify_collected(&collected, &naming, against, window, json),
+        },
         Cmd::Query {
             trail,
             filters,
@@ -231,7 +268,7 @@ fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
         }
         match &report.failure {
             None => println!(
-                "OK: {} in {}, seq {}..{}, {} .. {} ({})",
+                "OK: {} in {}, seq {}..{}, {} .. {} ({}, chain {})",
                 count(report.records, "record"),
                 count(report.files as u64, "file"),
                 report.first_seq.map_or("-".into(), |s| s.to_string()),
@@ -239,6 +276,7 @@ fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
                 report.first_time.as_deref().unwrap_or("-"),
                 report.last_time.as_deref().unwrap_or("-"),
                 report.algorithm,
+                report.chain_id.as_deref().unwrap_or("- (schema 1)"),
             ),
             Some(f) => println!(
                 "FAILED: {}:{}: {:?}{}: {}",
@@ -267,6 +305,164 @@ fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
         }
         Some(_) => ExitCode::from(1),
     })
+}
+
+/// `verify --collected`: per chain, its range, gaps, duplicates, conflicts
+/// and first mismatch; with `--against`, what the central copy lacks of the
+/// local trail.
+fn verify_collected(
+    files: &[PathBuf],
+    naming: &Naming,
+    against: Option<PathBuf>,
+    window: usize,
+    json: bool,
+) -> Res {
+    use tracing_audit::trail::{verify_collected, CollectedOptions};
+    let key = naming.key()?;
+    let mut opts = CollectedOptions::default().window(window);
+    if let Some(k) = &key {
+        opts = opts.key(k);
+    }
+    let report = verify_collected(files, &opts)?;
+    let lacking = match &against {
+        Some(dir) => {
+            let local = Trail {
+                dir: dir.clone(),
+                naming: naming.clone(),
+            };
+            let r = tracing_audit::trail::verify_opts(
+                &local.sink(),
+                key.as_deref(),
+                &tracing_audit::trail::VerifyOptions::default(),
+            )?;
+            Some(lacking_locally(&report, &r))
+        }
+        None => None,
+    };
+    let lacks = lacking.as_ref().is_some_and(|l| !l.missing.is_empty());
+    if json {
+        let out = serde_json::json!({ "report": report, "against": lacking });
+        println!("{out}");
+    } else {
+        print_collected(&report, lacking.as_ref());
+    }
+    Ok(if report.is_ok() && !lacks {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// What the central copy lacks of a local trail.
+#[derive(serde::Serialize, Debug)]
+struct Lacking {
+    chain_id: Option<String>,
+    local_first: Option<u64>,
+    local_last: Option<u64>,
+    /// Inclusive `seq` ranges of the local trail not in the central copy.
+    missing: Vec<(u64, u64)>,
+}
+
+fn lacking_locally(
+    central: &tracing_audit::trail::CollectedReport,
+    local: &tracing_audit::trail::VerifyReport,
+) -> Lacking {
+    let id = local.chain_id.clone().unwrap_or_else(|| "-".to_owned());
+    let mut missing = Vec::new();
+    if let (Some(lo), Some(hi)) = (local.first_seq, local.last_seq) {
+        match central.chains.iter().find(|c| c.chain_id == id) {
+            None => missing.push((lo, hi)),
+            Some(c) => {
+                let (cf, cl) = (c.first_seq.unwrap_or(u64::MAX), c.last_seq.unwrap_or(0));
+                if lo < cf {
+                    missing.push((lo, cf.saturating_sub(1).min(hi)));
+                }
+                for &(a, b) in &c.gaps {
+                    if b >= lo && a <= hi {
+                        missing.push((a.max(lo), b.min(hi)));
+                    }
+                }
+                if hi > cl && cl >= lo {
+                    missing.push((cl + 1, hi));
+                }
+            }
+        }
+    }
+    Lacking {
+        chain_id: local.chain_id.clone(),
+        local_first: local.first_seq,
+        local_last: local.last_seq,
+        missing,
+    }
+}
+
+fn print_collected(r: &tracing_audit::trail::CollectedReport, lacking: Option<&Lacking>) {
+    let ranges = |v: &[(u64, u64)]| {
+        v.iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "{} read, {}, {} not records",
+        count(r.lines, "line"),
+        count(r.chains.len() as u64, "chain"),
+        r.not_records
+    );
+    for c in &r.chains {
+        println!(
+            "{} chain {}: {} seq {}..{}, {} duplicate(s){}",
+            if c.is_ok() { "OK    " } else { "FAILED" },
+            c.chain_id,
+            count(c.records, "record"),
+            c.first_seq.map_or("-".into(), |s| s.to_string()),
+            c.last_seq.map_or("-".into(), |s| s.to_string()),
+            c.duplicates,
+            if c.late > 0 {
+                format!(", {} late (beyond the window)", c.late)
+            } else {
+                String::new()
+            }
+        );
+        if !c.gaps.is_empty() {
+            println!("  gaps: {}", ranges(&c.gaps));
+        }
+        for f in &c.conflicts {
+            println!(
+                "  conflict: {}:{}: seq {}: {}",
+                f.at.file.display(),
+                f.at.line,
+                f.seq,
+                f.detail
+            );
+        }
+        if let Some(f) = &c.first_mismatch {
+            println!(
+                "  mismatch: {}:{}: seq {}: {}",
+                f.at.file.display(),
+                f.at.line,
+                f.seq,
+                f.detail
+            );
+        }
+    }
+    if let Some(l) = lacking {
+        if l.missing.is_empty() {
+            println!("the central copy holds every record of the local trail");
+        } else {
+            println!(
+                "the central copy lacks local records of chain {}: {}",
+                l.chain_id.as_deref().unwrap_or("-"),
+                ranges(&l.missing)
+            );
+        }
+    }
 }
 
 fn query(trail: &Trail, q: &Query, limit: Option<usize>, json: bool) -> Res {

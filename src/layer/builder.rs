@@ -318,9 +318,12 @@ impl AuditLayerBuilder {
             .file
             .as_ref()
             .map_or_else(|| "null".to_owned(), FileSink::retention_json);
+        // A directory's chain keeps the id it got when it started; a trail
+        // of schema 1 records (no id yet) gets one at its first new record.
+        let chain_id = resume.chain_id.unwrap_or_else(uuid::Uuid::now_v7);
         let chain = match &resume.last {
-            Some((seq, hash)) => Chain::resume(hasher, *seq, hash),
-            None => Chain::new(hasher),
+            Some((seq, hash)) => Chain::resume(hasher, &chain_id, *seq, hash),
+            None => Chain::new(hasher, &chain_id),
         };
 
         let counters = Arc::new(Counters::default());

@@ -24,7 +24,9 @@ use crate::record::encode;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 pub(crate) use crate::record::layout::HASH_SUFFIX_LEN;
-use crate::record::layout::{END, HASH_KEY, HEAD, ID_LEN, PREV_KEY, PREV_LEN, SEQ_KEY};
+use crate::record::layout::{
+    CHAIN_END, CHAIN_KEY, END, HASH_KEY, HEAD, HEAD_V1, ID_LEN, PREV_KEY, PREV_LEN, SEQ_KEY,
+};
 
 /// SHA-256, or HMAC-SHA-256 with a key.
 #[derive(Clone)]
@@ -85,28 +87,40 @@ impl Hasher {
     }
 }
 
-/// The writer's chain state: next `seq` and the last hash.
+/// The writer's chain state: its id, next `seq` and the last hash.
 #[derive(Debug, Clone)]
 pub(crate) struct Chain {
     hasher: Hasher,
     next_seq: u64,
     prev_hex: [u8; 64],
+    /// The chain's id (hyphenated UUID), written into every record.
+    chain_id: [u8; ID_LEN],
 }
 
 impl Chain {
-    pub(crate) fn new(hasher: Hasher) -> Self {
+    /// A new chain with the id `chain_id`.
+    pub(crate) fn new(hasher: Hasher, chain_id: &uuid::Uuid) -> Self {
         let mut prev_hex = [0u8; 64];
         prev_hex.copy_from_slice(GENESIS.as_bytes());
+        let mut id = [0u8; ID_LEN];
+        chain_id.hyphenated().encode_lower(&mut id);
         Chain {
             hasher,
             next_seq: 0,
             prev_hex,
+            chain_id: id,
         }
     }
 
-    /// Continues after a record with `seq` and `hash` (hex) found on disk.
-    pub(crate) fn resume(hasher: Hasher, last_seq: u64, last_hash: &str) -> Self {
-        let mut c = Chain::new(hasher);
+    /// Continues chain `chain_id` after a record with `seq` and `hash`
+    /// (hex) found on disk.
+    pub(crate) fn resume(
+        hasher: Hasher,
+        chain_id: &uuid::Uuid,
+        last_seq: u64,
+        last_hash: &str,
+    ) -> Self {
+        let mut c = Chain::new(hasher, chain_id);
         c.next_seq = last_seq + 1;
         if last_hash.len() == 64 {
             c.prev_hex.copy_from_slice(last_hash.as_bytes());
@@ -131,6 +145,9 @@ impl Chain {
         out.extend_from_slice(audit_id.hyphenated().encode_lower(&mut idbuf).as_bytes());
         out.extend_from_slice(SEQ_KEY);
         encode::write_u64(out, seq);
+        out.extend_from_slice(CHAIN_KEY);
+        out.extend_from_slice(&self.chain_id);
+        out.extend_from_slice(CHAIN_END);
         let body_at = out.len() - start;
         out.extend_from_slice(body);
         out.extend_from_slice(PREV_KEY);
@@ -160,6 +177,8 @@ pub(crate) struct Sealed {
 /// The chain fields of one line, read without parsing JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Link<'a> {
+    /// The chain's id (schema 2; `None` on a schema 1 line).
+    pub(crate) chain_id: Option<&'a str>,
     pub(crate) seq: u64,
     pub(crate) prev_hash: &'a str,
     pub(crate) hash: &'a str,
@@ -174,6 +193,15 @@ pub(crate) enum LinkError {
     HashMismatch,
 }
 
+/// A hyphenated lower-case UUID: 8-4-4-4-12 hex digits.
+fn is_uuid(s: &[u8]) -> bool {
+    s.len() == ID_LEN
+        && s.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => matches!(b, b'0'..=b'9' | b'a'..=b'f'),
+        })
+}
+
 fn is_hex64(s: &[u8]) -> bool {
     s.len() == 64 && s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -181,9 +209,32 @@ fn is_hex64(s: &[u8]) -> bool {
 /// Reads and checks one line (without its `\n`): the stored hash must equal
 /// the hash of its own bytes and its stored `prev_hash`.
 pub(crate) fn check_line<'a>(hasher: &Hasher, line: &'a [u8]) -> Result<Link<'a>, LinkError> {
+    let link = read_link(line)?;
+    if hash_matches(hasher, line) {
+        Ok(link)
+    } else {
+        Err(LinkError::HashMismatch)
+    }
+}
+
+/// Whether the stored hash of a line whose layout [`read_link`] accepted
+/// is the hash of its bytes.
+pub(crate) fn hash_matches(hasher: &Hasher, line: &[u8]) -> bool {
     let n = line.len();
+    let digest = hasher.digest(&line[..n - HASH_SUFFIX_LEN]);
+    let mut hex = [0u8; 64];
+    encode::hex_into(&mut hex, &digest);
+    line[n - HASH_SUFFIX_LEN + HASH_KEY.len()..n - HASH_SUFFIX_LEN + HASH_KEY.len() + 64] == hex
+}
+
+/// Reads one line's chain fields from their fixed places, without
+/// checking its hash (`Malformed` if they are not where a sealed line has
+/// them).
+pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
+    let n = line.len();
+    let v2 = line.starts_with(HEAD);
     if n < HEAD.len() + ID_LEN + SEQ_KEY.len() + HASH_SUFFIX_LEN + PREV_LEN
-        || !line.starts_with(HEAD)
+        || !(v2 || line.starts_with(HEAD_V1))
     {
         return Err(LinkError::Malformed);
     }
@@ -210,15 +261,22 @@ pub(crate) fn check_line<'a>(hasher: &Hasher, line: &'a [u8]) -> Result<Link<'a>
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .ok_or(LinkError::Malformed)?;
-    let digest = hasher.digest(&line[..n - HASH_SUFFIX_LEN]);
-    let mut hex = [0u8; 64];
-    encode::hex_into(&mut hex, &digest);
-    if hex[..] != *hash {
-        return Err(LinkError::HashMismatch);
-    }
-    // Both checked to be ASCII hex above.
-    let as_str = |b: &'a [u8]| std::str::from_utf8(b).unwrap_or("");
+    let chain_id = if v2 {
+        let id = seq_part[digits..]
+            .strip_prefix(CHAIN_KEY)
+            .and_then(|rest| rest.get(..ID_LEN + CHAIN_END.len()))
+            .filter(|id| id.ends_with(CHAIN_END))
+            .map(|id| &id[..ID_LEN])
+            .filter(|id| is_uuid(id))
+            .ok_or(LinkError::Malformed)?;
+        Some(id)
+    } else {
+        None
+    };
+    // All checked to be ASCII above.
+    let as_str = |b| std::str::from_utf8(b).unwrap_or("");
     Ok(Link {
+        chain_id: chain_id.map(as_str),
         seq,
         prev_hash: as_str(prev_hash),
         hash: as_str(hash),
@@ -237,7 +295,7 @@ mod tests {
 
     #[test]
     fn seal_then_check_links() {
-        let mut c = Chain::new(Hasher::Plain);
+        let mut c = Chain::new(Hasher::Plain, &uuid::Uuid::now_v7());
         let a = sealed(&mut c, r#","x":1"#);
         let b = sealed(&mut c, r#","x":2"#);
         let la = check_line(&Hasher::Plain, &a[..a.len() - 1]).unwrap();
@@ -251,7 +309,7 @@ mod tests {
 
     #[test]
     fn any_byte_flip_is_caught() {
-        let mut c = Chain::new(Hasher::Plain);
+        let mut c = Chain::new(Hasher::Plain, &uuid::Uuid::now_v7());
         let line = sealed(&mut c, r#","msg":"hello world""#);
         let line = &line[..line.len() - 1];
         for i in 0..line.len() {
@@ -267,8 +325,8 @@ mod tests {
     #[test]
     fn keyed_chain_rejects_plain_recompute() {
         let key = Hasher::new(Some(b"secret"));
-        let mut keyed = Chain::new(key.clone());
-        let mut plain = Chain::new(Hasher::Plain);
+        let mut keyed = Chain::new(key.clone(), &uuid::Uuid::now_v7());
+        let mut plain = Chain::new(Hasher::Plain, &uuid::Uuid::now_v7());
         let id = uuid::Uuid::now_v7();
         let (mut a, mut b) = (Vec::new(), Vec::new());
         keyed.seal(&mut a, &id, b",\"x\":1");

@@ -3,9 +3,14 @@
 //! without parsing JSON.
 //!
 //! ```text
-//! {"schema":1,"audit_id":"<36>","seq":<n>  BODY  ,"prev_hash":"<64>","hash":"<64>"}\n
-//! └────────── HEAD ─────────┘    └ SEQ_KEY      └─── PREV_KEY ──┘  └── HASH_KEY ─┘ END
+//! {"schema":2,"audit_id":"<36>","seq":<n>,"chain_id":"<36>"  BODY  ,"prev_hash":"<64>","hash":"<64>"}\n
+//! └────────── HEAD ─────────┘    └ SEQ_KEY └ CHAIN_KEY ──┘      CHAIN_END
+//!                                                                └─── PREV_KEY ──┘  └── HASH_KEY ─┘ END
 //! ```
+//!
+//! Schema 1 lines (written before chain identity) have no `chain_id` and
+//! start with [`HEAD_V1`]; everything else is the same, and they are still
+//! read and verified.
 //!
 //! The body (`,"timestamp":…` to the end of `"source":{…}`) is encoded by
 //! `record::encode_body`, which notes where each key value starts and ends
@@ -18,9 +23,15 @@ use std::borrow::Cow;
 
 use crate::record::fields::{Outcome, Risk};
 
-/// Every line starts with these bytes (the schema version is
+/// Every line written now starts with these bytes (the schema version is
 /// [`crate::record::SCHEMA_VERSION`]; a test keeps the two in step).
-pub(crate) const HEAD: &[u8] = b"{\"schema\":1,\"audit_id\":\"";
+pub(crate) const HEAD: &[u8] = b"{\"schema\":2,\"audit_id\":\"";
+/// The start of a schema 1 line (no `chain_id`); same length as [`HEAD`].
+pub(crate) const HEAD_V1: &[u8] = b"{\"schema\":1,\"audit_id\":\"";
+/// After the sequence number of a schema 2 line: the chain id follows.
+pub(crate) const CHAIN_KEY: &[u8] = b",\"chain_id\":\"";
+/// After the chain id.
+pub(crate) const CHAIN_END: &[u8] = b"\"";
 /// Bytes of a hyphenated UUID.
 pub(crate) const ID_LEN: usize = 36;
 /// Between the id and the sequence number.
@@ -117,6 +128,18 @@ impl<'a> SealedLine<'a> {
             .get(HEAD.len()..HEAD.len() + ID_LEN)
             .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or("")
+    }
+
+    /// The record's `chain_id`: the 36 bytes before the closing quote that
+    /// ends the head (a schema 2 line, as every line sealed now is).
+    pub(crate) fn chain_id(&self) -> Option<&'a str> {
+        let end = self.body_at.checked_sub(CHAIN_END.len())?;
+        let start = end.checked_sub(ID_LEN)?;
+        let key_at = start.checked_sub(CHAIN_KEY.len())?;
+        if self.bytes.get(key_at..start)? != CHAIN_KEY {
+            return None;
+        }
+        std::str::from_utf8(self.bytes.get(start..end)?).ok()
     }
 
     /// The value of `key`, unescaped (borrowed unless it held an escape).

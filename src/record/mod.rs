@@ -1,4 +1,5 @@
-//! The audit record, as it is written and read back: schema version 1.
+//! The audit record, as it is written and read back: schema version 2
+//! (schema 1, the same record without `chain_id`, is still read).
 //!
 //! [`AuditRecord`] is one parsed line; [`Risk`] and [`Outcome`] (also at
 //! the crate root) are the vocabulary of its `risk_level` and `outcome`;
@@ -19,12 +20,12 @@
 //!
 //! # How it works
 //!
-//! The audit record: schema version 1, its key order, and its encoding.
+//! The audit record: schema version 2, its key order, and its encoding.
 //!
 //! A line is built in two halves. The caller's thread encodes the *body*
 //! (everything from `timestamp` to `source`), which is where nearly all the
 //! work is. The pipeline worker, which alone knows the order of records,
-//! wraps it: `{"schema":1,"audit_id":…,"seq":N` + body +
+//! wraps it: `{"schema":2,"audit_id":…,"seq":N,"chain_id":…` + body +
 //! `,"prev_hash":…,"hash":…}` (see the private `chain` and `layout` modules).
 //!
 //! [`AuditRecord`] is the owned, parsed form used by the reader, the
@@ -51,10 +52,35 @@ use crate::record::layout::{Key, KeyFields};
 
 /// The schema version written in every record's `schema` key.
 ///
+/// Version 2 added `chain_id`; readers and the verifier also read version
+/// 1 records (which have none).
+///
 /// ```
-/// assert_eq!(tracing_audit::record::SCHEMA_VERSION, 1);
+/// assert_eq!(tracing_audit::record::SCHEMA_VERSION, 2);
 /// ```
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Whether `schema` and `chain_id` go together: version 2 has a chain id
+/// (a UUID), version 1 none.
+fn check_schema(schema: u32, chain_id: Option<&str>) -> Result<(), serde_json::Error> {
+    use serde::de::Error as _;
+    match (schema, chain_id) {
+        (1, None) => Ok(()),
+        (2, Some(id)) if uuid::Uuid::try_parse(id).is_ok() => Ok(()),
+        (2, Some(id)) => Err(serde_json::Error::custom(format!(
+            "chain_id {id:?} is not a UUID"
+        ))),
+        (2, None) => Err(serde_json::Error::custom(
+            "a schema 2 record without chain_id",
+        )),
+        (1, Some(_)) => Err(serde_json::Error::custom(
+            "a schema 1 record with a chain_id",
+        )),
+        (v, _) => Err(serde_json::Error::custom(format!(
+            "schema version {v} (this reader knows 1 and {SCHEMA_VERSION})"
+        ))),
+    }
+}
 
 /// Record-wide values fixed at build time (`service`, `version`,
 /// `environment`, `host`), pre-encoded once.
@@ -306,7 +332,7 @@ pub struct RecordSource {
     pub span: Option<String>,
 }
 
-/// One audit record as read back from a trail (schema version 1).
+/// One audit record as read back from a trail (schema version 2, or 1).
 ///
 /// Field order and names follow the JSON line exactly. Reading is strict:
 /// an unknown or duplicate key (at any depth), an unknown risk or outcome,
@@ -320,12 +346,17 @@ pub struct RecordSource {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRecord {
-    /// Schema version (1).
+    /// Schema version (2; 1 for records written before chain ids).
     pub schema: u32,
     /// UUID v7 of the record.
     pub audit_id: String,
     /// Position in the chain, contiguous from 0 across files.
     pub seq: u64,
+    /// The chain's id: made when the audit directory's chain started and
+    /// kept across restarts and rotation, so a store collecting many
+    /// instances can tell their chains apart. `None` in schema 1 records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<String>,
     /// When the event happened (RFC 3339, UTC).
     pub timestamp: chrono::DateTime<chrono::Utc>,
     /// The `audit.event` value.
@@ -367,21 +398,15 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// Parses one line (without its newline) strictly as a record of
-    /// schema version [`SCHEMA_VERSION`].
+    /// schema version [`SCHEMA_VERSION`] (or 1).
     ///
     /// ```
-    /// let line = r#"{"schema":2}"#;
+    /// let line = r#"{"schema":3}"#;
     /// assert!(tracing_audit::record::AuditRecord::parse(line.as_bytes()).is_err());
     /// ```
     pub fn parse(line: &[u8]) -> Result<AuditRecord, serde_json::Error> {
-        use serde::de::Error as _;
         let r: AuditRecord = serde_json::from_slice(line)?;
-        if r.schema != SCHEMA_VERSION {
-            return Err(serde_json::Error::custom(format!(
-                "schema version {} (this reader knows {SCHEMA_VERSION})",
-                r.schema
-            )));
-        }
+        check_schema(r.schema, r.chain_id.as_deref())?;
         Ok(r)
     }
 }
@@ -398,6 +423,8 @@ pub(crate) struct CheckedRecord<'a> {
     _audit_id: std::borrow::Cow<'a, str>,
     #[serde(rename = "seq")]
     _seq: u64,
+    #[serde(borrow, default)]
+    chain_id: Option<std::borrow::Cow<'a, str>>,
     #[serde(rename = "timestamp")]
     _timestamp: chrono::DateTime<chrono::Utc>,
     #[serde(borrow)]
@@ -448,16 +475,11 @@ struct CheckedSource<'a> {
 }
 
 impl<'a> CheckedRecord<'a> {
-    /// Checks `line` strictly as a record of schema [`SCHEMA_VERSION`].
+    /// Checks `line` strictly as a record of schema [`SCHEMA_VERSION`]
+    /// (or 1).
     pub(crate) fn check(line: &'a [u8]) -> Result<Self, serde_json::Error> {
-        use serde::de::Error as _;
         let r: CheckedRecord<'a> = serde_json::from_slice(line)?;
-        if r.schema != SCHEMA_VERSION {
-            return Err(serde_json::Error::custom(format!(
-                "schema version {} (this reader knows {SCHEMA_VERSION})",
-                r.schema
-            )));
-        }
+        check_schema(r.schema, r.chain_id.as_deref())?;
         Ok(r)
     }
 }

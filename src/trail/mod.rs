@@ -37,7 +37,12 @@
 //! lines and other bytes that are not records are reported as errors with
 //! their place, never as records.
 
+pub(crate) mod collected;
 pub(crate) mod verify;
+pub use collected::{
+    verify_collected, ChainReport, CollectedFailure, CollectedOptions, CollectedReport, Place,
+    DEFAULT_WINDOW,
+};
 pub use verify::{
     verify, verify_opts, verify_with, Failure, FailureKind, VerifyOptions, VerifyReport,
 };

@@ -77,6 +77,10 @@ pub enum FailureKind {
     NoRecords,
     /// The trail was written by another service than the one expected.
     OtherService,
+    /// A record belongs to another chain than the trail's (`chain_id`
+    /// differs, or a schema 1 record follows records with a chain id):
+    /// chains were mixed or a trail was replaced.
+    OtherChain,
 }
 
 impl FailureKind {
@@ -144,6 +148,9 @@ pub struct VerifyReport {
     pub last_time: Option<String>,
     /// The chain algorithm checked (`sha256` or `hmac-sha256`).
     pub algorithm: String,
+    /// The trail's `chain_id` (`None` if it holds only schema 1 records,
+    /// written before chains had ids).
+    pub chain_id: Option<String>,
     /// Things worth knowing that are not failures.
     pub notes: Vec<String>,
     /// The first failure, if any.
@@ -430,6 +437,9 @@ impl Verifier {
             Ok(r) => r,
             Err(seen) => return seen,
         };
+        if !self.same_chain(p, &link) {
+            return Seen::Failed;
+        }
         match (&self.expect, &full) {
             (None, Some(record)) => {
                 let first = p.first_file && p.first_in_file;
@@ -516,6 +526,31 @@ impl Verifier {
             }
         }
         Ok((checked, full))
+    }
+
+    /// Whether the record belongs to the trail's chain: every record with a
+    /// `chain_id` carries the same one, and schema 1 records (no id) only
+    /// come before the first that has one (a trail written before chain
+    /// ids, continued by this version).
+    fn same_chain(&mut self, p: &Place<'_>, link: &Link<'_>) -> bool {
+        let detail = match (link.chain_id, self.report.chain_id.as_deref()) {
+            (Some(id), None) => {
+                self.report.chain_id = Some(id.to_owned());
+                return true;
+            }
+            (None, None) => return true,
+            (Some(id), Some(have)) if id == have => return true,
+            (Some(id), Some(have)) => format!(
+                "record seq {} belongs to chain {id}, the trail's is {have}: chains were mixed or a trail replaced",
+                link.seq
+            ),
+            (None, Some(have)) => format!(
+                "record seq {} has no chain_id (schema 1) after records of chain {have}",
+                link.seq
+            ),
+        };
+        self.fail(FailureKind::OtherChain, p.path, p.line, detail);
+        false
     }
 
     /// Counts a record that linked, and expects the next one after it.
@@ -814,16 +849,22 @@ fn count_lines(path: &Path, upto: u64) -> Option<u64> {
     }
 }
 
-/// The `timestamp` value, at its fixed place right after `seq`'s digits.
+/// The `timestamp` value, at its fixed place right after `seq`'s digits
+/// (and, in schema 2, the chain id after them).
 fn timestamp(line: &[u8]) -> Option<&[u8]> {
+    use crate::record::layout::{CHAIN_END, CHAIN_KEY, HEAD, ID_LEN, SEQ_KEY};
     const KEY: &[u8] = b",\"timestamp\":\"";
-    // `{"schema":1,"audit_id":"<36>","seq":` is 68 bytes.
+    // `{"schema":N,"audit_id":"<36>","seq":`
+    let seq_at = HEAD.len() + ID_LEN + SEQ_KEY.len();
     let digits = line
-        .get(68..)?
+        .get(seq_at..)?
         .iter()
         .take_while(|b| b.is_ascii_digit())
         .count();
-    let start = 68 + digits;
+    let mut start = seq_at + digits;
+    if line.get(start..start + CHAIN_KEY.len()) == Some(CHAIN_KEY) {
+        start += CHAIN_KEY.len() + ID_LEN + CHAIN_END.len();
+    }
     if line.get(start..start + KEY.len())? != KEY {
         return None;
     }

@@ -68,6 +68,9 @@ impl Junk {
 pub(crate) struct Resume {
     /// `seq` and `hash` of the last record that checks, if any.
     pub(crate) last: Option<(u64, String)>,
+    /// That record's `chain_id` (`None` for a schema 1 record, written
+    /// before chains had ids).
+    pub(crate) chain_id: Option<uuid::Uuid>,
     /// Whether that record is `audit_stopped` (the last run stopped cleanly).
     pub(crate) clean_stop: bool,
     /// Junk after it, oldest first.
@@ -91,6 +94,7 @@ pub(crate) fn find_resume(sink: &FileSink, dir: &Path, hasher: &Hasher) -> Resul
             let link = chain::check_line(hasher, &line)
                 .map_err(|_| Error::Config("resume: a record stopped checking".into()))?;
             resume.last = Some((link.seq, link.hash.to_owned()));
+            resume.chain_id = link.chain_id.and_then(|id| uuid::Uuid::parse_str(id).ok());
             resume.clean_stop = event_type(&line).as_deref() == Some("audit_stopped");
             break;
         }
@@ -257,7 +261,7 @@ mod tests {
     use crate::record::chain::Chain;
 
     fn trail(dir: &Path, events: &[&str]) -> Vec<u8> {
-        let mut c = Chain::new(Hasher::Plain);
+        let mut c = Chain::new(Hasher::Plain, &uuid::Uuid::now_v7());
         let mut out = Vec::new();
         for e in events {
             let body = format!(",\"timestamp\":\"x\",\"event_type\":\"{e}\"");

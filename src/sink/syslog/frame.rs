@@ -92,6 +92,7 @@ pub fn severity(risk: Risk) -> u8 {
 #[derive(Debug)]
 pub(crate) struct SdFields<'a> {
     audit_id: &'a str,
+    chain_id: Option<&'a str>,
     seq: u64,
     timestamp: Cow<'a, str>,
     event_type: Option<Cow<'a, str>>,
@@ -108,6 +109,7 @@ impl<'a> SdFields<'a> {
     pub(crate) fn from_line(line: &SealedLine<'a>) -> SdFields<'a> {
         SdFields {
             audit_id: line.audit_id(),
+            chain_id: line.chain_id(),
             seq: line.seq,
             timestamp: line.get(Key::Timestamp).unwrap_or(Cow::Borrowed("-")),
             event_type: line.get(Key::EventType),
@@ -276,7 +278,7 @@ impl Header {
         out.push(b'[');
         out.extend_from_slice(sd_name(&self.sd_id).as_bytes());
         let seq = k.seq.to_string();
-        let params: [(&str, Option<&str>); 10] = [
+        let params: [(&str, Option<&str>); 11] = [
             ("event", k.event_type.as_deref()),
             ("actor", k.actor.as_deref()),
             ("resource", k.resource.as_deref()),
@@ -287,9 +289,10 @@ impl Header {
             ("ip", k.ip_address.as_deref()),
             ("seq", Some(&seq)),
             ("id", Some(k.audit_id)),
+            ("chain", k.chain_id),
         ];
         for (name, v) in params {
-            if key_only && !matches!(name, "event" | "seq" | "id") {
+            if key_only && !matches!(name, "event" | "seq" | "id" | "chain") {
                 continue;
             }
             if let Some(v) = v {
@@ -419,8 +422,13 @@ mod tests {
             usize::MAX,
         );
         let mut chain = match seq.checked_sub(1) {
-            Some(last) => Chain::resume(Hasher::Plain, last, crate::record::GENESIS),
-            None => Chain::new(Hasher::Plain),
+            Some(last) => Chain::resume(
+                Hasher::Plain,
+                &uuid::Uuid::nil(),
+                last,
+                crate::record::GENESIS,
+            ),
+            None => Chain::new(Hasher::Plain, &uuid::Uuid::nil()),
         };
         let mut bytes = Vec::new();
         let id = uuid::Uuid::parse_str("0190c0de-0000-7000-8000-000000000000").unwrap();
@@ -461,6 +469,7 @@ mod tests {
             ("ip", "10.0.0.1"),
             ("seq", "7"),
             ("id", "0190c0de-0000-7000-8000-000000000000"),
+            ("chain", "00000000-0000-0000-0000-000000000000"),
         ] {
             assert_eq!(
                 parsed
