@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "cli")]
 use std::process::Command;
 
 use common::{raw_lines, reseal};
@@ -113,15 +114,18 @@ fn three_interleaved_chains_out_of_order_with_duplicates_verify() {
         assert_eq!(c.first_seq, Some(0));
         assert!(c.gaps.is_empty());
     }
-    // The same through the command, from standard input.
-    let out = Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
-        .args(["verify", "--collected", "-"])
-        .stdin(std::fs::File::open(work.path().join("collected.log")).unwrap())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("OK     chain").count(), 3, "{text}");
+    #[cfg(feature = "cli")]
+    {
+        // The same through the command, from standard input.
+        let out = Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
+            .args(["verify", "--collected", "-"])
+            .stdin(std::fs::File::open(work.path().join("collected.log")).unwrap())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert_eq!(text.matches("OK     chain").count(), 3, "{text}");
+    }
 }
 
 #[test]
@@ -155,20 +159,23 @@ fn gaps_edits_and_conflicts_are_reported_per_chain_with_their_place() {
         .iter()
         .filter(|c| c.chain_id != first_chain)
         .all(|c| c.is_ok()));
-    let out = Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
-        .args(["verify", "--json", "--collected"])
-        .arg(work.path().join("collected.log"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let gaps: Vec<_> = v["report"]["chains"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["gaps"].clone())
-        .collect();
-    assert!(gaps.contains(&serde_json::json!([[10, 11]])), "{gaps:?}");
+    #[cfg(feature = "cli")]
+    {
+        let out = Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
+            .args(["verify", "--json", "--collected"])
+            .arg(work.path().join("collected.log"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let gaps: Vec<_> = v["report"]["chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["gaps"].clone())
+            .collect();
+        assert!(gaps.contains(&serde_json::json!([[10, 11]])), "{gaps:?}");
+    }
 
     // 2. An edited record (one byte of its message): the first mismatch,
     // with the line it was read from.
@@ -196,6 +203,7 @@ fn gaps_edits_and_conflicts_are_reported_per_chain_with_their_place() {
     assert!(!c.is_ok());
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn against_a_local_trail_names_what_the_central_copy_lacks() {
     let local = common::tempdir();

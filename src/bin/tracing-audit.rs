@@ -120,6 +120,11 @@ enum Cmd {
         /// records of its chain.
         #[arg(long, default_value_t = tracing_audit::trail::DEFAULT_WINDOW)]
         window: usize,
+        /// Check every signed checkpoint against this public key (as
+        /// `keygen` writes it; repeat for every key the trail was signed
+        /// with), and report the records after the last one.
+        #[arg(long, value_name = "FILE")]
+        pubkey: Vec<PathBuf>,
         /// Fail unless every record is from this service (catches a trail
         /// replaced by another service's written under the same key).
         #[arg(long)]
@@ -168,6 +173,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write a checkpoint signing key pair: PREFIX.key (PKCS#8 PEM, mode
+    /// 0600, for `signing_key_file`) and PREFIX.pub (for `verify --pubkey`).
+    Keygen {
+        /// Path prefix of the two files (neither may exist).
+        prefix: PathBuf,
+    },
     /// The newest records; with -f, keep printing new ones.
     Tail {
         #[command(flatten)]
@@ -211,11 +222,12 @@ fn run(cli: Cli) -> Res {
             collected,
             against,
             window,
+            pubkey,
             expect_service,
             json,
         } => match dir {
-            Some(dir) => verify(&Trail { dir, naming }, expect_service, json),
-            None => verify_collected(&collected, &naming, against, window, json),
+            Some(dir) => verify(&Trail { dir, naming }, expect_service, &pubkey, json),
+            None => verify_collected(&collected, &naming, against, window, &pubkey, json),
         },
         Cmd::Query {
             trail,
@@ -234,6 +246,15 @@ fn run(cli: Cli) -> Res {
             follow,
             json,
         } => tail(&trail, lines, follow, json),
+        Cmd::Keygen { prefix } => {
+            let (key, public) = tracing_audit::record::checkpoint::keygen(&prefix)?;
+            println!(
+                "wrote {} (private, mode 0600: give it to the service, never to verifiers) and {} (public: for verify --pubkey)",
+                key.display(),
+                public.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Report {
             trail,
             policies,
@@ -250,7 +271,7 @@ fn run(cli: Cli) -> Res {
     }
 }
 
-fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
+fn verify(trail: &Trail, expect_service: Option<String>, pubkeys: &[PathBuf], json: bool) -> Res {
     if !trail.dir.is_dir() {
         return Err(format!("{} is not a directory", trail.dir.display()).into());
     }
@@ -259,12 +280,36 @@ fn verify(trail: &Trail, expect_service: Option<String>, json: bool) -> Res {
     if let Some(s) = expect_service {
         opts = opts.expect_service(s);
     }
+    for p in pubkeys {
+        opts =
+            opts.checkpoint_key(tracing_audit::record::checkpoint::CheckpointPublicKey::read(p)?);
+    }
     let report = tracing_audit::trail::verify_opts(&trail.sink(), key.as_deref(), &opts)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         for n in &report.notes {
             println!("note: {n}");
+        }
+        match (report.unverified_tail, report.last_checkpoint_seq) {
+            (Some(0), Some(c)) => println!(
+                "checkpoints: {} verified; the last, at seq {c}, covers the whole trail",
+                report.checkpoints
+            ),
+            (Some(k), Some(c)) => println!(
+                "checkpoints: {} verified, the last at seq {c}; UNVERIFIED TAIL of {} after it (nothing vouches for them: a trail cut or extended there looks the same)",
+                report.checkpoints,
+                count(k, "record")
+            ),
+            (Some(k), None) => println!(
+                "checkpoints: none verified; UNVERIFIED TAIL of {}",
+                count(k, "record")
+            ),
+            (None, _) if report.checkpoints > 0 => println!(
+                "checkpoints: {} present, not checked (give --pubkey)",
+                report.checkpoints
+            ),
+            (None, _) => {}
         }
         match &report.failure {
             None => println!(
@@ -315,11 +360,16 @@ fn verify_collected(
     naming: &Naming,
     against: Option<PathBuf>,
     window: usize,
+    pubkeys: &[PathBuf],
     json: bool,
 ) -> Res {
     use tracing_audit::trail::{verify_collected, CollectedOptions};
     let key = naming.key()?;
     let mut opts = CollectedOptions::default().window(window);
+    for p in pubkeys {
+        opts =
+            opts.checkpoint_key(tracing_audit::record::checkpoint::CheckpointPublicKey::read(p)?);
+    }
     if let Some(k) = &key {
         opts = opts.key(k);
     }
@@ -450,6 +500,31 @@ fn print_collected(r: &tracing_audit::trail::CollectedReport, lacking: Option<&L
                 f.seq,
                 f.detail
             );
+        }
+        if let Some(f) = &c.bad_checkpoint {
+            println!(
+                "  bad checkpoint: {}:{}: {}",
+                f.at.file.display(),
+                f.at.line,
+                f.detail
+            );
+        }
+        match (c.unverified_tail, c.last_checkpoint_seq) {
+            (Some(k), Some(s)) => println!(
+                "  checkpoints: last verified at seq {s}; unverified tail of {}",
+                count(k, "record")
+            ),
+            (Some(k), None) => println!(
+                "  checkpoints: none verified; unverified tail of {}",
+                count(k, "record")
+            ),
+            (None, _) if c.checkpoints > 0 => {
+                println!(
+                    "  checkpoints: {} present, not checked (give --pubkey)",
+                    c.checkpoints
+                )
+            }
+            (None, _) => {}
         }
     }
     if let Some(l) = lacking {

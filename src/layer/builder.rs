@@ -8,9 +8,10 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::layer::{AuditLayer, LayerContext};
 use crate::pipeline::guard::{AuditGuard, AuditHandle};
-use crate::pipeline::worker::{SpaceWatch, Worker};
+use crate::pipeline::worker::{Checkpoints, SpaceWatch, Worker};
 use crate::pipeline::{Counters, QueueMode, Submitter};
 use crate::record::chain::{Chain, Hasher};
+use crate::record::checkpoint::CheckpointKey;
 use crate::record::fields::Risk;
 use crate::record::redact::Redactor;
 use crate::record::RecordConstants;
@@ -18,6 +19,11 @@ use crate::sink::file::{self, FileSink, FileWriter, Resume};
 use crate::sink::syslog::SyslogCounters;
 use crate::sink::syslog::SyslogSink;
 use crate::sink::LineSink;
+
+/// Default of [`AuditLayerBuilder::checkpoint_every`]: records…
+const DEFAULT_CHECKPOINT_RECORDS: u64 = 1000;
+/// …and time.
+const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The environment variable the README and the command-line tool use for
 /// the chain key by convention (see [`AuditLayerBuilder::chain_key_env`]).
@@ -90,6 +96,10 @@ pub struct AuditLayerBuilder {
     shutdown_grace: Duration,
     /// The keyed hasher (its `Debug` never shows the key), or why not.
     chain_key: Option<Result<Hasher, String>>,
+    /// The checkpoint signing key (its `Debug` shows only its id), or why not.
+    signing_key: Option<Result<CheckpointKey, String>>,
+    /// A checkpoint after at most this many records, or this long.
+    checkpoint_every: (u64, Duration),
 }
 
 impl Default for AuditLayerBuilder {
@@ -113,6 +123,8 @@ impl Default for AuditLayerBuilder {
             redact_hmac: false,
             shutdown_grace: Duration::from_secs(10),
             chain_key: None,
+            signing_key: None,
+            checkpoint_every: (DEFAULT_CHECKPOINT_RECORDS, DEFAULT_CHECKPOINT_INTERVAL),
         }
     }
 }
@@ -298,6 +310,42 @@ impl AuditLayerBuilder {
         self
     }
 
+    /// Signs checkpoints with the Ed25519 key in `path` (PKCS#8 PEM, as
+    /// `tracing-audit keygen` writes it; a file others can read is
+    /// refused). The worker then writes a signed `checkpoint` record every
+    /// [`checkpoint_every`](Self::checkpoint_every) and at stop, so that a
+    /// verifier with the public key (`verify --pubkey`) can tell a trail
+    /// cut short or a forged tail (see [`crate::record::checkpoint`]). The
+    /// key is never printed; `build` fails if it cannot be read.
+    #[must_use]
+    pub fn signing_key_file(mut self, path: impl AsRef<std::path::Path>) -> Self {
+        self.signing_key = Some(CheckpointKey::read(path).map_err(|e| e.to_string()));
+        self
+    }
+
+    /// [`signing_key_file`](Self::signing_key_file) with the PEM text in
+    /// the environment variable `var`; `build` fails if it is unset or not
+    /// a key.
+    #[must_use]
+    pub fn signing_key_env(mut self, var: &str) -> Self {
+        self.signing_key = Some(match std::env::var(var) {
+            Ok(v) if !v.is_empty() => {
+                CheckpointKey::from_pem(&v).map_err(|e| format!("environment variable {var}: {e}"))
+            }
+            _ => Err(format!("environment variable {var} is unset or empty")),
+        });
+        self
+    }
+
+    /// With a signing key: a checkpoint after at most `records` records or
+    /// `interval`, whichever comes first (default 1 000 records, 10 s),
+    /// written after the batch that reached it; and one at stop.
+    #[must_use]
+    pub fn checkpoint_every(mut self, records: u64, interval: Duration) -> Self {
+        self.checkpoint_every = (records.max(1), interval.max(Duration::from_millis(10)));
+        self
+    }
+
     /// Checks the configuration, opens the sinks, resumes the chain from
     /// the files on disk, and starts the worker threads.
     pub fn build<S>(mut self) -> Result<(AuditLayer<S>, AuditGuard), Error> {
@@ -313,6 +361,18 @@ impl AuditLayerBuilder {
         };
 
         let redactor = self.redactor(&hasher)?;
+        let checkpoints = match self.signing_key.take() {
+            None => None,
+            Some(Err(e)) => return Err(Error::Config(format!("signing key: {e}"))),
+            Some(Ok(key)) => Some(Checkpoints {
+                key_id: key.public().key_id(),
+                key,
+                every: self.checkpoint_every.0,
+                interval: self.checkpoint_every.1,
+                since: 0,
+                last_at: std::time::Instant::now(),
+            }),
+        };
         let (file, resume, config_warnings) = self.open_file(&hasher)?;
         let retention = self
             .file
@@ -376,6 +436,7 @@ impl AuditLayerBuilder {
                 .file
                 .as_ref()
                 .is_some_and(|f| f.on_error == crate::sink::file::OnError::Drop),
+            checkpoints,
         };
         let main = spawn_worker(worker)?;
         submitter.waker.set(main.thread().clone());

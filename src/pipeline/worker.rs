@@ -34,7 +34,10 @@
 //! It also writes the trail's own records: `audit_started` (how the chain
 //! was resumed, what junk it skipped, the retention in force),
 //! `audit_file_opened`, `records_lost` (exact counts by cause),
-//! `audit_config_warning` and `audit_stopped`.
+//! `audit_config_warning`, `audit_stopped`, and with a signing key
+//! `checkpoint` ([`crate::record::checkpoint`]): after a batch once N
+//! records or T seconds have passed since the last, and after
+//! `audit_stopped`.
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
@@ -45,6 +48,7 @@ use tracing_core::Level;
 
 use crate::pipeline::{Counters, DropCause, Msg, Pending};
 use crate::record::chain::Chain;
+use crate::record::checkpoint::CheckpointKey;
 use crate::record::draft::Draft;
 use crate::record::encode;
 use crate::record::layout::KeyFields;
@@ -96,6 +100,23 @@ pub(crate) struct Worker {
     /// `OnError::Drop`: records that cannot be written are dropped and
     /// counted instead of waiting (durable and own records excepted).
     pub(crate) drop_on_error: bool,
+    /// Signed checkpoints, with a signing key.
+    pub(crate) checkpoints: Option<Checkpoints>,
+}
+
+/// When the next signed checkpoint is due.
+#[derive(Debug)]
+pub(crate) struct Checkpoints {
+    pub(crate) key: CheckpointKey,
+    /// The key's id, written into each checkpoint.
+    pub(crate) key_id: String,
+    /// At most this many records between two checkpoints…
+    pub(crate) every: u64,
+    /// …and at most this long.
+    pub(crate) interval: Duration,
+    /// Records sealed since the last checkpoint.
+    pub(crate) since: u64,
+    pub(crate) last_at: Instant,
 }
 
 /// A free-space watermark the worker checks about once a second.
@@ -235,12 +256,14 @@ impl Worker {
             self.check_max_level(state);
             if settled && state.queue_empty && self.prepare(state) {
                 self.stopped(state);
+                self.checkpoint(state, true);
                 state.stopped_sealed = true;
                 state.want_sync = true;
             }
         } else if !stopping && healthy && state.batch.is_empty() && self.prepare(state) {
             self.seal_held(state);
             self.intake(state);
+            self.checkpoint(state, false);
         } else if !stopping && !healthy && self.drop_on_error {
             self.shed(state);
         }
@@ -425,6 +448,9 @@ impl Worker {
             }
         }
         let sealed = self.chain.seal(&mut state.batch, &p.id, &p.body);
+        if let Some(c) = &mut self.checkpoints {
+            c.since += 1;
+        }
         if !self.forwards.is_empty() {
             state.lines.push(LineEnd {
                 end: state.batch.len(),
@@ -594,6 +620,40 @@ impl Worker {
         }
     }
 
+    /// Writes a signed checkpoint of the last record sealed, if one is
+    /// due (or `at_stop`). Not kept by `OnError::Drop`: a checkpoint names
+    /// the record before it, so after a dropped batch it would name a
+    /// record the trail does not have; the next one comes soon after.
+    fn checkpoint(&mut self, state: &mut State, at_stop: bool) {
+        let Some(c) = &self.checkpoints else { return };
+        let due = c.since > 0 && (c.since >= c.every || c.last_at.elapsed() >= c.interval);
+        if !(due || at_stop) {
+            return;
+        }
+        let Some((seq, hash)) = self.chain.last() else {
+            return;
+        };
+        let chain_id = self.chain.chain_id().to_owned();
+        let hash = hash.to_owned();
+        let signature = c.key.sign(&chain_id, seq, &hash);
+        let key_id = c.key_id.clone();
+        let msg = format!("signed checkpoint of the trail up to seq {seq}");
+        self.own_record_kept(state, "checkpoint", &Level::INFO, &msg, false, |d| {
+            d.detail_str("chain_id", &chain_id);
+            d.detail_u64("seq", seq);
+            d.detail_str("hash", &hash);
+            d.detail_str("key_id", &key_id);
+            d.detail_str("signature", &signature);
+            if at_stop {
+                d.detail_raw("at_stop", b"true");
+            }
+        });
+        if let Some(c) = &mut self.checkpoints {
+            c.since = 0;
+            c.last_at = Instant::now();
+        }
+    }
+
     /// Writes a record of the crate's own into the batch.
     fn own_record(
         &mut self,
@@ -601,6 +661,20 @@ impl Worker {
         event: &str,
         level: &Level,
         message: &str,
+        details: impl FnOnce(&mut Draft),
+    ) {
+        self.own_record_kept(state, event, level, message, true, details);
+    }
+
+    /// [`Self::own_record`]; `keep`: whether `OnError::Drop` keeps it
+    /// when its batch fails.
+    fn own_record_kept(
+        &mut self,
+        state: &mut State,
+        event: &str,
+        level: &Level,
+        message: &str,
+        keep: bool,
         details: impl FnOnce(&mut Draft),
     ) {
         state.capture.reset(self.value_limit);
@@ -634,7 +708,7 @@ impl Worker {
                 keys,
                 done: None,
             },
-            true,
+            keep,
         );
     }
 
@@ -697,6 +771,11 @@ impl Worker {
         let resumed = self.resume.last.as_ref().map(|(s, _)| *s);
         let junk = std::mem::take(&mut self.resume.junk);
         let foreign = self.resume.clean_stop && !junk.is_empty();
+        let clean_stop: &[u8] = match (resumed, self.resume.clean_stop) {
+            (None, _) => b"null",
+            (Some(_), true) => b"true",
+            (Some(_), false) => b"false",
+        };
         let completed = self.resume.completed.take();
         let pid = self.pid;
         let retention = self.retention.clone();
@@ -730,6 +809,8 @@ impl Worker {
                 Some(s) => c.detail_u64("resumed_after_seq", s),
                 None => c.detail_raw("resumed_after_seq", b"null"),
             }
+            // Whether the run before this one stopped cleanly (null: none).
+            c.detail_raw("clean_stop", clean_stop);
             match &opened {
                 Some(f) => c.detail_str("opened_file", f),
                 None => c.detail_raw("opened_file", b"null"),

@@ -112,6 +112,17 @@ impl Chain {
         }
     }
 
+    /// The chain's id.
+    pub(crate) fn chain_id(&self) -> &str {
+        std::str::from_utf8(&self.chain_id).unwrap_or("")
+    }
+
+    /// `seq` and `hash` (hex) of the last record sealed, if any.
+    pub(crate) fn last(&self) -> Option<(u64, &str)> {
+        let seq = self.next_seq.checked_sub(1)?;
+        Some((seq, std::str::from_utf8(&self.prev_hex).unwrap_or("")))
+    }
+
     /// Continues chain `chain_id` after a record with `seq` and `hash`
     /// (hex) found on disk.
     pub(crate) fn resume(

@@ -32,6 +32,7 @@
 //! verifier and the command-line tool.
 
 pub(crate) mod chain;
+pub mod checkpoint;
 pub(crate) mod draft;
 pub(crate) mod encode;
 pub(crate) mod fields;

@@ -15,7 +15,9 @@
 //! duplicates (tolerated, counted), different records with the same `seq`
 //! (tampering), and the first failure with its file and line: a record
 //! whose bytes do not match its hash, or one that does not link to the
-//! record before it. Memory is bounded by the number of chains times the
+//! record before it. With checkpoint keys, every `checkpoint` record is
+//! checked as `verify` does ([`crate::record::checkpoint`]) and the records
+//! after a chain's last good one are its unverified tail. Memory is bounded by the number of chains times the
 //! window (each waiting or recently consumed record costs about 100
 //! bytes), never by the size of the input: an in-order input uses a few
 //! entries per chain whatever its length.
@@ -29,6 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::record::chain::{hash_matches, read_link, Hasher, Link, GENESIS};
+use crate::record::checkpoint::{check_checkpoint, CheckpointPublicKey};
 use crate::trail::TrailError;
 
 /// The default [`CollectedOptions::window`].
@@ -48,6 +51,7 @@ const MAX_LINE: usize = 4 << 20;
 pub struct CollectedOptions {
     key: Option<Vec<u8>>,
     window: usize,
+    checkpoint_keys: Vec<CheckpointPublicKey>,
 }
 
 impl Default for CollectedOptions {
@@ -55,6 +59,7 @@ impl Default for CollectedOptions {
         CollectedOptions {
             key: None,
             window: DEFAULT_WINDOW,
+            checkpoint_keys: Vec::new(),
         }
     }
 }
@@ -74,6 +79,14 @@ impl CollectedOptions {
     #[must_use]
     pub fn window(mut self, records: usize) -> Self {
         self.window = records.max(1);
+        self
+    }
+
+    /// Checks every `checkpoint` record against `key` (call again for each
+    /// key), as [`crate::trail::VerifyOptions::checkpoint_key`] does.
+    #[must_use]
+    pub fn checkpoint_key(mut self, key: CheckpointPublicKey) -> Self {
+        self.checkpoint_keys.push(key);
         self
     }
 }
@@ -123,6 +136,14 @@ pub struct ChainReport {
     /// The first record whose hash does not match its bytes, or that does
     /// not link to the record before it.
     pub first_mismatch: Option<CollectedFailure>,
+    /// `checkpoint` records seen (checked when keys were given).
+    pub checkpoints: u64,
+    /// With checkpoint keys: the first checkpoint that did not verify.
+    pub bad_checkpoint: Option<CollectedFailure>,
+    /// With checkpoint keys: `seq` of the highest checkpoint that verified.
+    pub last_checkpoint_seq: Option<u64>,
+    /// With checkpoint keys: records above it (all if none verified).
+    pub unverified_tail: Option<u64>,
 }
 
 impl ChainReport {
@@ -131,6 +152,7 @@ impl ChainReport {
         self.gaps.is_empty()
             && self.conflicting == 0
             && self.first_mismatch.is_none()
+            && self.bad_checkpoint.is_none()
             && self.late == 0
     }
 }
@@ -192,6 +214,7 @@ fn unhex(s: &str) -> [u8; 32] {
 /// The verifier's state over all inputs.
 struct Collector {
     hasher: Hasher,
+    checkpoint_keys: Vec<CheckpointPublicKey>,
     window: usize,
     chains: HashMap<String, ChainState>,
     files: Vec<PathBuf>,
@@ -232,16 +255,54 @@ impl Collector {
             return self.not_a_record(file, line);
         };
         let matches = hash_matches(&self.hasher, rec);
+        let checkpoint =
+            matches && memchr::memmem::find(rec, b"\"event_type\":\"checkpoint\"").is_some();
+        let verdict = match checkpoint {
+            true if !self.checkpoint_keys.is_empty() => {
+                Some(check_checkpoint(&self.checkpoint_keys, rec, &link))
+            }
+            _ => None,
+        };
+        let at = Place {
+            file: self.files[file as usize].clone(),
+            line,
+        };
+        if let Some(st) = self.chain_mut(&link) {
+            if checkpoint {
+                st.report.checkpoints += 1;
+            }
+            match verdict {
+                Some(Ok(())) => {
+                    let r = &mut st.report;
+                    r.last_checkpoint_seq =
+                        Some(r.last_checkpoint_seq.map_or(link.seq, |s| s.max(link.seq)));
+                }
+                Some(Err(detail)) if st.report.bad_checkpoint.is_none() => {
+                    st.report.bad_checkpoint = Some(CollectedFailure {
+                        seq: link.seq,
+                        at,
+                        detail,
+                    });
+                }
+                _ => {}
+            }
+        }
         self.record(&link, matches, file, line);
     }
 
-    fn record(&mut self, link: &Link<'_>, matches: bool, file: u32, line: u64) {
+    /// The state of `link`'s chain, made on its first record.
+    fn chain_mut(&mut self, link: &Link<'_>) -> Option<&mut ChainState> {
         let id = link.chain_id.unwrap_or("-");
         if !self.chains.contains_key(id) {
             let mut st = ChainState::default();
             st.report.chain_id = id.to_owned();
             self.chains.insert(id.to_owned(), st);
         }
+        self.chains.get_mut(id)
+    }
+
+    fn record(&mut self, link: &Link<'_>, matches: bool, file: u32, line: u64) {
+        let id = link.chain_id.unwrap_or("-");
         let entry = Entry {
             hash: unhex(link.hash),
             prev: unhex(link.prev_hash),
@@ -361,8 +422,16 @@ impl Collector {
     fn finish(mut self) -> CollectedReport {
         let window = self.window;
         let mut chains: Vec<ChainState> = self.chains.into_values().collect();
+        let keyed = !self.checkpoint_keys.is_empty();
         for st in &mut chains {
             Self::advance(st, window, &self.files, true);
+            if keyed {
+                let r = &mut st.report;
+                r.unverified_tail = Some(match (r.last_checkpoint_seq, r.last_seq) {
+                    (Some(c), Some(l)) => l - c,
+                    _ => r.records,
+                });
+            }
         }
         let mut reports: Vec<ChainReport> = chains.into_iter().map(|s| s.report).collect();
         reports.sort_by(|a, b| a.chain_id.cmp(&b.chain_id));
@@ -393,6 +462,7 @@ pub fn verify_collected(
 ) -> Result<CollectedReport, TrailError> {
     let mut c = Collector {
         hasher: Hasher::new(opts.key.as_deref()),
+        checkpoint_keys: opts.checkpoint_keys.clone(),
         window: opts.window,
         chains: HashMap::new(),
         files: Vec::new(),

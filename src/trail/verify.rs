@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::record::chain::{check_line, Hasher, Link, LinkError, GENESIS};
+use crate::record::checkpoint::{check_checkpoint, CheckpointPublicKey};
 use crate::record::{AuditRecord, CheckedRecord};
 use crate::sink::file::{file_name, open_read, FileSink};
 use crate::trail::AuditTrail;
@@ -81,6 +82,10 @@ pub enum FailureKind {
     /// differs, or a schema 1 record follows records with a chain id):
     /// chains were mixed or a trail was replaced.
     OtherChain,
+    /// A `checkpoint` whose signature does not verify under the keys
+    /// given, or that names a record the chain does not have: forged or
+    /// altered.
+    BadCheckpoint,
 }
 
 impl FailureKind {
@@ -151,6 +156,14 @@ pub struct VerifyReport {
     /// The trail's `chain_id` (`None` if it holds only schema 1 records,
     /// written before chains had ids).
     pub chain_id: Option<String>,
+    /// `checkpoint` records seen (checked when keys were given).
+    pub checkpoints: u64,
+    /// With checkpoint keys: `seq` of the last checkpoint that verified.
+    pub last_checkpoint_seq: Option<u64>,
+    /// With checkpoint keys: records after the last verified checkpoint
+    /// (all of them if there is none). Nothing vouches for them: a trail
+    /// cut short there, or a tail someone else wrote, looks the same.
+    pub unverified_tail: Option<u64>,
     /// Things worth knowing that are not failures.
     pub notes: Vec<String>,
     /// The first failure, if any.
@@ -206,6 +219,9 @@ pub struct VerifyOptions {
     /// Every record must carry this `service` (catches a trail replaced by
     /// another service's trail written under the same key).
     pub expect_service: Option<String>,
+    /// Public keys that checkpoints must verify under (any of them, chosen
+    /// by the key id a checkpoint names).
+    pub checkpoint_keys: Vec<CheckpointPublicKey>,
 }
 
 impl VerifyOptions {
@@ -218,6 +234,24 @@ impl VerifyOptions {
     #[must_use]
     pub fn expect_service(mut self, name: impl Into<String>) -> Self {
         self.expect_service = Some(name.into());
+        self
+    }
+
+    /// Checks every `checkpoint` record against `key` (call again for each
+    /// key the trail was signed with, e.g. across a key rotation), and
+    /// reports the records after the last one as
+    /// [`VerifyReport::unverified_tail`].
+    ///
+    /// ```no_run
+    /// use tracing_audit::record::checkpoint::CheckpointPublicKey;
+    /// let key = CheckpointPublicKey::read("audit.pub")?;
+    /// let opts = tracing_audit::trail::VerifyOptions::default().checkpoint_key(key);
+    /// # let _ = opts;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn checkpoint_key(mut self, key: CheckpointPublicKey) -> Self {
+        self.checkpoint_keys.push(key);
         self
     }
 }
@@ -246,6 +280,7 @@ pub fn verify_opts(
         hasher,
         keyed: key.is_some(),
         expect_service: opts.expect_service.clone(),
+        checkpoint_keys: opts.checkpoint_keys.clone(),
         expect: None,
         junk: Vec::new(),
         last_stopped: false,
@@ -266,6 +301,13 @@ pub fn verify_opts(
         v.end(sink, n);
     }
     v.report.last_time = v.last_ts.map(|t| String::from_utf8_lossy(&t).into_owned());
+    if !v.checkpoint_keys.is_empty() {
+        let last = v.report.last_seq;
+        v.report.unverified_tail = Some(match (v.report.last_checkpoint_seq, last) {
+            (Some(c), Some(l)) => l - c,
+            _ => v.report.records,
+        });
+    }
     Ok(v.report)
 }
 
@@ -284,6 +326,7 @@ struct Verifier {
     hasher: Hasher,
     keyed: bool,
     expect_service: Option<String>,
+    checkpoint_keys: Vec<CheckpointPublicKey>,
     report: VerifyReport,
     /// Next expected seq and the hash it must link to.
     expect: Option<(u64, [u8; 64])>,
@@ -440,6 +483,9 @@ impl Verifier {
         if !self.same_chain(p, &link) {
             return Seen::Failed;
         }
+        if checked.event_type.as_deref() == Some("checkpoint") && !self.checkpoint(p, line, &link) {
+            return Seen::Failed;
+        }
         match (&self.expect, &full) {
             (None, Some(record)) => {
                 let first = p.first_file && p.first_in_file;
@@ -553,9 +599,33 @@ impl Verifier {
         false
     }
 
+    /// A `checkpoint` record: with keys, its signature must verify under
+    /// the key it names, and what it signs must be the record before it.
+    fn checkpoint(&mut self, p: &Place<'_>, line: &[u8], link: &Link<'_>) -> bool {
+        self.report.checkpoints += 1;
+        if self.checkpoint_keys.is_empty() {
+            return true;
+        }
+        match check_checkpoint(&self.checkpoint_keys, line, link) {
+            Ok(()) => {
+                self.report.last_checkpoint_seq = Some(link.seq);
+                true
+            }
+            Err(detail) => {
+                self.fail(FailureKind::BadCheckpoint, p.path, p.line, detail);
+                false
+            }
+        }
+    }
+
     /// Counts a record that linked, and expects the next one after it.
     fn accept(&mut self, link: &Link<'_>, checked: &CheckedRecord<'_>, line: &[u8]) {
-        self.last_stopped = checked.event_type.as_deref() == Some("audit_stopped");
+        // The checkpoint written at stop follows `audit_stopped`: the trail
+        // is still stopped cleanly after it.
+        let event = checked.event_type.as_deref();
+        if !(event == Some("checkpoint") && self.last_stopped) {
+            self.last_stopped = event == Some("audit_stopped");
+        }
         let mut next = [0u8; 64];
         next.copy_from_slice(link.hash.as_bytes());
         self.expect = Some((link.seq + 1, next));

@@ -95,7 +95,7 @@ pub(crate) fn find_resume(sink: &FileSink, dir: &Path, hasher: &Hasher) -> Resul
                 .map_err(|_| Error::Config("resume: a record stopped checking".into()))?;
             resume.last = Some((link.seq, link.hash.to_owned()));
             resume.chain_id = link.chain_id.and_then(|id| uuid::Uuid::parse_str(id).ok());
-            resume.clean_stop = event_type(&line).as_deref() == Some("audit_stopped");
+            resume.clean_stop = is_clean_stop(&line);
             break;
         }
         if budget == 0 {
@@ -250,9 +250,17 @@ fn append(path: &Path, at: u64, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// The `event_type` of a checked line.
-fn event_type(line: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
-    v.get("event_type")?.as_str().map(str::to_owned)
+/// Whether the last record says the last run stopped cleanly:
+/// `audit_stopped`, or the signed checkpoint written right after it.
+fn is_clean_stop(line: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+        return false;
+    };
+    match v.get("event_type").and_then(|e| e.as_str()) {
+        Some("audit_stopped") => true,
+        Some("checkpoint") => v["details"]["at_stop"] == serde_json::Value::Bool(true),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
