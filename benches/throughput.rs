@@ -6,7 +6,8 @@
 //!    is checked on both sides.
 //! 2. The cost of a non-audit event with and without `AuditLayer` installed.
 //! 3. `verify` throughput on a 1 M-record trail, and its peak memory (in a
-//!    child process that only verifies).
+//!    child process that only verifies); the same for `verify --collected`
+//!    on that trail exported as one file.
 //! 4. The syslog path alone: records/s through a TCP syslog sink, no file;
 //!    and through a RELP sink to a real rsyslog (`imrelp` into `omfile`),
 //!    every record acknowledged.
@@ -14,7 +15,7 @@
 //!    10 k and 10 M events.
 //!
 //! `BENCH_QUICK=1` runs smaller sizes (for a smoke run). `-- --only X` runs
-//! one part: `policy`, `verify`, `syslog`, `relp`, `plain` (non-audit overhead), `split` (caller
+//! one part: `policy`, `verify`, `collected`, `syslog`, `relp`, `plain` (non-audit overhead), `split` (caller
 //! cost without backpressure vs worker rate), `e2e1` (one small end-to-end
 //! run, for profiling under callgrind).
 
@@ -284,6 +285,57 @@ fn verify_bench() {
     );
 }
 
+/// `verify --collected` on a 1 M-record trail exported as one in-order
+/// file (what a relay writes for one instance): records/s, and the peak
+/// memory of a process that only does that.
+fn collected_bench() {
+    let n = if quick() { 20_000 } else { 1_000_000 };
+    let dir = private_tempdir();
+    write_trail(dir.path(), n);
+    let export = dir.path().join("export.log");
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p != &export)
+        .collect();
+    files.sort();
+    let mut out = std::fs::File::create(&export).unwrap();
+    for f in &files {
+        std::io::copy(&mut std::fs::File::open(f).unwrap(), &mut out).unwrap();
+    }
+    drop(out);
+    let bytes = std::fs::metadata(&export).unwrap().len();
+    let mut best_rate = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let r = tracing_audit::trail::verify_collected(
+            &[&export],
+            &tracing_audit::trail::CollectedOptions::default(),
+        )
+        .unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(r.chains[0].records, n + 2);
+        best_rate = best_rate.max((n + 2) as f64 / secs);
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--collected-only")
+        .arg(&export)
+        .output()
+        .unwrap();
+    let rss = String::from_utf8_lossy(&child.stdout).trim().to_owned();
+    println!(
+        "verify --collected (one core, {} records in order, {:.0} MB):",
+        n + 2,
+        bytes as f64 / 1e6
+    );
+    println!(
+        "  {:>10.0} records/s  {:>6.0} MB/s   peak RSS of a collected-only process: {rss}",
+        best_rate,
+        best_rate * bytes as f64 / (n as f64) / 1e6
+    );
+}
+
 fn policy_bench() {
     let mut policies = Policy::defaults();
     policies.push(
@@ -377,6 +429,18 @@ fn policy_bench() {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--collected-only") {
+        let opts = tracing_audit::trail::CollectedOptions::default();
+        let r = tracing_audit::trail::verify_collected(&[&args[i + 1]], &opts).unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let hwm = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .unwrap_or("VmHWM: ?");
+        println!("{}", hwm.trim_start_matches("VmHWM:").trim());
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--verify-only") {
         let r = tracing_audit::verify(&args[i + 1], None).unwrap();
         assert!(r.is_ok());
@@ -398,6 +462,7 @@ fn main() {
     match only.as_deref() {
         Some("policy") => return policy_bench(),
         Some("verify") => return verify_bench(),
+        Some("collected") => return collected_bench(),
         Some("plain") => return non_audit_overhead(),
         Some("syslog") => return syslog_bench(),
         Some("relp") => return relp_bench(),
@@ -449,6 +514,7 @@ fn main() {
     relp_bench();
     non_audit_overhead();
     verify_bench();
+    collected_bench();
     policy_bench();
 }
 

@@ -17,10 +17,13 @@
 //! whose bytes do not match its hash, or one that does not link to the
 //! record before it. With checkpoint keys, every `checkpoint` record is
 //! checked as `verify` does ([`crate::record::checkpoint`]) and the records
-//! after a chain's last good one are its unverified tail. Memory is bounded by the number of chains times the
-//! window (each waiting or recently consumed record costs about 100
-//! bytes), never by the size of the input: an in-order input uses a few
-//! entries per chain whatever its length.
+//! after a chain's last good one are its unverified tail.
+//!
+//! Memory is bounded by the number of chains times the window, never by
+//! the size of the input: per chain, each waiting record costs about 100
+//! bytes and each of the last `window` consumed ones 16 (about 1 MiB at the
+//! default window once a chain has that many records; an in-order input
+//! never has more than one record waiting).
 //!
 //! A leaf of `trail`: uses `record::chain` to read and check lines.
 
@@ -199,8 +202,18 @@ struct ChainState {
     prev: Option<[u8; 32]>,
     /// Records ahead of `next`.
     waiting: BTreeMap<u64, Entry>,
-    /// The last `window` consumed records, oldest first.
-    done: VecDeque<(u64, [u8; 32])>,
+    /// The last `window` consumed records, oldest first (so sorted by
+    /// `seq`), with the first 8 bytes of their hash: enough to tell a copy
+    /// from a different record (a forger would need a 64-bit second
+    /// preimage of SHA-256) at 16 bytes a record.
+    done: VecDeque<(u64, u64)>,
+}
+
+/// The first 8 bytes of a hash.
+fn prefix(hash: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(b)
 }
 
 fn unhex(s: &str) -> [u8; 32] {
@@ -332,14 +345,18 @@ impl Collector {
             }
             return;
         }
-        // Seen before: consumed, or waiting.
-        let earlier = st
-            .waiting
-            .get(&seq)
-            .map(|e| e.hash)
-            .or_else(|| st.done.iter().find(|(s, _)| *s == seq).map(|(_, h)| *h));
+        // Seen before: waiting, or consumed (then behind `next`).
+        let consumed = || {
+            let i = st.done.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+            Some(st.done[i].1)
+        };
+        let earlier = match st.waiting.get(&seq) {
+            Some(e) => Some(prefix(&e.hash)),
+            None if st.next.is_some_and(|n| seq < n) => consumed(),
+            None => None,
+        };
         if let Some(h) = earlier {
-            if h == entry.hash {
+            if h == prefix(&entry.hash) {
                 st.report.duplicates += 1;
             } else {
                 st.report.conflicting += 1;
@@ -413,7 +430,7 @@ impl Collector {
         st.report.records += 1;
         st.prev = Some(e.hash);
         st.next = Some(seq + 1);
-        st.done.push_back((seq, e.hash));
+        st.done.push_back((seq, prefix(&e.hash)));
         if st.done.len() > window {
             st.done.pop_front();
         }
