@@ -93,6 +93,8 @@ pub struct AuditLayerBuilder {
     redact: Vec<String>,
     /// Redacted values become their HMAC under the chain key.
     redact_hmac: bool,
+    /// Write `<event>_started` when an audited span opens.
+    span_start: bool,
     shutdown_grace: Duration,
     /// The keyed hasher (its `Debug` never shows the key), or why not.
     chain_key: Option<Result<Hasher, String>>,
@@ -121,6 +123,7 @@ impl Default for AuditLayerBuilder {
                 .map(|s| (*s).to_owned())
                 .collect(),
             redact_hmac: false,
+            span_start: false,
             shutdown_grace: Duration::from_secs(10),
             chain_key: None,
             signing_key: None,
@@ -310,6 +313,27 @@ impl AuditLayerBuilder {
         self
     }
 
+    /// A span with its own `audit.event` is an audited operation, recorded
+    /// when it closes (with its duration and the outcome recorded on it, or
+    /// `unknown`). With `record_span_start(true)` an `<event>_started`
+    /// record is also written when it opens, so the attempt is on disk even
+    /// if the process dies before it ends (default off).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let (layer, guard) = tracing_audit::AuditLayer::builder()
+    ///     .file(dir.path())
+    ///     .record_span_start(true)
+    ///     .build::<tracing_subscriber::Registry>()?;
+    /// # drop((layer, guard));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn record_span_start(mut self, on: bool) -> Self {
+        self.span_start = on;
+        self
+    }
+
     /// Signs checkpoints with the Ed25519 key in `path` (PKCS#8 PEM, as
     /// `tracing-audit keygen` writes it; a file others can read is
     /// refused). The worker then writes a signed `checkpoint` record every
@@ -449,6 +473,7 @@ impl AuditLayerBuilder {
             constants,
             value_limit: self.max_value_len,
             redactor,
+            span_start: self.span_start,
         });
         Ok((
             AuditLayer::new(shared),

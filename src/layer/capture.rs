@@ -73,6 +73,11 @@ pub(crate) struct SpanContext {
     limit: usize,
     /// Values whose `Debug` panicked (kept as a marker).
     panics: u32,
+    /// The span's own `audit.event`: it is an audited operation, recorded
+    /// when it closes. Never merged into the events inside it.
+    pub(crate) event: Option<String>,
+    /// When the span opened (for an audited operation's duration).
+    pub(crate) opened: Option<std::time::Instant>,
 }
 
 impl SpanContext {
@@ -82,7 +87,14 @@ impl SpanContext {
             dropped: [0; CONTEXT_SLOTS],
             limit,
             panics: 0,
+            event: None,
+            opened: None,
         }
+    }
+
+    /// The span's own value of a context field (not its parents').
+    pub(crate) fn own(&self, c: ContextField) -> Option<&str> {
+        self.values[c as usize].as_deref()
     }
 
     /// Reads a new span's attributes (outside any lock).
@@ -107,13 +119,16 @@ impl SpanContext {
         if span.extensions().get::<SpanContext>().is_some() {
             return true;
         }
-        let (sc, ok) = match SpanContext::from_attrs(attrs, limit) {
+        let (mut sc, ok) = match SpanContext::from_attrs(attrs, limit) {
             Some(sc) => {
                 let ok = sc.panics == 0;
                 (sc, ok)
             }
             None => (SpanContext::new(limit), false),
         };
+        if sc.event.is_some() {
+            sc.opened = Some(std::time::Instant::now());
+        }
         let mut ext = span.extensions_mut();
         if ext.get_mut::<SpanContext>().is_none() {
             ext.insert(sc);
@@ -147,6 +162,11 @@ impl SpanContext {
     }
 
     fn merge(&mut self, delta: SpanContext) {
+        if delta.event.is_some() {
+            // Recorded late: the operation is audited from here on.
+            self.opened.get_or_insert_with(std::time::Instant::now);
+            self.event = delta.event;
+        }
         for (i, v) in delta.values.into_iter().enumerate() {
             if v.is_some() {
                 self.values[i] = v;
@@ -179,14 +199,29 @@ impl SpanContext {
 
 impl Visit for SpanContext {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if let Some(AuditName::Context(c)) = classify(field.name()) {
-            self.set(c, value);
+        match classify(field.name()) {
+            Some(AuditName::Context(c)) => self.set(c, value),
+            Some(AuditName::Event) => {
+                self.event = Some(encode::cut_str(value, self.limit).to_owned());
+            }
+            _ => {}
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if let Some(AuditName::Context(c)) = classify(field.name()) {
-            self.set_debug(c, value);
+        match classify(field.name()) {
+            Some(AuditName::Context(c)) => self.set_debug(c, value),
+            Some(AuditName::Event) => {
+                let mut s = String::new();
+                self.event = Some(match fmt_bounded(&mut s, value, self.limit) {
+                    Some(_) => s,
+                    None => {
+                        self.panics += 1;
+                        PANICKED.to_owned()
+                    }
+                });
+            }
+            _ => {}
         }
     }
 

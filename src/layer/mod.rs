@@ -27,6 +27,13 @@
 //! merge the `audit.*` context of its audit spans (innermost wins; the
 //! event's own fields win over any span), encode the body into a reused
 //! buffer, and submit it. Sequencing, hashing and I/O happen on the worker.
+//!
+//! A span with its own `audit.event` is an *audited operation*: when it
+//! closes, one record is written for it the same way, with its duration
+//! (`details.duration_us`) and the outcome recorded on the span itself, or
+//! `unknown` if none was (what an early `?` return or a dropped future
+//! leaves); with `record_span_start`, an `<event>_started` record when it
+//! opens. Its event type is never passed to the events inside it.
 
 pub(crate) mod builder;
 pub(crate) mod capture;
@@ -47,6 +54,7 @@ use crate::layer::capture::{merge_span, with_reused, SpanContext};
 use crate::layer::filter::{delegate_layer, AuditFilter};
 use crate::pipeline::Submitter;
 use crate::record::draft::Draft;
+use crate::record::fields::ContextField;
 use crate::record::redact::Redactor;
 use crate::record::{encode_body, uuid_at, RecordConstants, Source};
 
@@ -64,6 +72,8 @@ pub(crate) struct LayerContext {
     pub(crate) value_limit: usize,
     /// Which `details` names are redacted.
     pub(crate) redactor: Option<Arc<Redactor>>,
+    /// Write `<event>_started` when an audited span opens.
+    pub(crate) span_start: bool,
 }
 
 /// The layer that does the work, behind the per-layer filter.
@@ -113,12 +123,18 @@ impl AuditCore {
             // `source.span` keeps the innermost spans; the record says so.
             s.capture.truncated.push("source.span".to_owned());
         }
-        s.body.clear();
         let source = Source {
             target: meta.target(),
             level: meta.level(),
             spans: &names[..n],
         };
+        self.submit(s, at, source);
+    }
+
+    /// Encodes the draft in `s` and submits it.
+    fn submit(&self, s: &mut Scratch, at: SystemTime, source: Source<'_>) {
+        let limit = self.shared.value_limit;
+        s.body.clear();
         let keys = encode_body(
             &mut s.body,
             &mut s.capture,
@@ -141,6 +157,93 @@ impl AuditCore {
 }
 
 impl AuditCore {
+    /// The record of an audited span: `<event>_started` when it opens
+    /// (`started`), or `<event>` with its duration when it closes.
+    fn span_record<'a, R: LookupSpan<'a>>(
+        &self,
+        s: &mut Scratch,
+        span: &tracing_subscriber::registry::SpanRef<'a, R>,
+        started: bool,
+    ) {
+        let at = SystemTime::now();
+        let meta = span.metadata();
+        let (event, outcome, took) = {
+            let ext = span.extensions();
+            let Some(sc) = ext.get::<SpanContext>() else {
+                return;
+            };
+            let Some(event) = sc.event.clone() else {
+                return;
+            };
+            let outcome = sc.own(ContextField::Outcome).map(str::to_owned);
+            (event, outcome, sc.opened.map(|t| t.elapsed()))
+        };
+        s.capture.reset(self.shared.value_limit);
+        s.capture.use_redactor(&self.shared.redactor);
+        if started {
+            s.capture.set_event_type(&format!("{event}_started"));
+        } else {
+            s.capture.set_event_type(&event);
+        }
+        s.capture.set_message(span.name());
+        // The outcome is the span's own, never an enclosing span's: an
+        // operation that recorded none ended in a way nobody said.
+        let outcome = match (started, &outcome) {
+            (false, Some(o)) => o.as_str(),
+            _ => "unknown",
+        };
+        s.capture
+            .set_context_if_absent(ContextField::Outcome, outcome);
+        if let (false, Some(took)) = (started, took) {
+            s.capture.detail_u64(
+                "duration_us",
+                u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            );
+        }
+        let mut names = [""; MAX_SPANS];
+        let mut n = 0;
+        let mut cut = false;
+        for sp in span.scope() {
+            if n < MAX_SPANS {
+                names[n] = sp.name();
+                n += 1;
+            } else {
+                cut = true;
+            }
+            merge_span(&mut s.capture, &sp);
+        }
+        if cut {
+            s.capture.truncated.push("source.span".to_owned());
+        }
+        let source = Source {
+            target: meta.target(),
+            level: meta.level(),
+            spans: &names[..n],
+        };
+        self.submit(s, at, source);
+    }
+
+    /// Runs [`Self::span_record`] on this thread's scratch, counting a
+    /// panic as a lost record.
+    fn span_record_guarded<'a, R: LookupSpan<'a>>(
+        &self,
+        span: &tracing_subscriber::registry::SpanRef<'a, R>,
+        started: bool,
+    ) {
+        let fresh = || Scratch {
+            capture: Draft::new(self.shared.value_limit),
+            body: Vec::new(),
+        };
+        if !with_reused(&SCRATCH, fresh, |s| self.span_record(s, span, started)) {
+            let c = &self.shared.submitter.counters;
+            c.error(
+                &c.callback_errors,
+                "a panic while recording an audited span was caught".into(),
+            );
+            c.dropped(crate::pipeline::DropCause::Panic, 1);
+        }
+    }
+
     fn span_panic(&self) {
         let c = &self.shared.submitter.counters;
         c.error(
@@ -170,6 +273,15 @@ where
             if !SpanContext::on_new_span(attrs, &span, self.shared.value_limit) {
                 self.span_panic();
             }
+            if self.shared.span_start {
+                self.span_record_guarded(&span, true);
+            }
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(&id) {
+            self.span_record_guarded(&span, false);
         }
     }
 
