@@ -163,7 +163,12 @@ impl Rsyslog {
             let got = self.received();
             let distinct: std::collections::BTreeSet<&str> = got
                 .iter()
-                .filter_map(|r| r.record["audit_id"].as_str())
+                .filter_map(|r| {
+                    // A record, or an ECS document naming one.
+                    r.record["audit_id"]
+                        .as_str()
+                        .or_else(|| r.record["event"]["id"].as_str())
+                })
                 .collect();
             if distinct.len() >= n || Instant::now() > deadline {
                 return got;
@@ -846,4 +851,33 @@ fn test_certificates(work: &Path, client_auth: bool) -> std::sync::Arc<rustls::C
             .with_client_auth_cert(vec![client.der().clone()], key_der)
             .unwrap(),
     )
+}
+
+#[test]
+fn a_mapped_message_schema_reaches_the_relay_naming_its_record() {
+    use tracing_audit::record::mapping::Schema;
+    if !available() {
+        return;
+    }
+    let work = common::tempdir();
+    let rs = Rsyslog::start(work.path(), &format!("{GLOBAL}\n{TCP}"));
+    let port = rs.port("tcp.port");
+    let n = 50;
+    send(
+        SyslogSink::tcp(format!("127.0.0.1:{port}")).message_schema(Schema::Ecs),
+        n,
+        None,
+    );
+    let got = rs.wait_for(n as usize + 2);
+    let app: Vec<_> = got.iter().filter(|r| r.msgid == "data_access").collect();
+    assert_eq!(app.len(), n as usize);
+    for r in app {
+        // MSG is the ECS document; the SD still carries the record's keys.
+        assert_eq!(r.record["event"]["action"], "data_access");
+        assert_eq!(r.record["user"]["name"], "alice");
+        let id = r.record["event"]["id"].as_str().unwrap();
+        assert!(r.sd.contains(&format!("id=\"{id}\"")), "{}", r.sd);
+        let seq = r.record["event"]["sequence"].as_u64().unwrap();
+        assert!(r.sd.contains(&format!("seq=\"{seq}\"")), "{}", r.sd);
+    }
 }

@@ -145,6 +145,10 @@ enum Cmd {
         /// JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// JSON lines mapped to a SIEM schema: `ecs` (Elastic Common
+        /// Schema) or `ocsf`; each names its record (id, seq, hash).
+        #[arg(long, value_name = "SCHEMA", conflicts_with = "json")]
+        format: Option<tracing_audit::record::mapping::Schema>,
     },
     /// Totals by event type, actor, outcome, risk and day.
     Stats {
@@ -234,7 +238,8 @@ fn run(cli: Cli) -> Res {
             filters,
             limit,
             json,
-        } => query(&trail, &filters, limit, json),
+            format,
+        } => query(&trail, &filters, limit, json, format),
         Cmd::Stats {
             trail,
             filters,
@@ -540,10 +545,17 @@ fn print_collected(r: &tracing_audit::trail::CollectedReport, lacking: Option<&L
     }
 }
 
-fn query(trail: &Trail, q: &Query, limit: Option<usize>, json: bool) -> Res {
+fn query(
+    trail: &Trail,
+    q: &Query,
+    limit: Option<usize>,
+    json: bool,
+    format: Option<tracing_audit::record::mapping::Schema>,
+) -> Res {
     let t = trail.open()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut table = Table::new(json);
+    table.schema = format;
     let matching = t
         .sealed()
         .filter(|r| r.as_ref().map_or(true, |s| q.matches(&s.record)));
@@ -812,6 +824,8 @@ fn printable(s: &str, width: usize) -> String {
 struct Table {
     json: bool,
     header_done: bool,
+    /// JSON lines mapped to a SIEM schema instead.
+    schema: Option<tracing_audit::record::mapping::Schema>,
 }
 
 const COLUMNS: [(&str, usize); 9] = [
@@ -831,6 +845,7 @@ impl Table {
         Table {
             json,
             header_done: false,
+            schema: None,
         }
     }
 
@@ -866,6 +881,10 @@ impl Table {
         out: &mut impl Write,
         s: &tracing_audit::trail::Sealed,
     ) -> std::io::Result<()> {
+        if let Some(schema) = self.schema {
+            serde_json::to_writer(&mut *out, &s.record.to_schema(schema))?;
+            return out.write_all(b"\n");
+        }
         if self.json {
             out.write_all(&s.line)?;
             return out.write_all(b"\n");
@@ -889,7 +908,7 @@ impl Table {
 
     /// After a query: the header even when nothing matched, and the count.
     fn finish(&mut self, out: &mut impl Write, shown: u64) -> std::io::Result<()> {
-        if self.json {
+        if self.json || self.schema.is_some() {
             return Ok(());
         }
         self.header(out)?;

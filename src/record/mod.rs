@@ -37,6 +37,7 @@ pub(crate) mod draft;
 pub(crate) mod encode;
 pub(crate) mod fields;
 pub(crate) mod layout;
+pub mod mapping;
 pub(crate) mod redact;
 pub use chain::GENESIS;
 pub use fields::{Outcome, ParseValueError, Risk};

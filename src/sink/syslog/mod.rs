@@ -36,6 +36,8 @@ pub use transport::Framing;
 use crate::error::Error;
 use crate::queue::{offer, Offered, QueueMode};
 use crate::record::layout::OwnedLine;
+use crate::record::mapping::Schema;
+use crate::record::AuditRecord;
 use crate::sink::{LastError, LineSink, SealedLine};
 use frame::{Header, SdFields};
 use transport::{Conn, Target};
@@ -79,6 +81,7 @@ pub struct SyslogSink {
     backoff_max: Duration,
     replay: usize,
     shutdown_grace: Duration,
+    schema: Option<Schema>,
 }
 
 impl SyslogSink {
@@ -97,6 +100,7 @@ impl SyslogSink {
             backoff_max: Duration::from_secs(30),
             replay: 256,
             shutdown_grace: SHUTDOWN_GRACE,
+            schema: None,
         }
     }
 
@@ -253,6 +257,18 @@ impl SyslogSink {
     #[must_use]
     pub fn replay(mut self, messages: usize) -> Self {
         self.replay = messages;
+        self
+    }
+
+    /// Sends each record mapped to a SIEM schema (ECS or OCSF, see
+    /// [`crate::record::mapping`]) as the MSG instead of the sealed line.
+    /// The structured data is the same; the mapped document names its
+    /// record (`audit_id`, `seq`, `hash`), but a store that keeps only it
+    /// holds no chain to verify: keep the sealed lines somewhere too (the
+    /// file, or a second sink without this).
+    #[must_use]
+    pub fn message_schema(mut self, schema: Schema) -> Self {
+        self.schema = Some(schema);
         self
     }
 
@@ -607,7 +623,11 @@ impl Sender {
     fn message(&self, line: &OwnedLine) -> Vec<u8> {
         let line = line.as_line();
         let keys = SdFields::from_line(&line);
-        let line = line.bytes;
+        let mapped = self.cfg.schema.and_then(|schema| {
+            let record = AuditRecord::parse(line.bytes).ok()?;
+            serde_json::to_vec(&record.to_schema(schema)).ok()
+        });
+        let line = mapped.as_deref().unwrap_or(line.bytes);
         let max = self
             .cfg
             .target
