@@ -474,6 +474,8 @@ impl AuditLayerBuilder {
             value_limit: self.max_value_len,
             redactor,
             span_start: self.span_start,
+            #[cfg(feature = "opentelemetry")]
+            dispatch: std::sync::OnceLock::new(),
         });
         Ok((
             AuditLayer::new(shared),

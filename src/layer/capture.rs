@@ -78,6 +78,9 @@ pub(crate) struct SpanContext {
     pub(crate) event: Option<String>,
     /// When the span opened (for an audited operation's duration).
     pub(crate) opened: Option<std::time::Instant>,
+    /// An audited span's OpenTelemetry trace and span ids, taken when it
+    /// opens (by the time it closes, `tracing-opentelemetry` has ended it).
+    pub(crate) otel_ids: Option<Box<(String, String)>>,
 }
 
 impl SpanContext {
@@ -89,6 +92,7 @@ impl SpanContext {
             panics: 0,
             event: None,
             opened: None,
+            otel_ids: None,
         }
     }
 

@@ -74,6 +74,10 @@ pub(crate) struct LayerContext {
     pub(crate) redactor: Option<Arc<Redactor>>,
     /// Write `<event>_started` when an audited span opens.
     pub(crate) span_start: bool,
+    /// The subscriber this layer joined (weakly: it owns the layer), for
+    /// `tracing-opentelemetry`'s span contexts.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) dispatch: std::sync::OnceLock<tracing_core::dispatcher::WeakDispatch>,
 }
 
 /// The layer that does the work, behind the per-layer filter.
@@ -108,8 +112,14 @@ impl AuditCore {
         let mut names = [""; MAX_SPANS];
         let mut n = 0;
         let mut cut = false;
+        #[cfg(feature = "opentelemetry")]
+        let mut innermost = None;
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope {
+                #[cfg(feature = "opentelemetry")]
+                if innermost.is_none() {
+                    innermost = Some(span.id());
+                }
                 if n < MAX_SPANS {
                     names[n] = span.name();
                     n += 1;
@@ -123,12 +133,40 @@ impl AuditCore {
             // `source.span` keeps the innermost spans; the record says so.
             s.capture.truncated.push("source.span".to_owned());
         }
+        #[cfg(feature = "opentelemetry")]
+        if let Some(id) = innermost {
+            self.otel_ids(&mut s.capture, &id);
+        }
         let source = Source {
             target: meta.target(),
             level: meta.level(),
             spans: &names[..n],
         };
         self.submit(s, at, source);
+    }
+
+    /// With `tracing-opentelemetry` in the stack: the W3C trace and span
+    /// ids of span `id` into `details` (`trace_id`, `span_id`), so a record
+    /// leads to its trace. Nothing without it, or for an invalid context.
+    #[cfg(feature = "opentelemetry")]
+    fn otel_ids(&self, draft: &mut Draft, id: &Id) {
+        if let Some((trace, span)) = self.otel_ids_of(id) {
+            draft.detail_str("trace_id", &trace);
+            draft.detail_str("span_id", &span);
+        }
+    }
+
+    /// The W3C trace and span ids `tracing-opentelemetry` keeps for span
+    /// `id` (no extension lock may be held by the caller).
+    #[cfg(feature = "opentelemetry")]
+    fn otel_ids_of(&self, id: &Id) -> Option<(String, String)> {
+        use opentelemetry::trace::TraceContextExt as _;
+        let dispatch = self.shared.dispatch.get()?.upgrade()?;
+        let cx = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid()
+            .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
     }
 
     /// Encodes the draft in `s` and submits it.
@@ -167,7 +205,7 @@ impl AuditCore {
     ) {
         let at = SystemTime::now();
         let meta = span.metadata();
-        let (event, outcome, took) = {
+        let (event, outcome, took, otel) = {
             let ext = span.extensions();
             let Some(sc) = ext.get::<SpanContext>() else {
                 return;
@@ -176,8 +214,11 @@ impl AuditCore {
                 return;
             };
             let outcome = sc.own(ContextField::Outcome).map(str::to_owned);
-            (event, outcome, sc.opened.map(|t| t.elapsed()))
+            let took = sc.opened.map(|t| t.elapsed());
+            (event, outcome, took, sc.otel_ids.clone())
         };
+        #[cfg(not(feature = "opentelemetry"))]
+        let _ = otel;
         s.capture.reset(self.shared.value_limit);
         s.capture.use_redactor(&self.shared.redactor);
         if started {
@@ -215,6 +256,14 @@ impl AuditCore {
         if cut {
             s.capture.truncated.push("source.span".to_owned());
         }
+        #[cfg(feature = "opentelemetry")]
+        match otel {
+            Some(ids) => {
+                s.capture.detail_str("trace_id", &ids.0);
+                s.capture.detail_str("span_id", &ids.1);
+            }
+            None => self.otel_ids(&mut s.capture, &span.id()),
+        }
         let source = Source {
             target: meta.target(),
             level: meta.level(),
@@ -244,6 +293,26 @@ impl AuditCore {
         }
     }
 
+    /// An audited span's OpenTelemetry ids, kept for its record at close.
+    #[cfg(feature = "opentelemetry")]
+    fn keep_otel_ids<'a, R: LookupSpan<'a>>(
+        &self,
+        span: &tracing_subscriber::registry::SpanRef<'a, R>,
+    ) {
+        let audited = span
+            .extensions()
+            .get::<SpanContext>()
+            .is_some_and(|sc| sc.event.is_some());
+        if !audited {
+            return;
+        }
+        if let Some(ids) = self.otel_ids_of(&span.id()) {
+            if let Some(sc) = span.extensions_mut().get_mut::<SpanContext>() {
+                sc.otel_ids = Some(Box::new(ids));
+            }
+        }
+    }
+
     fn span_panic(&self) {
         let c = &self.shared.submitter.counters;
         c.error(
@@ -261,6 +330,8 @@ where
         // The subscriber is complete now: ask it once whether ordinary
         // audit events get through (a global filter discards them before
         // any layer could notice).
+        #[cfg(feature = "opentelemetry")]
+        let _ = self.shared.dispatch.set(subscriber.downgrade());
         let found = crate::layer::filter::probe(subscriber);
         if let Ok(mut p) = self.shared.probe.lock() {
             *p = Some(found);
@@ -273,6 +344,8 @@ where
             if !SpanContext::on_new_span(attrs, &span, self.shared.value_limit) {
                 self.span_panic();
             }
+            #[cfg(feature = "opentelemetry")]
+            self.keep_otel_ids(&span);
             if self.shared.span_start {
                 self.span_record_guarded(&span, true);
             }
