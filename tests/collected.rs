@@ -270,3 +270,29 @@ fn a_record_beyond_the_window_is_late_and_an_in_order_copy_needs_no_window() {
     // Within the default window it is only reordering.
     assert!(check(&path).is_ok());
 }
+
+#[test]
+fn a_sealed_line_that_is_not_a_record_of_the_schema_is_not_accepted() {
+    let local = common::tempdir();
+    run(local.path(), 5);
+    let mut lines = raw_lines(local.path());
+    // An unknown risk, resealed so that its hash checks (anyone can, for
+    // an unkeyed trail): not a record, as `verify` says too.
+    let at = lines.iter().position(|l| l.contains("\"i\":2")).unwrap();
+    let bad = lines[at].replacen("\"risk_level\":\"low\"", "\"risk_level\":\"severe\"", 1);
+    assert_ne!(bad, lines[at]);
+    lines[at] = reseal(&bad, &lines[at - 1]);
+    for i in at + 1..lines.len() {
+        lines[i] = reseal(&lines[i], &lines[i - 1].clone());
+    }
+    let work = common::tempdir();
+    let r = check(&write(work.path(), &lines));
+    assert!(!r.is_ok());
+    let m = r.chains[0].first_mismatch.as_ref().expect("refused");
+    assert_eq!(m.at.line, at as u64 + 1);
+    assert!(
+        m.detail.contains("not a record of the schema"),
+        "{}",
+        m.detail
+    );
+}

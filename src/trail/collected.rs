@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use crate::record::chain::{hash_matches, read_link, Hasher, Link, GENESIS};
 use crate::record::checkpoint::{check_checkpoint, CheckpointPublicKey};
+use crate::record::CheckedRecord;
 use crate::trail::TrailError;
 
 /// The default [`CollectedOptions::window`].
@@ -136,8 +137,8 @@ pub struct ChainReport {
     pub conflicts: Vec<CollectedFailure>,
     /// Records that conflict with another, in all.
     pub conflicting: u64,
-    /// The first record whose hash does not match its bytes, or that does
-    /// not link to the record before it.
+    /// The first record whose hash does not match its bytes, that is not a
+    /// record of the schema, or that does not link to the record before it.
     pub first_mismatch: Option<CollectedFailure>,
     /// `checkpoint` records seen (checked when keys were given).
     pub checkpoints: u64,
@@ -267,7 +268,16 @@ impl Collector {
         let Ok(link) = read_link(rec) else {
             return self.not_a_record(file, line);
         };
-        let matches = hash_matches(&self.hasher, rec);
+        // Only sealed records are records: a line whose hash checks must
+        // also parse strictly under the schema, as `verify` requires.
+        let wrong = if !hash_matches(&self.hasher, rec) {
+            Some("the record's bytes do not match its hash: it was edited (or sealed under another key)".to_owned())
+        } else {
+            CheckedRecord::check(rec)
+                .err()
+                .map(|e| format!("a sealed line that is not a record of the schema: {e}"))
+        };
+        let matches = wrong.is_none();
         let checkpoint =
             matches && memchr::memmem::find(rec, b"\"event_type\":\"checkpoint\"").is_some();
         let verdict = match checkpoint {
@@ -300,7 +310,7 @@ impl Collector {
                 _ => {}
             }
         }
-        self.record(&link, matches, file, line);
+        self.record(&link, wrong, file, line);
     }
 
     /// The state of `link`'s chain, made on its first record.
@@ -314,7 +324,9 @@ impl Collector {
         self.chains.get_mut(id)
     }
 
-    fn record(&mut self, link: &Link<'_>, matches: bool, file: u32, line: u64) {
+    /// One sealed line of chain `link`; `wrong` says why it is not a
+    /// genuine record, if it is not.
+    fn record(&mut self, link: &Link<'_>, wrong: Option<String>, file: u32, line: u64) {
         let id = link.chain_id.unwrap_or("-");
         let entry = Entry {
             hash: unhex(link.hash),
@@ -335,12 +347,12 @@ impl Collector {
         let r = &mut st.report;
         r.first_seq = Some(r.first_seq.map_or(seq, |f| f.min(seq)));
         r.last_seq = Some(r.last_seq.map_or(seq, |l| l.max(seq)));
-        if !matches {
+        if let Some(detail) = wrong {
             if r.first_mismatch.is_none() {
                 r.first_mismatch = Some(CollectedFailure {
                     seq,
                     at: place(&entry),
-                    detail: "the record's bytes do not match its hash: it was edited (or sealed under another key)".into(),
+                    detail,
                 });
             }
             return;
