@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use tracing_audit::{verify, AuditLayer};
+use tracing_audit::{trail::FailureKind, verify, AuditLayer};
 use tracing_subscriber::layer::SubscriberExt;
 
 const CHILD_ENV: &str = "TRACING_AUDIT_CRASH_CHILD_DIR";
@@ -115,7 +115,7 @@ fn sigkill_loses_no_acknowledged_record() {
     let acked = kill_child_after(dir.path(), &[], 300);
     let acked = acked.expect("child acknowledged nothing");
 
-    let records = common::read_trail(dir.path());
+    let (records, torn) = common::read_trail_after_kill(dir.path());
     let payments: Vec<u64> = records
         .iter()
         .filter(|r| r["event_type"] == "payment")
@@ -132,7 +132,7 @@ fn sigkill_loses_no_acknowledged_record() {
         "the child was killed, not stopped"
     );
     let r = verify(dir.path(), None).unwrap();
-    assert!(r.is_ok(), "after SIGKILL: {r:?}");
+    killed_trail_is_intact(&r, torn);
 
     // A new process continues the chain where the killed one left it.
     let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
@@ -160,7 +160,8 @@ fn sigkill_during_rotation_loses_nothing_and_restarts_continue() {
         let acked = kill_child_after(dir.path(), &envs, kill_at);
         assert_eq!(acked, Some(kill_at), "round {round}");
         // Every acknowledged payment of every round so far is there.
-        let payments: std::collections::HashSet<(u64, u64)> = common::read_trail(dir.path())
+        let (records, torn) = common::read_trail_after_kill(dir.path());
+        let payments: std::collections::HashSet<(u64, u64)> = records
             .iter()
             .filter(|r| r["event_type"] == "payment")
             .map(|r| {
@@ -183,10 +184,30 @@ fn sigkill_during_rotation_loses_nothing_and_restarts_continue() {
             }
         }
         let r = verify(dir.path(), None).unwrap();
-        assert!(r.is_ok(), "round {round}: {r:?}");
+        killed_trail_is_intact(&r, torn);
         assert!(
             common::audit_files(dir.path()).len() > round + 2,
             "the size limit rotated files"
         );
+    }
+    // The next start acknowledges whatever the last kill tore.
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        tracing::info!(audit.event = "after_restart");
+    });
+    drop(guard);
+    let r = verify(dir.path(), None).unwrap();
+    assert!(r.is_ok(), "after the last restart: {r:?}");
+}
+
+/// Right after a kill, the chain verifies, or its only fault is the torn
+/// last line the kill left, which the next start acknowledges.
+fn killed_trail_is_intact(r: &tracing_audit::trail::VerifyReport, torn: bool) {
+    match &r.failure {
+        None => assert!(!torn, "a torn line verify did not report: {r:?}"),
+        Some(f) => assert!(
+            torn && f.kind == FailureKind::TornTail,
+            "after SIGKILL: {r:?}"
+        ),
     }
 }

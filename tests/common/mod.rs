@@ -28,6 +28,34 @@ pub fn raw_lines(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The records of a trail left by processes killed with SIGKILL, and
+/// whether its newest file ends in a torn line. Linux stops a `write` at a
+/// page boundary when a fatal signal is pending, so a kill can leave part of
+/// a line; only the newest file may end that way. Torn pieces (a restart
+/// ends them with a newline and names them in its `audit_started`) are left
+/// out; `verify` is what proves they are only that.
+pub fn read_trail_after_kill(dir: &Path) -> (Vec<Value>, bool) {
+    let files = audit_files(dir);
+    let mut out = Vec::new();
+    let mut torn = false;
+    for (n, f) in files.iter().enumerate() {
+        let mut text = std::fs::read_to_string(f).unwrap();
+        if !text.is_empty() && !text.ends_with('\n') {
+            assert_eq!(
+                n + 1,
+                files.len(),
+                "{} does not end with a newline and is not the newest file",
+                f.display()
+            );
+            let end = text.rfind('\n').map_or(0, |i| i + 1);
+            text.truncate(end);
+            torn = true;
+        }
+        out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+    }
+    (out, torn)
+}
+
 /// The audit files in `dir` (regular `audit*.jsonl` files), sorted.
 pub fn audit_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -514,8 +514,6 @@ fn compress(dir: &Path, path: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reopens the file by path, cuts it to the synced length, writes the kept
-/// bytes again and syncs; on success the new descriptor replaces the old.
 /// Reopens the file by path, cuts it back to the last synced length and
 /// writes the kept bytes again, synced. If the file is *shorter* than that
 /// length, the storage lost bytes after confirming them: the gap is never
