@@ -116,8 +116,20 @@ fn a_relay_that_never_reads_cannot_hold_the_drop() {
 
 #[test]
 fn a_relp_relay_that_stops_answering_cannot_hold_the_drop() {
-    // A RELP "relay" that opens the session, acknowledges the first 50
-    // messages, then reads everything and answers nothing more.
+    relp_relay_stops_answering(true);
+}
+
+#[test]
+fn a_relp_relay_that_stops_answering_cannot_hold_the_drop_from_memory() {
+    relp_relay_stops_answering(false);
+}
+
+/// A RELP "relay" that opens the session, acknowledges the first 50
+/// messages, then reads everything and answers nothing more. The drop
+/// returns at the grace. Reading the trail, nothing is dropped: the rest
+/// is behind, and the cursor says where the next start resumes; from the
+/// queue in memory, the rest is dropped and counted.
+fn relp_relay_stops_answering(from_trail: bool) {
     use std::io::{BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -168,7 +180,7 @@ fn a_relp_relay_that_stops_answering_cannot_hold_the_drop() {
     let grace = Duration::from_secs(2);
     let (audit, guard) = AuditLayer::builder()
         .file(d.path())
-        .syslog(tracing_audit::SyslogSink::relp(addr.to_string()))
+        .syslog(tracing_audit::SyslogSink::relp(addr.to_string()).from_trail(from_trail))
         .shutdown_grace(grace)
         .build()
         .unwrap();
@@ -186,9 +198,24 @@ fn a_relp_relay_that_stops_answering_cannot_hold_the_drop() {
     assert!(took < grace + Duration::from_secs(3), "took {took:?}");
     let stats = handle.stats();
     // Exactly the 50 acknowledged messages count as sent; every other
-    // record of the trail (n + the start and stop records) is dropped.
+    // record of the trail (n + the start and stop records) is dropped
+    // from memory, or still to be sent from the trail.
     assert_eq!(stats.syslog_sent, 50, "{stats:?}");
-    assert_eq!(stats.syslog_sent + stats.syslog_dropped, n + 2, "{stats:?}");
+    if from_trail {
+        assert_eq!(stats.syslog_dropped, 0, "{stats:?}");
+        assert_eq!(stats.syslog_sent + stats.syslog_behind, n + 2, "{stats:?}");
+        let cursor = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".cursor"))
+            .expect("a cursor file");
+        let cursor: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(cursor).unwrap()).unwrap();
+        assert_eq!(cursor["delivered"], 49, "{cursor}");
+    } else {
+        assert_eq!(stats.syslog_behind, 0, "{stats:?}");
+        assert_eq!(stats.syslog_sent + stats.syslog_dropped, n + 2, "{stats:?}");
+    }
     assert!(stats.syslog_errors >= 1, "{stats:?}");
     let r = verify(d.path(), None).unwrap();
     assert!(r.is_ok(), "{r:?}");

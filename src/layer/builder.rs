@@ -16,9 +16,9 @@ use crate::record::fields::Risk;
 use crate::record::redact::Redactor;
 use crate::record::RecordConstants;
 use crate::sink::file::{self, FileSink, FileWriter, Resume};
-use crate::sink::syslog::SyslogCounters;
 use crate::sink::syslog::SyslogSink;
-use crate::sink::LineSink;
+use crate::sink::syslog::{SyslogCounters, TrailSource};
+use crate::sink::{LineSink, Progress};
 
 /// Default of [`AuditLayerBuilder::checkpoint_every`]: records…
 const DEFAULT_CHECKPOINT_RECORDS: u64 = 1000;
@@ -397,7 +397,7 @@ impl AuditLayerBuilder {
                 last_at: std::time::Instant::now(),
             }),
         };
-        let (file, resume, config_warnings) = self.open_file(&hasher)?;
+        let (mut file, resume, config_warnings) = self.open_file(&hasher)?;
         let retention = self
             .file
             .as_ref()
@@ -413,12 +413,28 @@ impl AuditLayerBuilder {
         let counters = Arc::new(Counters::default());
         let syslog_counters = Arc::new(SyslogCounters::default());
         let grace = self.shutdown_grace;
-        let (forwards, mut threads) = start_syslog(
+        // With a file, the syslog sinks read the trail: where it is, its
+        // chain, and what it already holds.
+        let trail = match (&file, &self.file) {
+            (Some(w), Some(sink)) => Some(TrailSource {
+                dir: w.dir().to_path_buf(),
+                prefix: sink.prefix.clone(),
+                suffix: sink.suffix.clone(),
+                chain_id: chain_id.to_string(),
+                written: resume.last.as_ref().map(|(seq, _)| *seq),
+            }),
+            _ => None,
+        };
+        let (forwards, progress, mut threads) = start_syslog(
             std::mem::take(&mut self.syslog),
             &syslog_counters,
             grace,
             self.host.as_deref(),
+            trail.as_ref(),
         )?;
+        if let Some(w) = &mut file {
+            w.watch_forwarders(progress);
+        }
 
         let (submitter, rx) = Submitter::new(
             self.queue_capacity,
@@ -523,22 +539,33 @@ impl AuditLayerBuilder {
 /// The forwarders the worker hands each sealed line to.
 type Forwards = Vec<Box<dyn LineSink>>;
 
+/// The started syslog sinks: forwarders, the progress of those reading
+/// the trail, and their threads.
+type Started = (Forwards, Vec<Arc<Progress>>, Vec<JoinHandle<()>>);
+
 /// Starts each syslog sink's thread; a sink never gets a longer shutdown
 /// grace than the pipeline's own (the guard's drop is bounded by it).
+/// Returns the forwarders, the progress of those reading the trail, and
+/// the threads.
 fn start_syslog(
     sinks: Vec<SyslogSink>,
     counters: &Arc<SyslogCounters>,
     grace: Duration,
     host: Option<&str>,
-) -> Result<(Forwards, Vec<JoinHandle<()>>), Error> {
+    trail: Option<&TrailSource>,
+) -> Result<Started, Error> {
     let mut forwards: Forwards = Vec::new();
+    let mut progress = Vec::new();
     let mut threads = Vec::new();
     for sink in sinks {
-        let (fwd, thread) = sink.bounded_by(grace).start(counters.clone(), host)?;
+        let (fwd, thread) = sink
+            .bounded_by(grace)
+            .start(counters.clone(), host, trail)?;
+        progress.extend(fwd.progress());
         forwards.push(Box::new(fwd));
         threads.push(thread);
     }
-    Ok((forwards, threads))
+    Ok((forwards, progress, threads))
 }
 
 /// Runs the worker on its own thread.

@@ -78,8 +78,19 @@ pub struct AuditStats {
     /// relay had not acknowledged, over TCP/TLS the last ones written. Each
     /// may arrive twice (a duplicate has the same `seq` and `id`).
     pub syslog_resent: u64,
-    /// Messages a syslog sink dropped (lossy mode, or unsendable).
+    /// Messages a syslog sink dropped (lossy mode, or unsendable). A sink
+    /// reading the trail ([`SyslogSink::from_trail`](crate::SyslogSink::from_trail))
+    /// drops nothing: what it has not sent is in `syslog_behind`.
     pub syslog_dropped: u64,
+    /// Records in the trail not yet delivered by the syslog sinks that read
+    /// it (summed over them): during a relay outage, how far behind they
+    /// are; after the guard dropped, what the next start sends from the
+    /// cursor.
+    pub syslog_behind: u64,
+    /// Records retention (`max_files`, `max_age`, `max_total_bytes`)
+    /// deleted before a syslog sink reading the trail delivered them; each
+    /// deletion is a `forward_gap` record with the `seq` range.
+    pub forward_gap_records: u64,
     /// Syslog messages cut to the UDP size limit.
     pub syslog_truncated: u64,
     /// Syslog reconnections.
@@ -176,6 +187,8 @@ impl AuditHandle {
             callback_errors: c.callback_errors.load(Relaxed),
             syslog_sent: s.sent.load(Relaxed),
             syslog_dropped: s.dropped.load(Relaxed),
+            syslog_behind: s.behind(),
+            forward_gap_records: c.forward_gap_records.load(Relaxed),
             syslog_truncated: s.truncated.load(Relaxed),
             syslog_reconnects: s.reconnects.load(Relaxed),
             syslog_resent: s.resent.load(Relaxed),

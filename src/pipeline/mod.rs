@@ -116,6 +116,9 @@ pub(crate) enum DropCause {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) records_written: AtomicU64,
+    /// Records retention deleted before a syslog sink reading the trail
+    /// delivered them.
+    pub(crate) forward_gap_records: AtomicU64,
     pub(crate) records_dropped: AtomicU64,
     pub(crate) dropped_queue_full: AtomicU64,
     pub(crate) dropped_closed: AtomicU64,

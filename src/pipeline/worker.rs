@@ -338,7 +338,33 @@ impl Worker {
             });
         }
         state.opened = None;
+        self.report_forward_gaps(state);
         true
+    }
+
+    /// Puts on the record that retention deleted records a syslog sink
+    /// reading the trail had not delivered (`forward_gap`), and counts them.
+    fn report_forward_gaps(&mut self, state: &mut State) {
+        let gaps = self
+            .file
+            .as_mut()
+            .map(FileWriter::take_forward_gaps)
+            .unwrap_or_default();
+        for g in gaps {
+            let n = g.to - g.from + 1;
+            self.counters.forward_gap_records.fetch_add(n, Relaxed);
+            let msg = format!(
+                "retention deleted {} with records {}..={} ({n}) not yet delivered by a syslog sink; they never reach it",
+                g.file, g.from, g.to
+            );
+            eprintln!("tracing-audit: {msg}");
+            self.own_record(state, "forward_gap", &Level::WARN, &msg, |c| {
+                c.detail_str("file", &g.file);
+                c.detail_u64("from_seq", g.from);
+                c.detail_u64("to_seq", g.to);
+                c.detail_u64("records", n);
+            });
+        }
     }
 
     /// Takes what is queued, blocking a little when nothing is.

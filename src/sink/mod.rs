@@ -9,6 +9,8 @@
 //! `queue` leaf. Never the layer or the pipeline: sinks report through the
 //! counters they own, which the pipeline's handles read.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
 pub(crate) mod file;
@@ -40,5 +42,26 @@ impl LastError {
                 at: SystemTime::now(),
             });
         }
+    }
+}
+
+/// How far a sink reading the trail is, shared with the worker (which
+/// notes what it wrote), the file writer (whose retention must not delete
+/// undelivered records silently) and the stats. Both are `seq + 1`, 0 for
+/// none.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Past the last record written to the files.
+    pub(crate) written: AtomicU64,
+    /// Past the last record delivered: the first one the sink still needs.
+    pub(crate) delivered: AtomicU64,
+}
+
+impl Progress {
+    /// Records written and not yet delivered.
+    pub(crate) fn behind(&self) -> u64 {
+        self.written
+            .load(Relaxed)
+            .saturating_sub(self.delivered.load(Relaxed))
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: real temp dirs, reading trails back.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod rsyslog;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;

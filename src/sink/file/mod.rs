@@ -8,6 +8,7 @@
 //! the chain" ([`crate::record::chain::check_line`]); it never calls upstream into
 //! the layer or the worker.
 
+pub(crate) mod follow;
 pub(crate) mod lines;
 pub(crate) mod resume;
 pub(crate) mod writer;

@@ -108,7 +108,23 @@ pub(crate) struct FileWriter {
     /// Compressions under way (feature `gzip`), and what failed in them.
     compressing: Vec<std::thread::JoinHandle<()>>,
     compress_errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The sinks that read the trail: retention says so when it deletes
+    /// records one of them has not delivered.
+    forwarders: Vec<std::sync::Arc<crate::sink::Progress>>,
+    /// Such deletions, for the worker to put on the record.
+    forward_gaps: Vec<ForwardGap>,
     _lock: File,
+}
+
+/// Records retention deleted before every sink reading the trail had
+/// delivered them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ForwardGap {
+    /// The file deleted.
+    pub(crate) file: String,
+    /// First and last `seq` not delivered.
+    pub(crate) from: u64,
+    pub(crate) to: u64,
 }
 
 impl Drop for FileWriter {
@@ -128,6 +144,8 @@ impl FileWriter {
             warning: None,
             storage_lost: None,
             compressing: Vec::new(),
+            forwarders: Vec::new(),
+            forward_gaps: Vec::new(),
             compress_errors: Default::default(),
             _lock: lock,
         }
@@ -321,8 +339,12 @@ impl FileWriter {
             if !(over_count || too_old || too_big) {
                 break;
             }
+            let gap = self.undelivered(old, files.get(i + 1));
             match fs::remove_file(old) {
-                Ok(()) => total -= size,
+                Ok(()) => {
+                    total -= size;
+                    self.forward_gaps.extend(gap);
+                }
                 Err(e) => {
                     self.warning = Some(format!(
                         "cannot remove {} for retention: {e}",
@@ -332,6 +354,44 @@ impl FileWriter {
                 }
             }
         }
+    }
+
+    /// The sinks reading the trail (their progress), for retention.
+    pub(crate) fn watch_forwarders(
+        &mut self,
+        forwarders: Vec<std::sync::Arc<crate::sink::Progress>>,
+    ) {
+        self.forwarders = forwarders;
+    }
+
+    /// Deletions of undelivered records since the last call.
+    pub(crate) fn take_forward_gaps(&mut self) -> Vec<ForwardGap> {
+        std::mem::take(&mut self.forward_gaps)
+    }
+
+    /// The records of `old` (followed by `next`) that a sink reading the
+    /// trail has not delivered, if any: from the first one a sink still
+    /// needs to the file's last.
+    fn undelivered(&self, old: &Path, next: Option<&PathBuf>) -> Option<ForwardGap> {
+        let need = self
+            .forwarders
+            .iter()
+            .map(|p| p.delivered.load(std::sync::atomic::Ordering::SeqCst))
+            .min()?;
+        // The file's last record is the one before the next file's first.
+        let last = match next.map(|n| super::follow::first_seq(n)) {
+            Some(Ok(Some(first))) if first > 0 => Some(first - 1),
+            _ => super::follow::last_seq(old).ok().flatten(),
+        }?;
+        if last < need {
+            return None;
+        }
+        let first = super::follow::first_seq(old).ok().flatten().unwrap_or(need);
+        Some(ForwardGap {
+            file: super::file_name(old),
+            from: first.max(need),
+            to: last,
+        })
     }
 
     /// Writes complete lines at the end of the current file. On failure the

@@ -14,6 +14,7 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use crate::record::encode;
 use crate::record::fields::Risk;
 use crate::record::layout::Key;
+use crate::record::AuditRecord;
 use crate::sink::SealedLine;
 
 /// Syslog facility (RFC 5424 §6.2.1).
@@ -120,6 +121,26 @@ impl<'a> SdFields<'a> {
             risk_level: line.keys.risk,
             session_id: line.get(Key::Session),
             ip_address: line.get(Key::Ip),
+        }
+    }
+
+    /// The same fields from a parsed record (a line read back from the
+    /// trail), the timestamp written as the line has it.
+    pub(crate) fn from_record(r: &'a AuditRecord) -> SdFields<'a> {
+        let opt = |v: &'a Option<String>| v.as_deref().map(Cow::Borrowed);
+        SdFields {
+            audit_id: &r.audit_id,
+            chain_id: r.chain_id.as_deref(),
+            seq: r.seq,
+            timestamp: Cow::Owned(r.timestamp.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
+            event_type: opt(&r.event_type),
+            actor: opt(&r.actor),
+            resource: opt(&r.resource),
+            action: opt(&r.action),
+            outcome: r.outcome.as_str(),
+            risk_level: r.risk_level,
+            session_id: opt(&r.session_id),
+            ip_address: opt(&r.ip_address),
         }
     }
 }

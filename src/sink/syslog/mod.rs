@@ -16,6 +16,7 @@
 //! synchronously from the caller's thread, lack RFC 6587 octet counting on
 //! TCP/TLS, do not reconnect, and none speaks RELP.
 
+mod cursor;
 mod frame;
 mod relp;
 mod transport;
@@ -27,7 +28,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 pub use frame::{severity, Facility, Format};
@@ -38,7 +39,9 @@ use crate::queue::{offer, Offered, QueueMode};
 use crate::record::layout::OwnedLine;
 use crate::record::mapping::Schema;
 use crate::record::AuditRecord;
-use crate::sink::{LastError, LineSink, SealedLine};
+use crate::sink::file::follow::Follower;
+use crate::sink::{LastError, LineSink, Progress, SealedLine};
+use cursor::Cursor;
 use frame::{Header, SdFields};
 use transport::{Conn, Target};
 
@@ -82,6 +85,8 @@ pub struct SyslogSink {
     replay: usize,
     shutdown_grace: Duration,
     schema: Option<Schema>,
+    from_trail: bool,
+    cursor_name: Option<String>,
 }
 
 impl SyslogSink {
@@ -101,6 +106,8 @@ impl SyslogSink {
             replay: 256,
             shutdown_grace: SHUTDOWN_GRACE,
             schema: None,
+            from_trail: true,
+            cursor_name: None,
         }
     }
 
@@ -272,8 +279,51 @@ impl SyslogSink {
         self
     }
 
+    /// With a file sink (default `true`): read the records to send from the
+    /// trail files, the write-ahead log, instead of a queue in memory. The
+    /// sink keeps a durable cursor in the audit directory (the last `seq`
+    /// the relay acknowledged or took), so a relay outage of any length
+    /// never blocks the application and never holds more than a batch in
+    /// memory, and a restart resumes at the cursor. `capacity` and
+    /// `queue_mode` then do not apply. Without a file sink the queue in
+    /// memory is used whatever this says.
+    #[must_use]
+    pub fn from_trail(mut self, yes: bool) -> Self {
+        self.from_trail = yes;
+        self
+    }
+
+    /// The name of this sink's cursor file in the audit directory,
+    /// `.forward-<name>.cursor` (default: the transport and address, e.g.
+    /// `relp-127.0.0.1-2514`). Keep it when the relay's address changes
+    /// but it is the same store; two sinks need two names.
+    #[must_use]
+    pub fn cursor_name(mut self, name: impl Into<String>) -> Self {
+        self.cursor_name = Some(name.into());
+        self
+    }
+
+    /// The cursor's name, made safe for a file name.
+    fn cursor_file_name(&self) -> String {
+        let raw = self
+            .cursor_name
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", self.target).replacen("://", "-", 1));
+        raw.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    }
+
     /// How long a stopping sink keeps trying an unreachable server before
-    /// it counts what is left as dropped (default 10 s).
+    /// it counts what is left as dropped (default 10 s). A sink reading
+    /// the trail drops nothing: what it could not send stays in the trail
+    /// (`syslog_behind`) for the next start.
     #[must_use]
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
@@ -281,11 +331,14 @@ impl SyslogSink {
     }
 
     /// Starts the sink's thread; the first connection is made there (a
-    /// server that is down at start is retried like any outage).
+    /// server that is down at start is retried like any outage). With
+    /// `trail` (a file sink) and [`from_trail`](Self::from_trail), the
+    /// cursor is loaded here, before the writer applies retention.
     pub(crate) fn start(
         self,
         counters: Arc<SyslogCounters>,
         host: Option<&str>,
+        trail: Option<&TrailSource>,
     ) -> Result<(Forwarder, JoinHandle<()>), Error> {
         let header = Header {
             facility: self.facility,
@@ -295,16 +348,27 @@ impl SyslogSink {
             procid: std::process::id().to_string(),
             sd_id: self.sd_id.clone(),
         };
-        let (tx, rx) = mpsc::sync_channel::<OwnedLine>(self.capacity);
         let what = format!("syslog sink {:?}", self.target);
         let mode = self.mode;
         let closing = Arc::new(AtomicBool::new(false));
+        let (input, tx, progress) = match trail.filter(|_| self.from_trail) {
+            Some(t) => {
+                let (input, progress) = self.trail_input(t, &counters);
+                (Input::Trail(Box::new(input)), None, Some(progress))
+            }
+            None => {
+                let (tx, rx) = mpsc::sync_channel::<OwnedLine>(self.capacity);
+                (Input::Queue(rx), Some(tx), None)
+            }
+        };
         let sender = Sender {
             cfg: self,
             header,
             counters: counters.clone(),
+            input,
             conn: None,
             recent: VecDeque::new(),
+            inflight: VecDeque::new(),
             conn_since: None,
             closing: closing.clone(),
             pending: VecDeque::new(),
@@ -314,33 +378,100 @@ impl SyslogSink {
         };
         let thread = std::thread::Builder::new()
             .name("tracing-audit-syslog".into())
-            .spawn(move || sender.run(rx))
+            .spawn(move || sender.run())
             .map_err(|source| Error::Network { what, source })?;
         Ok((
             Forwarder {
-                tx: Some(tx),
+                tx,
                 mode,
                 counters,
                 closing,
+                progress,
+                thread: thread.thread().clone(),
             },
             thread,
         ))
     }
+
+    /// The trail input: the cursor loaded, the follower placed after it,
+    /// the progress registered with the counters.
+    fn trail_input(
+        &self,
+        t: &TrailSource,
+        counters: &SyslogCounters,
+    ) -> (TrailInput, Arc<Progress>) {
+        let (cursor, loaded, problem) = Cursor::load(&t.dir, &self.cursor_file_name(), &t.chain_id);
+        if let Some(p) = problem {
+            eprintln!("tracing-audit: {p}");
+            counters.error(p);
+        }
+        let next = loaded.delivered.map_or(0, |d| d + 1);
+        let progress = Arc::new(Progress::default());
+        progress
+            .written
+            .store(t.written.map_or(0, |w| w + 1), SeqCst);
+        progress.delivered.store(next, SeqCst);
+        if let Ok(mut all) = counters.progress.lock() {
+            all.push(progress.clone());
+        }
+        // What the process before may have sent past its cursor: sent
+        // again now, counted as resent.
+        let replay_until = match (loaded.may_have_sent, t.written) {
+            (Some(l), Some(w)) => Some(l.min(w)),
+            _ => None,
+        };
+        let input = TrailInput {
+            follower: Follower::new(&t.dir, &t.prefix, &t.suffix, next),
+            progress: progress.clone(),
+            cursor,
+            replay_until,
+            replayed: loaded.delivered,
+        };
+        (input, progress)
+    }
+}
+
+/// Where a sink reading the trail finds it: the audit directory, the file
+/// names, the chain, and the last `seq` already in the files at start.
+#[derive(Debug, Clone)]
+pub(crate) struct TrailSource {
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) prefix: String,
+    pub(crate) suffix: String,
+    pub(crate) chain_id: String,
+    pub(crate) written: Option<u64>,
 }
 
 /// The pipeline worker's end of a syslog sink.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
+    /// The queue (a sink without the trail).
     tx: Option<SyncSender<OwnedLine>>,
     mode: QueueMode,
     counters: Arc<SyslogCounters>,
     /// Tells the sink's thread that no more lines come, even while the
     /// queue is still full (a closed channel is only seen once empty).
     closing: Arc<AtomicBool>,
+    /// A sink reading the trail: told what was written, and woken.
+    progress: Option<Arc<Progress>>,
+    thread: Thread,
+}
+
+impl Forwarder {
+    /// The progress of a sink reading the trail (for the file writer).
+    pub(crate) fn progress(&self) -> Option<Arc<Progress>> {
+        self.progress.clone()
+    }
 }
 
 impl LineSink for Forwarder {
     fn send_line(&mut self, line: &SealedLine<'_>) {
+        if let Some(p) = &self.progress {
+            // Already in the file: the sink reads it there.
+            p.written.fetch_max(line.seq + 1, SeqCst);
+            self.thread.unpark();
+            return;
+        }
         let Some(tx) = &self.tx else { return };
         let lossy = self.mode == QueueMode::Lossy;
         if offer(tx, OwnedLine::new(line), lossy, || {}) != Offered::Queued {
@@ -351,6 +482,7 @@ impl LineSink for Forwarder {
     fn close(&mut self) {
         self.closing.store(true, SeqCst);
         self.tx = None;
+        self.thread.unpark();
     }
 }
 
@@ -376,6 +508,8 @@ pub(crate) struct SyslogCounters {
     pub(crate) reconnects: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) last_error: Mutex<Option<LastError>>,
+    /// The progress of each sink reading the trail.
+    pub(crate) progress: Mutex<Vec<Arc<Progress>>>,
 }
 
 impl SyslogCounters {
@@ -384,25 +518,121 @@ impl SyslogCounters {
         self.errors.fetch_add(1, Relaxed);
         LastError::set(&self.last_error, message);
     }
+
+    /// Records written and not yet delivered, summed over the sinks that
+    /// read the trail.
+    pub(crate) fn behind(&self) -> u64 {
+        self.progress
+            .lock()
+            .map_or(0, |all| all.iter().map(|p| p.behind()).sum())
+    }
 }
 
 /// Default for [`SyslogSink::shutdown_grace`].
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A framed message and the record's `seq`.
+struct Message {
+    seq: u64,
+    bytes: Vec<u8>,
+}
+
+/// Where a sink's thread takes its records from.
+enum Input {
+    /// The bounded queue the worker fills (no file sink, or not asked).
+    Queue(Receiver<OwnedLine>),
+    /// The trail files, after the durable cursor.
+    Trail(Box<TrailInput>),
+}
+
+/// The state of a sink reading the trail.
+struct TrailInput {
+    follower: Follower,
+    progress: Arc<Progress>,
+    cursor: Cursor,
+    /// Records up to here may have been sent by the process before.
+    replay_until: Option<u64>,
+    /// The last of those counted as resent.
+    replayed: Option<u64>,
+}
+
+/// One record taken from the input.
+enum Taken {
+    Line(OwnedLine),
+    Trail(u64, Vec<u8>),
+}
+
+/// What [`Sender::take`] did.
+enum Step {
+    /// A message went into `pending`.
+    Took,
+    Idle,
+    Done,
+}
+
+/// What the input had.
+enum Next {
+    Took(Taken),
+    /// Nothing now (after waiting, when allowed to).
+    Idle,
+    /// Closed and nothing left.
+    Done,
+}
+
+impl Input {
+    /// The next record: waiting up to half a second when `wait`, else
+    /// returning at once. `closed` says the pipeline closed the sink.
+    fn next(&mut self, wait: bool, closed: bool, counters: &SyslogCounters) -> Next {
+        match self {
+            Input::Queue(rx) if wait => match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(line) => Next::Took(Taken::Line(line)),
+                Err(RecvTimeoutError::Timeout) => Next::Idle,
+                Err(RecvTimeoutError::Disconnected) => Next::Done,
+            },
+            Input::Queue(rx) => match rx.try_recv() {
+                Ok(line) => Next::Took(Taken::Line(line)),
+                Err(mpsc::TryRecvError::Empty) => Next::Idle,
+                Err(mpsc::TryRecvError::Disconnected) => Next::Done,
+            },
+            Input::Trail(t) => {
+                let written = t.progress.written.load(SeqCst).checked_sub(1);
+                match t.follower.next_record(written) {
+                    Ok(Some((seq, line))) => return Next::Took(Taken::Trail(seq, line)),
+                    Ok(None) => {}
+                    Err(e) => counters.error(format!("reading the trail to forward: {e}")),
+                }
+                if closed {
+                    // The worker wrote its last record before it closed
+                    // the sink: what is not read now is not there.
+                    return Next::Done;
+                }
+                if wait {
+                    // The worker wakes this thread after each write.
+                    std::thread::park_timeout(Duration::from_millis(500));
+                }
+                Next::Idle
+            }
+        }
+    }
+}
 
 /// The sink's thread state.
 struct Sender {
     cfg: SyslogSink,
     header: Header,
     counters: Arc<SyslogCounters>,
+    input: Input,
     conn: Option<Conn>,
     /// Messages sent on the current stream, for a resend if it proves dead.
-    recent: VecDeque<Vec<u8>>,
+    recent: VecDeque<Message>,
+    /// The `seq` of each message sent and not yet acknowledged (RELP).
+    inflight: VecDeque<u64>,
     /// When the current connection was opened.
     conn_since: Option<Instant>,
     /// Set by the pipeline when it closes the queue.
     closing: Arc<AtomicBool>,
-    /// Framed messages taken from the queue, not yet sent (in order).
-    pending: VecDeque<Vec<u8>>,
+    /// Framed messages taken from the input, not yet sent (in order).
+    pending: VecDeque<Message>,
     /// When the shutdown grace ends (set once closing begins).
     deadline: Option<Instant>,
     /// The next pause before a retry.
@@ -415,20 +645,31 @@ struct Sender {
 /// reconnect backoff starts again from its minimum).
 const HEALTHY_AFTER: Duration = Duration::from_secs(2);
 
+/// How far ahead of the message being sent the cursor's `sent` is
+/// written: one write per this many messages, and after a kill at most
+/// this many counted as resent that never went out.
+const SENT_AHEAD: u64 = 128;
+
+/// Most messages taken from the input at once; with the RELP window and
+/// the TCP resend buffer, the bound on what a sink reading the trail holds
+/// in memory, whatever the outage.
+const BATCH: usize = 1024;
+
 impl Sender {
     /// The sink's thread: take lines, send them in order, retry with
     /// backoff, and when the pipeline closes, send what is left within the
     /// shutdown grace and count the rest.
-    fn run(mut self, rx: Receiver<OwnedLine>) {
+    fn run(mut self) {
         self.backoff = self.cfg.backoff_min;
-        while self.fill(&rx) {
-            if !self.send_pending(&rx) {
-                return; // gave up at the end of the shutdown grace
+        while self.fill() {
+            if !self.send_pending() {
+                break; // gave up at the end of the shutdown grace
             }
         }
         if let Some(c) = self.conn.take() {
             c.close();
         }
+        self.stop_trail();
     }
 
     /// Starts the shutdown grace (once): a server that is down then gets
@@ -439,47 +680,62 @@ impl Sender {
         }
     }
 
-    /// Takes what the queue holds into `pending` (waiting for the first
+    /// Takes the next record from the input into `pending` as a message.
+    fn take(&mut self, wait: bool) -> Step {
+        let closed = self.closing.load(SeqCst);
+        loop {
+            match self.input.next(wait, closed, &self.counters) {
+                Next::Took(t) => {
+                    if let Some(m) = self.message(t) {
+                        self.pending.push_back(m);
+                        return Step::Took;
+                    }
+                    // Not a record after all: look at the next line.
+                }
+                Next::Idle => return Step::Idle,
+                Next::Done => return Step::Done,
+            }
+        }
+    }
+
+    /// Takes what the input holds into `pending` (waiting for the first
     /// one while nothing is pending). Returns `false` when there is
-    /// nothing left to do: closing, and nothing pending or queued.
-    fn fill(&mut self, rx: &Receiver<OwnedLine>) -> bool {
+    /// nothing left to do: closing, and nothing pending or left to read.
+    fn fill(&mut self) -> bool {
         if self.closing.load(SeqCst) {
             self.start_grace();
         }
         while self.pending.is_empty() {
-            if self.deadline.is_some() {
-                // Closing: what is still queued is taken in order.
-                match rx.try_recv() {
-                    Ok(line) => self.pending.push_back(self.message(&line)),
-                    Err(_) => return false,
-                }
-                break;
-            }
-            match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(line) => self.pending.push_back(self.message(&line)),
-                Err(RecvTimeoutError::Timeout) => {
+            // Closing: what is still there is taken without waiting.
+            let wait = self.deadline.is_none();
+            match self.take(wait) {
+                Step::Took => break,
+                Step::Idle if !wait => return false,
+                Step::Idle => {
                     if self.closing.load(SeqCst) {
                         self.start_grace();
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => self.start_grace(),
+                Step::Done if wait => self.start_grace(),
+                Step::Done => return false,
             }
         }
         // A batch, also while closing: over RELP each batch ends with a wait
         // for the relay's answers, which one message at a time would make a
         // round trip per message.
-        self.take_queued(rx, 1024);
+        self.take_queued(BATCH);
         true
     }
 
-    /// Moves queued lines into `pending` (in order) until the queue is
-    /// empty or `pending` holds `up_to`; a closed queue starts the grace.
-    fn take_queued(&mut self, rx: &Receiver<OwnedLine>, up_to: usize) {
+    /// Moves what the input has into `pending` (in order) until it has
+    /// nothing more now or `pending` holds `up_to`; a closed queue starts
+    /// the grace.
+    fn take_queued(&mut self, up_to: usize) {
         while self.pending.len() < up_to {
-            match rx.try_recv() {
-                Ok(line) => self.pending.push_back(self.message(&line)),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
+            match self.take(false) {
+                Step::Took => {}
+                Step::Idle => break,
+                Step::Done => {
                     self.start_grace();
                     break;
                 }
@@ -489,9 +745,9 @@ impl Sender {
 
     /// Sends `pending` in order. Returns `false` if the shutdown grace ran
     /// out with messages unsent (they are counted as dropped).
-    fn send_pending(&mut self, rx: &Receiver<OwnedLine>) -> bool {
+    fn send_pending(&mut self) -> bool {
         loop {
-            if !self.send_each(rx) {
+            if !self.send_each() {
                 return false;
             }
             // RELP: what was sent counts once the relay acknowledged it.
@@ -501,11 +757,12 @@ impl Sender {
             };
             match settled {
                 Ok(n) => {
-                    self.counters.sent.fetch_add(n, Relaxed);
+                    self.acknowledged(n);
+                    self.write_cursor();
                     return true;
                 }
                 Err(e) => {
-                    if !self.failed(&e, rx) {
+                    if !self.failed(&e) {
                         return false;
                     }
                 }
@@ -515,7 +772,7 @@ impl Sender {
 
     /// Sends `pending` in order; the part of [`Self::send_pending`] before
     /// the wait for acknowledgements.
-    fn send_each(&mut self, rx: &Receiver<OwnedLine>) -> bool {
+    fn send_each(&mut self) -> bool {
         while let Some(msg) = self.pending.pop_front() {
             let left = self
                 .deadline
@@ -525,13 +782,14 @@ impl Sender {
                 c.bound_timeouts(left);
             }
             let mut scratch = std::mem::take(&mut self.scratch);
-            let sent = self.send(&msg, &mut scratch, left.unwrap_or(Duration::MAX));
+            self.before_send(msg.seq);
+            let sent = self.send(&msg.bytes, &mut scratch, left.unwrap_or(Duration::MAX));
             self.scratch = scratch;
             match sent {
                 Ok(delivered) => self.sent(msg, delivered),
                 Err(e) => {
                     self.pending.push_front(msg);
-                    if !self.failed(&e, rx) {
+                    if !self.failed(&e) {
                         return false;
                     }
                 }
@@ -540,11 +798,33 @@ impl Sender {
         true
     }
 
+    /// Reading the trail, before `seq` goes out: the cursor says first that
+    /// it may have (`sent`, written [`SENT_AHEAD`] records ahead, so once
+    /// per that many; and the lease). A failed write is counted and the
+    /// record sent anyway: delivery comes before the accounting of
+    /// duplicates. A record the process before may have sent already is
+    /// counted as resent (once).
+    fn before_send(&mut self, seq: u64) {
+        let Input::Trail(t) = &mut self.input else {
+            return;
+        };
+        if t.cursor.sent().is_none_or(|s| seq > s) {
+            let have = self.pending.back().map_or(seq, |m| m.seq.max(seq));
+            if let Err(e) = t.cursor.sending(have.min(seq + SENT_AHEAD - 1)) {
+                self.counters
+                    .error(format!("cannot write the forward cursor: {e}"));
+            }
+        }
+        if t.replay_until.is_some_and(|r| seq <= r) && t.replayed.is_none_or(|d| seq > d) {
+            t.replayed = Some(seq);
+            self.counters.resent.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Counts what is now delivered and keeps a sent message for a resend
     /// if the stream proves dead (TCP/TLS; a RELP session keeps its own
     /// unacknowledged messages).
-    fn sent(&mut self, msg: Vec<u8>, delivered: u64) {
-        self.counters.sent.fetch_add(delivered, Relaxed);
+    fn sent(&mut self, msg: Message, delivered: u64) {
         // Only a connection that stayed up proves the peer healthy: one
         // that accepts and closes at once must not reset the backoff (it
         // would reconnect every 100 ms forever).
@@ -554,8 +834,14 @@ impl Sender {
         {
             self.backoff = self.cfg.backoff_min;
         }
-        let guessed = !self.cfg.target.is_datagram() && !self.cfg.target.is_acknowledged();
-        if guessed && self.cfg.replay > 0 {
+        if self.cfg.target.is_acknowledged() {
+            self.inflight.push_back(msg.seq);
+            self.acknowledged(delivered);
+            return;
+        }
+        self.counters.sent.fetch_add(delivered, Relaxed);
+        self.delivered_up_to(msg.seq);
+        if !self.cfg.target.is_datagram() && self.cfg.replay > 0 {
             if self.recent.len() >= self.cfg.replay {
                 self.recent.pop_front();
             }
@@ -563,19 +849,81 @@ impl Sender {
         }
     }
 
+    /// The relay acknowledged the oldest `n` messages in flight; reading
+    /// the trail, the cursor is written at once, so a killed process
+    /// resends only what was unacknowledged.
+    fn acknowledged(&mut self, n: u64) {
+        self.counters.sent.fetch_add(n, Relaxed);
+        let mut last = None;
+        for _ in 0..n {
+            last = self.inflight.pop_front().or(last);
+        }
+        if let Some(seq) = last {
+            self.delivered_up_to(seq);
+            self.write_cursor();
+        }
+    }
+
+    /// Reading the trail: the cursor moves to `seq` (written after the
+    /// batch, [`Self::write_cursor`]).
+    fn delivered_up_to(&mut self, seq: u64) {
+        let Input::Trail(t) = &mut self.input else {
+            return;
+        };
+        t.cursor.deliver(seq);
+        t.progress.delivered.fetch_max(seq + 1, SeqCst);
+    }
+
+    /// Reading the trail, after a batch the relay settled: the cursor is
+    /// written (synced at most once a second).
+    fn write_cursor(&mut self) {
+        let Input::Trail(t) = &mut self.input else {
+            return;
+        };
+        if let Err(e) = t.cursor.write_and_sync_if_due() {
+            self.counters
+                .error(format!("cannot write the forward cursor: {e}"));
+        }
+    }
+
+    /// After the thread's loop: a sink reading the trail saves its cursor
+    /// and says what is left for the next start.
+    fn stop_trail(&mut self) {
+        let Input::Trail(t) = &mut self.input else {
+            return;
+        };
+        if let Err(e) = t.cursor.write_and_sync() {
+            self.counters
+                .error(format!("cannot write the forward cursor: {e}"));
+        }
+        let behind = t.progress.behind();
+        if behind > 0 {
+            eprintln!(
+                "tracing-audit: syslog {:?}: {behind} records not yet delivered stay in the trail; the next start sends them from the cursor",
+                self.cfg.target
+            );
+        }
+    }
+
     /// After a failed send: drop the connection (what went into it lately
     /// goes back in front), then wait out the backoff while still taking
     /// the queue. Returns `false` when the shutdown grace has run out.
-    fn failed(&mut self, e: &std::io::Error, rx: &Receiver<OwnedLine>) -> bool {
+    fn failed(&mut self, e: &std::io::Error) -> bool {
         self.counters
             .error(format!("syslog {:?}: {e}", self.cfg.target));
         if let Some(c) = self.conn.take() {
             // The stream died: over RELP what the relay did not acknowledge,
             // over TCP/TLS what went into it lately, may not have arrived.
-            let mut back = c.abandon();
-            if !self.cfg.target.is_acknowledged() {
-                back = self.recent.drain(..).collect();
-            }
+            let back: Vec<Message> = if self.cfg.target.is_acknowledged() {
+                let seqs = std::mem::take(&mut self.inflight);
+                seqs.into_iter()
+                    .zip(c.abandon())
+                    .map(|(seq, bytes)| Message { seq, bytes })
+                    .collect()
+            } else {
+                c.abandon();
+                self.recent.drain(..).collect()
+            };
             self.counters.resent.fetch_add(back.len() as u64, Relaxed);
             for m in back.into_iter().rev() {
                 self.pending.push_front(m);
@@ -585,19 +933,15 @@ impl Sender {
             self.start_grace();
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            // Everything not sent: the pending messages and what is still
-            // queued behind them.
-            let n = (self.pending.len() + rx.try_iter().count()) as u64;
-            self.counters.dropped.fetch_add(n, Relaxed);
-            eprintln!(
-                "tracing-audit: syslog {:?} unreachable at shutdown; {n} messages not sent",
-                self.cfg.target
-            );
+            self.give_up();
             return false;
         }
         // While retrying, keep taking the queue (in order) so a closed one
-        // starts the shutdown grace.
-        self.take_queued(rx, self.cfg.capacity);
+        // starts the shutdown grace. The trail stays where it is: it is
+        // read again when the relay is back.
+        if matches!(self.input, Input::Queue(_)) {
+            self.take_queued(self.cfg.capacity);
+        }
         let mut pause = jitter(self.backoff);
         if let Some(d) = self.deadline {
             pause = pause.min(d.saturating_duration_since(Instant::now()));
@@ -605,6 +949,21 @@ impl Sender {
         self.pause(pause, self.deadline.is_none());
         self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
         true
+    }
+
+    /// The shutdown grace ran out with the relay unreachable. From a queue,
+    /// everything not sent is dropped and counted; from the trail nothing
+    /// is: it stays there for the next start.
+    fn give_up(&mut self) {
+        let Input::Queue(rx) = &self.input else {
+            return;
+        };
+        let n = (self.pending.len() + rx.try_iter().count()) as u64;
+        self.counters.dropped.fetch_add(n, Relaxed);
+        eprintln!(
+            "tracing-audit: syslog {:?} unreachable at shutdown; {n} messages not sent",
+            self.cfg.target
+        );
     }
 
     /// Sleeps `d`; when `until_closing`, wakes early once the pipeline
@@ -620,24 +979,56 @@ impl Sender {
         }
     }
 
-    fn message(&self, line: &OwnedLine) -> Vec<u8> {
-        let line = line.as_line();
-        let keys = SdFields::from_line(&line);
-        let mapped = self.cfg.schema.and_then(|schema| {
-            let record = AuditRecord::parse(line.bytes).ok()?;
-            serde_json::to_vec(&record.to_schema(schema)).ok()
-        });
-        let line = mapped.as_deref().unwrap_or(line.bytes);
+    /// Frames a record taken from the input; `None` for a trail line that
+    /// is not a record of the schema after all (skipped, never sent as one).
+    fn message(&self, taken: Taken) -> Option<Message> {
+        let to_schema = |r: &AuditRecord| {
+            self.cfg
+                .schema
+                .and_then(|schema| serde_json::to_vec(&r.to_schema(schema)).ok())
+        };
+        match taken {
+            Taken::Line(line) => {
+                let line = line.as_line();
+                let mapped = self
+                    .cfg
+                    .schema
+                    .and_then(|_| AuditRecord::parse(line.bytes).ok())
+                    .and_then(|r| to_schema(&r));
+                let keys = SdFields::from_line(&line);
+                Some(self.frame(line.seq, line.bytes, &keys, mapped))
+            }
+            Taken::Trail(seq, bytes) => match AuditRecord::parse(&bytes) {
+                Ok(r) => Some(self.frame(seq, &bytes, &SdFields::from_record(&r), to_schema(&r))),
+                Err(e) => {
+                    self.counters.error(format!(
+                        "trail line with seq {seq} is not a record ({e}); not forwarded"
+                    ));
+                    None
+                }
+            },
+        }
+    }
+
+    /// The syslog message for a sealed line (or its `mapped` document).
+    fn frame(
+        &self,
+        seq: u64,
+        line: &[u8],
+        keys: &SdFields<'_>,
+        mapped: Option<Vec<u8>>,
+    ) -> Message {
+        let line = mapped.as_deref().unwrap_or(line);
         let max = self
             .cfg
             .target
             .is_datagram()
             .then_some(self.cfg.max_datagram);
-        let (msg, cut) = self.header.build(line, Some(&keys), max);
+        let (bytes, cut) = self.header.build(line, Some(keys), max);
         if cut {
             self.counters.truncated.fetch_add(1, Relaxed);
         }
-        msg
+        Message { seq, bytes }
     }
 
     fn send(&mut self, msg: &[u8], scratch: &mut Vec<u8>, limit: Duration) -> std::io::Result<u64> {
