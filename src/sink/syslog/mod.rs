@@ -1,10 +1,23 @@
 //! Forwarding the audit trail to a syslog server (rsyslog, syslog-ng, a SIEM
 //! relay): configuration ([`SyslogSink`]) and the sink's own worker thread.
 //!
-//! The pipeline worker hands every sealed line (hash included, so the SIEM
-//! holds an off-host copy of the chain) to this sink's bounded queue; the
-//! sink's thread frames and sends it. The application's threads never touch
-//! the network. On a send error or a closed peer the thread reconnects with
+//! The sink's thread frames and sends every sealed line (hash included, so
+//! the SIEM holds an off-host copy of the chain), taken from one of two
+//! inputs:
+//!
+//! - **The trail** (with a file sink, the default): the file is the
+//!   write-ahead log. The worker only notes the last `seq` it wrote and
+//!   wakes the thread, which reads the lines back from the files
+//!   ([`crate::sink::file::follow`]) after its durable [`cursor`]: an
+//!   outage never blocks the worker nor grows memory past a batch, and a
+//!   restart resumes at the cursor. What the relay has not taken at
+//!   shutdown stays in the trail.
+//! - **A bounded queue** (no file sink, or `from_trail(false)`): the worker
+//!   hands each line over; a full queue waits (lossless) or drops and
+//!   counts (lossy), and what is left at the end of the shutdown grace is
+//!   dropped and counted.
+//!
+//! The application's threads never touch the network. On a send error or a closed peer the thread reconnects with
 //! exponential backoff and jitter, keeping the message. What was in flight
 //! on a connection that died is sent again: over RELP exactly the messages
 //! the relay did not acknowledge ([`relp`]), over plain TCP/TLS, which
@@ -55,7 +68,8 @@ use transport::{Conn, Target};
 /// | SD-ID | `audit@32473` |
 /// | framing (TCP) | [`Framing::OctetCounting`] |
 /// | UDP message cap | 2048 bytes (MSG cut at a UTF-8 boundary, SD kept, counted) |
-/// | queue | 65 536 messages, [`QueueMode::Lossless`] |
+/// | input with a file sink | the trail, after a durable cursor ([`from_trail`](Self::from_trail)) |
+/// | queue without a file sink | 65 536 messages, [`QueueMode::Lossless`] |
 /// | reconnect backoff | 100 ms doubling to 30 s, ±25 % jitter |
 /// | resent after a dead stream | RELP: exactly the unacknowledged; TCP/TLS: last 256 messages |
 /// | RELP window (unacknowledged messages in flight) | 128 |
@@ -235,7 +249,8 @@ impl SyslogSink {
         self
     }
 
-    /// Messages the sink may hold while the server is away.
+    /// Messages the queue may hold while the server is away (the queue in
+    /// memory: no file sink, or [`from_trail(false)`](Self::from_trail)).
     #[must_use]
     pub fn capacity(mut self, messages: usize) -> Self {
         self.capacity = messages.max(1);
@@ -245,6 +260,7 @@ impl SyslogSink {
     /// Whether a full queue waits (default) or drops and counts. Waiting
     /// means a server outage longer than the queue eventually holds back the
     /// audit pipeline, and so the application: that is what lossless costs.
+    /// A sink reading the trail has no queue: this does not apply.
     #[must_use]
     pub fn queue_mode(mut self, mode: QueueMode) -> Self {
         self.mode = mode;
