@@ -62,13 +62,19 @@ fn forward_child() {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+    caught_up(&handle);
+    drop(guard);
+    let stats = serde_json::to_string(&handle.stats()).unwrap();
+    writeln!(out, "stats {stats}").unwrap();
+}
+
+/// Waits (up to 90 s) until the syslog sinks have delivered everything
+/// written so far.
+fn caught_up(handle: &tracing_audit::AuditHandle) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while handle.stats().syslog_behind > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(guard);
-    let stats = serde_json::to_string(&handle.stats()).unwrap();
-    writeln!(out, "stats {stats}").unwrap();
 }
 
 /// Starts `forward_child` for `dir`.
@@ -192,10 +198,7 @@ fn a_relay_outage_never_blocks_and_delivery_catches_up_from_the_cursor() {
     let rs = Rsyslog::start(work.path(), &relp_input(port, ""));
     wait_listening(port);
     let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(90);
-    while handle.stats().syslog_behind > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    caught_up(&handle);
     let took = t0.elapsed();
     let caught_up = handle.stats();
     eprintln!(
@@ -350,11 +353,7 @@ fn retention_that_deletes_undelivered_records_says_so() {
         .syslog(relay())
         .build::<tracing_subscriber::Registry>()
         .unwrap();
-    let handle = guard.handle();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while handle.stats().syslog_behind > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    caught_up(&guard.handle());
     drop(audit);
     drop(guard);
     // The relay has every record from the oldest file kept (the restart
@@ -427,15 +426,7 @@ fn three_instances_a_killed_relay_and_a_killed_instance_leave_three_intact_chain
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = rs.received().len();
-    let pid = rs.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    std::thread::sleep(Duration::from_millis(300));
-    rs.child.kill().unwrap();
-    rs.child.wait().unwrap();
+    rs.stop_and_kill();
     std::thread::sleep(Duration::from_millis(500));
     let rs = Rsyslog::spawn(work.path(), rs.conf.clone());
 

@@ -13,7 +13,6 @@ use common::rsyslog::*;
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tracing_audit::{syslog::Format, syslog::Framing, AuditLayer, SyslogSink};
@@ -491,15 +490,7 @@ fn relp_relay_killed_mid_stream_resends_exactly_the_unacknowledged() {
     }
     // Stopped, the relay takes no more: the sink fills its window and
     // waits for answers. SIGKILL then: it dies with those unacknowledged.
-    let pid = rs.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    std::thread::sleep(Duration::from_millis(300));
-    rs.child.kill().unwrap();
-    rs.child.wait().unwrap();
+    rs.stop_and_kill();
     let before = rs.received().len();
     std::thread::sleep(Duration::from_millis(300));
     let rs2 = Rsyslog::spawn(work.path(), rs.conf.clone());

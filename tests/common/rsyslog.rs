@@ -146,6 +146,21 @@ impl Rsyslog {
         let _ = self.child.wait();
     }
 
+    /// Kills it mid-stream without cutting a write: SIGSTOP (it takes
+    /// nothing more, and a write in progress completes first), a pause in
+    /// which senders fill their windows, then SIGKILL.
+    pub fn stop_and_kill(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success());
+        std::thread::sleep(Duration::from_millis(300));
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Received lines, once `n` distinct records are there (or a timeout).
     pub fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(30);
