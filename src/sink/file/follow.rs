@@ -65,6 +65,14 @@ impl Follower {
         }
     }
 
+    /// Reads again from `seq` (a stream died with records in its buffers):
+    /// the start is looked for as at the beginning.
+    pub(crate) fn restart_at(&mut self, seq: u64) {
+        self.cur = None;
+        self.partial.clear();
+        self.next = seq;
+    }
+
     /// The next record's line (without its newline) and `seq`, or `None`
     /// when everything written so far was read. `written` is the highest
     /// `seq` written to the files (if any): the follower looks for a newer

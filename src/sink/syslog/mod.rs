@@ -71,7 +71,7 @@ use transport::{Conn, Target};
 /// | input with a file sink | the trail, after a durable cursor ([`from_trail`](Self::from_trail)) |
 /// | queue without a file sink | 65 536 messages, [`QueueMode::Lossless`] |
 /// | reconnect backoff | 100 ms doubling to 30 s, ±25 % jitter |
-/// | resent after a dead stream | RELP: exactly the unacknowledged; TCP/TLS: last 256 messages |
+/// | resent after a dead stream | RELP: exactly the unacknowledged; TCP/TLS from the trail: what both kernels may buffer (Linux `tcp_wmem` + `tcp_rmem` maxima); TCP/TLS from the queue: last 256 messages |
 /// | RELP window (unacknowledged messages in flight) | 128 |
 /// | shutdown grace for an unreachable server | 10 s |
 ///
@@ -275,8 +275,10 @@ impl SyslogSink {
         self
     }
 
-    /// How many recent messages are resent after a TCP or TLS stream is
-    /// found dead (RELP resends exactly what the relay did not acknowledge).
+    /// How many recent messages a sink with a queue in memory resends after
+    /// a TCP or TLS stream is found dead (RELP resends exactly what the
+    /// relay did not acknowledge; a sink reading the trail reads again
+    /// everything both kernels' buffers may have held, see the README).
     #[must_use]
     pub fn replay(mut self, messages: usize) -> Self {
         self.replay = messages;
@@ -442,6 +444,9 @@ impl SyslogSink {
             cursor,
             replay_until,
             replayed: loaded.delivered,
+            written: VecDeque::new(),
+            written_bytes: 0,
+            window_limit: tcp_buffers(),
         };
         (input, progress)
     }
@@ -570,6 +575,58 @@ struct TrailInput {
     replay_until: Option<u64>,
     /// The last of those counted as resent.
     replayed: Option<u64>,
+    /// TCP/TLS: `seq` and size of the messages written lately, covering at
+    /// least [`Self::window_limit`] bytes: what both kernels' buffers may
+    /// hold, resent from the trail if the stream dies.
+    written: VecDeque<(u64, usize)>,
+    written_bytes: usize,
+    window_limit: usize,
+}
+
+impl TrailInput {
+    /// Notes a message written to a TCP/TLS stream.
+    fn wrote(&mut self, seq: u64, len: usize) {
+        self.written.push_back((seq, len));
+        self.written_bytes += len;
+        while let Some(&(_, first)) = self.written.front() {
+            if self.written_bytes - first < self.window_limit {
+                break;
+            }
+            self.written.pop_front();
+            self.written_bytes -= first;
+        }
+    }
+
+    /// The stream died: reading starts again at the oldest message that
+    /// may still have been in a kernel buffer. Returns how many are sent
+    /// again.
+    fn rewind(&mut self) -> u64 {
+        let n = self.written.len() as u64;
+        if let Some(&(first, _)) = self.written.front() {
+            self.follower.restart_at(first);
+        }
+        self.written.clear();
+        self.written_bytes = 0;
+        n
+    }
+}
+
+/// What the kernels may buffer on one TCP connection: the largest send
+/// buffer here and the largest receive buffer there (taken to be this
+/// host's), from Linux's `tcp_wmem` and `tcp_rmem`; 16 MiB where unknown.
+fn tcp_buffers() -> usize {
+    let max = |name: &str| -> Option<usize> {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()?
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    };
+    match (max("tcp_wmem"), max("tcp_rmem")) {
+        (Some(w), Some(r)) => w + r,
+        _ => 16 << 20,
+    }
 }
 
 /// One record taken from the input.
@@ -857,7 +914,12 @@ impl Sender {
         }
         self.counters.sent.fetch_add(delivered, Relaxed);
         self.delivered_up_to(msg.seq);
-        if !self.cfg.target.is_datagram() && self.cfg.replay > 0 {
+        if self.cfg.target.is_datagram() {
+            return;
+        }
+        if let Input::Trail(t) = &mut self.input {
+            t.wrote(msg.seq, msg.bytes.len());
+        } else if self.cfg.replay > 0 {
             if self.recent.len() >= self.cfg.replay {
                 self.recent.pop_front();
             }
@@ -936,6 +998,14 @@ impl Sender {
                     .zip(c.abandon())
                     .map(|(seq, bytes)| Message { seq, bytes })
                     .collect()
+            } else if let Input::Trail(t) = &mut self.input {
+                // From the trail: everything the kernels may have held is
+                // read and sent again, not only the last few messages.
+                c.abandon();
+                self.pending.clear();
+                let n = t.rewind();
+                self.counters.resent.fetch_add(n, Relaxed);
+                Vec::new()
             } else {
                 c.abandon();
                 self.recent.drain(..).collect()
