@@ -554,6 +554,14 @@ fn start_syslog(
     host: Option<&str>,
     trail: Option<&TrailSource>,
 ) -> Result<Started, Error> {
+    let mut names = std::collections::HashSet::new();
+    for name in sinks.iter().filter_map(|s| s.cursor_in(trail)) {
+        if !names.insert(name.clone()) {
+            return Err(Error::Config(format!(
+                "two syslog sinks would share the forward cursor `{name}`: give each its own .cursor_name(..)"
+            )));
+        }
+    }
     let mut forwards: Forwards = Vec::new();
     let mut progress = Vec::new();
     let mut threads = Vec::new();

@@ -321,6 +321,12 @@ impl SyslogSink {
         self
     }
 
+    /// The name of the cursor this sink keeps when it reads `trail`, if it
+    /// does (two sinks of a pipeline must not share one).
+    pub(crate) fn cursor_in(&self, trail: Option<&TrailSource>) -> Option<String> {
+        (trail.is_some() && self.from_trail).then(|| self.cursor_file_name())
+    }
+
     /// The cursor's name, made safe for a file name.
     fn cursor_file_name(&self) -> String {
         let raw = self
