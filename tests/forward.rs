@@ -421,20 +421,10 @@ fn three_instances_a_killed_relay_and_a_killed_instance_leave_three_intact_chain
 
     // The relay dies mid-stream: stopped, so it takes nothing more and
     // cannot be cut in the middle of a write, then killed and restarted.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while rs.received().len() < 6_000 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Which instances the relay had not had everything of when it died.
-    let received = rs.received();
-    let before = received.len();
-    let mid_stream: Vec<bool> = dirs
-        .iter()
-        .map(|d| {
-            let chain = trail(d.path())[0]["chain_id"].as_str().unwrap().to_owned();
-            (relay_seqs(&received, &chain).len() as u64) < N
-        })
-        .collect();
+    // A second in: every instance paces itself to at least three seconds
+    // of emitting, so all are mid-stream, whatever the machine's speed.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rs.received().len();
     rs.stop_and_kill();
     std::thread::sleep(Duration::from_millis(500));
     let rs = Rsyslog::spawn(work.path(), rs.conf.clone());
@@ -480,10 +470,9 @@ fn three_instances_a_killed_relay_and_a_killed_instance_leave_three_intact_chain
         assert_eq!(Some(&c.last_seq.unwrap()), expect.get(&c.chain_id), "{c:?}");
         assert!(c.gaps.is_empty(), "{c:?}");
     }
-    // The instances that lived through the relay's death in mid-stream
-    // noticed it.
-    assert!(mid_stream[0] || mid_stream[2], "the relay died mid-stream");
-    for k in [0, 2].into_iter().filter(|&k| mid_stream[k]) {
+    // The instances that lived through the relay's death emitted after it:
+    // each noticed, and reconnected.
+    for k in [0, 2] {
         assert!(
             stats[k]["syslog_reconnects"].as_u64() >= Some(1),
             "{}",
