@@ -65,3 +65,19 @@ pub mod file {
 pub mod syslog {
     pub use crate::sink::syslog::{severity, Facility, Format, Framing, SyslogSink};
 }
+
+/// Forwarding each sealed record as an OTLP log record (feature `otlp`):
+/// to an OpenTelemetry Collector over gRPC or HTTP/protobuf, with the same
+/// delivery contract as the syslog sinks (from the trail after a durable
+/// cursor when there is a file sink; partial successes retried and
+/// counted).
+///
+/// ```
+/// use tracing_audit::otlp::OtlpSink;
+/// let sink = OtlpSink::http("http://127.0.0.1:4318").service_name("billing-api");
+/// # let _ = sink;
+/// ```
+#[cfg(feature = "otlp")]
+pub mod otlp {
+    pub use crate::sink::otlp::OtlpSink;
+}

@@ -16,8 +16,8 @@ use crate::record::fields::Risk;
 use crate::record::redact::Redactor;
 use crate::record::RecordConstants;
 use crate::sink::file::{self, FileSink, FileWriter, Resume};
+use crate::sink::forward::{ForwardCounters, TrailSource};
 use crate::sink::syslog::SyslogSink;
-use crate::sink::syslog::{SyslogCounters, TrailSource};
 use crate::sink::{LineSink, Progress};
 
 /// Default of [`AuditLayerBuilder::checkpoint_every`]: records…
@@ -84,6 +84,8 @@ pub struct AuditLayerBuilder {
     host: Option<String>,
     file: Option<FileSink>,
     syslog: Vec<SyslogSink>,
+    #[cfg(feature = "otlp")]
+    otlp: Vec<crate::sink::otlp::OtlpSink>,
     durable_at: Risk,
     sync_interval: Duration,
     queue_capacity: usize,
@@ -113,6 +115,8 @@ impl Default for AuditLayerBuilder {
             host: Some(gethostname::gethostname().to_string_lossy().into_owned()),
             file: None,
             syslog: Vec::new(),
+            #[cfg(feature = "otlp")]
+            otlp: Vec::new(),
             durable_at: Risk::High,
             sync_interval: Duration::from_secs(1),
             queue_capacity: 16 * 1024,
@@ -174,6 +178,15 @@ impl AuditLayerBuilder {
     #[must_use]
     pub fn syslog(mut self, sink: SyslogSink) -> Self {
         self.syslog.push(sink);
+        self
+    }
+
+    /// Also exports every record as an OTLP log record (feature `otlp`;
+    /// may be called more than once; may be the only sink).
+    #[cfg(feature = "otlp")]
+    #[must_use]
+    pub fn otlp(mut self, sink: crate::otlp::OtlpSink) -> Self {
+        self.otlp.push(sink);
         self
     }
 
@@ -373,9 +386,13 @@ impl AuditLayerBuilder {
     /// Checks the configuration, opens the sinks, resumes the chain from
     /// the files on disk, and starts the worker threads.
     pub fn build<S>(mut self) -> Result<(AuditLayer<S>, AuditGuard), Error> {
-        if self.file.is_none() && self.syslog.is_empty() {
+        #[cfg(feature = "otlp")]
+        let no_otlp = self.otlp.is_empty();
+        #[cfg(not(feature = "otlp"))]
+        let no_otlp = true;
+        if self.file.is_none() && self.syslog.is_empty() && no_otlp {
             return Err(Error::Config(
-                "no sink: call .file(..) and/or .syslog(..)".into(),
+                "no sink: call .file(..), .syslog(..) and/or .otlp(..)".into(),
             ));
         }
         let hasher = match self.chain_key.take() {
@@ -411,7 +428,7 @@ impl AuditLayerBuilder {
         };
 
         let counters = Arc::new(Counters::default());
-        let syslog_counters = Arc::new(SyslogCounters::default());
+        let syslog_counters = Arc::new(ForwardCounters::default());
         let grace = self.shutdown_grace;
         // With a file, the syslog sinks read the trail: where it is, its
         // chain, and what it already holds.
@@ -425,13 +442,35 @@ impl AuditLayerBuilder {
             }),
             _ => None,
         };
-        let (forwards, progress, mut threads) = start_syslog(
+        #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+        let mut cursors: Vec<String> = self
+            .syslog
+            .iter()
+            .filter_map(|s| s.cursor_in(trail.as_ref()))
+            .collect();
+        #[cfg(feature = "otlp")]
+        cursors.extend(self.otlp.iter().filter_map(|s| s.cursor_in(trail.as_ref())));
+        check_cursor_names(cursors)?;
+        #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+        let (mut forwards, mut progress, mut threads) = start_syslog(
             std::mem::take(&mut self.syslog),
             &syslog_counters,
             grace,
             self.host.as_deref(),
             trail.as_ref(),
         )?;
+        let otlp_counters = Arc::new(ForwardCounters::default());
+        #[cfg(feature = "otlp")]
+        for sink in std::mem::take(&mut self.otlp) {
+            let (fwd, thread) = sink.bounded_by(grace).start(
+                otlp_counters.clone(),
+                self.service.as_deref(),
+                trail.as_ref(),
+            )?;
+            progress.extend(fwd.progress());
+            forwards.push(Box::new(fwd));
+            threads.push(thread);
+        }
         if let Some(w) = &mut file {
             w.watch_forwarders(progress);
         }
@@ -445,6 +484,7 @@ impl AuditLayerBuilder {
         let handle = AuditHandle::new(
             counters.clone(),
             syslog_counters,
+            otlp_counters,
             submitter.sender(),
             submitter.waker.clone(),
         );
@@ -549,19 +589,11 @@ type Started = (Forwards, Vec<Arc<Progress>>, Vec<JoinHandle<()>>);
 /// the threads.
 fn start_syslog(
     sinks: Vec<SyslogSink>,
-    counters: &Arc<SyslogCounters>,
+    counters: &Arc<ForwardCounters>,
     grace: Duration,
     host: Option<&str>,
     trail: Option<&TrailSource>,
 ) -> Result<Started, Error> {
-    let mut names = std::collections::HashSet::new();
-    for name in sinks.iter().filter_map(|s| s.cursor_in(trail)) {
-        if !names.insert(name.clone()) {
-            return Err(Error::Config(format!(
-                "two syslog sinks would share the forward cursor `{name}`: give each its own .cursor_name(..)"
-            )));
-        }
-    }
     let mut forwards: Forwards = Vec::new();
     let mut progress = Vec::new();
     let mut threads = Vec::new();
@@ -574,6 +606,19 @@ fn start_syslog(
         threads.push(thread);
     }
     Ok((forwards, progress, threads))
+}
+
+/// Two sinks reading one trail need two cursors.
+fn check_cursor_names(names: Vec<String>) -> Result<(), Error> {
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        if !seen.insert(name.clone()) {
+            return Err(Error::Config(format!(
+                "two sinks would share the forward cursor `{name}`: give each its own .cursor_name(..)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Runs the worker on its own thread.

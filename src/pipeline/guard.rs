@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::pipeline::{self, Counters, Msg, Waker};
-use crate::sink::syslog::SyslogCounters;
+use crate::sink::forward::ForwardCounters;
 use crate::sink::LastError;
 
 /// A snapshot of the pipeline's counters.
@@ -97,6 +97,24 @@ pub struct AuditStats {
     pub syslog_reconnects: u64,
     /// Syslog send or connect errors.
     pub syslog_errors: u64,
+    /// Records an OTLP sink delivered: its export request answered with
+    /// success and nothing rejected.
+    pub otlp_sent: u64,
+    /// Records an OTLP sink sent again (a failed or partly rejected
+    /// request is sent again whole; after a restart, what the process
+    /// before may have sent past its cursor).
+    pub otlp_resent: u64,
+    /// Records an OTLP endpoint rejected (partial success); each such
+    /// request was sent again.
+    pub otlp_rejected: u64,
+    /// Records an OTLP sink dropped (queue in memory: lossy mode, or still
+    /// unsent at the end of the shutdown grace).
+    pub otlp_dropped: u64,
+    /// Records in the trail not yet delivered by the OTLP sinks that read
+    /// it.
+    pub otlp_behind: u64,
+    /// OTLP export errors (transport, status, timeout, partial success).
+    pub otlp_errors: u64,
     /// The most recent error, if any (see `storage_failing` for whether
     /// it is over).
     pub last_error: Option<String>,
@@ -136,7 +154,8 @@ pub struct Health {
 pub struct AuditHandle {
     generation: u64,
     counters: Arc<Counters>,
-    syslog: Arc<SyslogCounters>,
+    syslog: Arc<ForwardCounters>,
+    otlp: Arc<ForwardCounters>,
     tx: SyncSender<Msg>,
     waker: Waker,
 }
@@ -144,7 +163,8 @@ pub struct AuditHandle {
 impl AuditHandle {
     pub(crate) fn new(
         counters: Arc<Counters>,
-        syslog: Arc<SyslogCounters>,
+        syslog: Arc<ForwardCounters>,
+        otlp: Arc<ForwardCounters>,
         tx: SyncSender<Msg>,
         waker: Waker,
     ) -> Self {
@@ -152,6 +172,7 @@ impl AuditHandle {
             generation: pipeline::fork_generation(),
             counters,
             syslog,
+            otlp,
             tx,
             waker,
         }
@@ -163,11 +184,16 @@ impl AuditHandle {
         let s = &self.syslog;
         let read =
             |slot: &std::sync::Mutex<Option<LastError>>| slot.lock().ok().and_then(|e| e.clone());
-        // The latest of the pipeline's and the syslog sinks' last errors.
-        let last = match (read(&c.last_error), read(&s.last_error)) {
+        // The latest of the pipeline's and the forwarders' last errors.
+        let later = |a: Option<LastError>, b: Option<LastError>| match (a, b) {
             (Some(a), Some(b)) => Some(if b.at > a.at { b } else { a }),
             (a, b) => a.or(b),
         };
+        let o = &self.otlp;
+        let last = later(
+            later(read(&c.last_error), read(&s.last_error)),
+            read(&o.last_error),
+        );
         AuditStats {
             records_written: c.records_written.load(Relaxed),
             records_dropped: c.records_dropped.load(Relaxed),
@@ -193,6 +219,12 @@ impl AuditHandle {
             syslog_reconnects: s.reconnects.load(Relaxed),
             syslog_resent: s.resent.load(Relaxed),
             syslog_errors: s.errors.load(Relaxed),
+            otlp_sent: o.sent.load(Relaxed),
+            otlp_resent: o.resent.load(Relaxed),
+            otlp_rejected: o.rejected.load(Relaxed),
+            otlp_dropped: o.dropped.load(Relaxed),
+            otlp_behind: o.behind(),
+            otlp_errors: o.errors.load(Relaxed),
             last_error: last.as_ref().map(|e| e.message.clone()),
             last_error_at: last.map(|e| {
                 chrono::DateTime::<chrono::Utc>::from(e.at)

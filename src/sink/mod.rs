@@ -13,7 +13,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
+pub(crate) mod cursor;
 pub(crate) mod file;
+pub(crate) mod forward;
+#[cfg(feature = "otlp")]
+pub(crate) mod otlp;
 pub(crate) mod syslog;
 
 pub(crate) use crate::record::layout::SealedLine;

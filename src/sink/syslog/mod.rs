@@ -29,7 +29,6 @@
 //! synchronously from the caller's thread, lack RFC 6587 octet counting on
 //! TCP/TLS, do not reconnect, and none speaks RELP.
 
-mod cursor;
 mod frame;
 mod relp;
 mod transport;
@@ -37,24 +36,21 @@ mod transport;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, Thread};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use frame::{severity, Facility, Format};
 pub use transport::Framing;
 
 use crate::error::Error;
-use crate::queue::{offer, Offered, QueueMode};
-use crate::record::layout::OwnedLine;
+use crate::queue::QueueMode;
 use crate::record::mapping::Schema;
 use crate::record::AuditRecord;
-use crate::sink::file::follow::Follower;
-use crate::sink::{LastError, LineSink, Progress, SealedLine};
-use cursor::Cursor;
+use crate::sink::forward::{
+    self, jitter, ForwardCounters, Forwarder, Input, Intake, Taken, TrailSource,
+};
 use frame::{Header, SdFields};
 use transport::{Conn, Target};
 
@@ -333,15 +329,7 @@ impl SyslogSink {
             .cursor_name
             .clone()
             .unwrap_or_else(|| format!("{:?}", self.target).replacen("://", "-", 1));
-        raw.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect()
+        forward::file_safe(&raw)
     }
 
     /// How long a stopping sink keeps trying an unreachable server before
@@ -360,7 +348,7 @@ impl SyslogSink {
     /// cursor is loaded here, before the writer applies retention.
     pub(crate) fn start(
         self,
-        counters: Arc<SyslogCounters>,
+        counters: Arc<ForwardCounters>,
         host: Option<&str>,
         trail: Option<&TrailSource>,
     ) -> Result<(Forwarder, JoinHandle<()>), Error> {
@@ -375,28 +363,20 @@ impl SyslogSink {
         let what = format!("syslog sink {:?}", self.target);
         let mode = self.mode;
         let closing = Arc::new(AtomicBool::new(false));
-        let (input, tx, progress) = match trail.filter(|_| self.from_trail) {
-            Some(t) => {
-                let (input, progress) = self.trail_input(t, &counters);
-                (Input::Trail(Box::new(input)), None, Some(progress))
-            }
-            None => {
-                let (tx, rx) = mpsc::sync_channel::<OwnedLine>(self.capacity);
-                (Input::Queue(rx), Some(tx), None)
-            }
-        };
+        let name = self.cursor_in(trail);
+        let (input, tx, progress) =
+            forward::input(trail, name.as_deref(), self.capacity, &counters);
+        let grace = self.shutdown_grace;
         let sender = Sender {
             cfg: self,
             header,
             counters: counters.clone(),
-            input,
+            intake: Intake::new(input, closing.clone(), grace),
             conn: None,
             recent: VecDeque::new(),
             inflight: VecDeque::new(),
             conn_since: None,
-            closing: closing.clone(),
             pending: VecDeque::new(),
-            deadline: None,
             backoff: Duration::ZERO,
             scratch: Vec::new(),
         };
@@ -404,112 +384,11 @@ impl SyslogSink {
             .name("tracing-audit-syslog".into())
             .spawn(move || sender.run())
             .map_err(|source| Error::Network { what, source })?;
+        let thread_handle = thread.thread().clone();
         Ok((
-            Forwarder {
-                tx,
-                mode,
-                counters,
-                closing,
-                progress,
-                thread: thread.thread().clone(),
-            },
+            Forwarder::new(tx, mode, counters, closing, progress, thread_handle),
             thread,
         ))
-    }
-
-    /// The trail input: the cursor loaded, the follower placed after it,
-    /// the progress registered with the counters.
-    fn trail_input(
-        &self,
-        t: &TrailSource,
-        counters: &SyslogCounters,
-    ) -> (TrailInput, Arc<Progress>) {
-        let (cursor, loaded, problem) = Cursor::load(&t.dir, &self.cursor_file_name(), &t.chain_id);
-        if let Some(p) = problem {
-            eprintln!("tracing-audit: {p}");
-            counters.error(p);
-        }
-        let next = loaded.delivered.map_or(0, |d| d + 1);
-        let progress = Arc::new(Progress::default());
-        progress
-            .written
-            .store(t.written.map_or(0, |w| w + 1), SeqCst);
-        progress.delivered.store(next, SeqCst);
-        if let Ok(mut all) = counters.progress.lock() {
-            all.push(progress.clone());
-        }
-        // What the process before may have sent past its cursor: sent
-        // again now, counted as resent.
-        let replay_until = match (loaded.may_have_sent, t.written) {
-            (Some(l), Some(w)) => Some(l.min(w)),
-            _ => None,
-        };
-        let input = TrailInput {
-            follower: Follower::new(&t.dir, &t.prefix, &t.suffix, next),
-            progress: progress.clone(),
-            cursor,
-            replay_until,
-            replayed: loaded.delivered,
-            written: VecDeque::new(),
-            written_bytes: 0,
-            window_limit: tcp_buffers(),
-        };
-        (input, progress)
-    }
-}
-
-/// Where a sink reading the trail finds it: the audit directory, the file
-/// names, the chain, and the last `seq` already in the files at start.
-#[derive(Debug, Clone)]
-pub(crate) struct TrailSource {
-    pub(crate) dir: std::path::PathBuf,
-    pub(crate) prefix: String,
-    pub(crate) suffix: String,
-    pub(crate) chain_id: String,
-    pub(crate) written: Option<u64>,
-}
-
-/// The pipeline worker's end of a syslog sink.
-#[derive(Debug)]
-pub(crate) struct Forwarder {
-    /// The queue (a sink without the trail).
-    tx: Option<SyncSender<OwnedLine>>,
-    mode: QueueMode,
-    counters: Arc<SyslogCounters>,
-    /// Tells the sink's thread that no more lines come, even while the
-    /// queue is still full (a closed channel is only seen once empty).
-    closing: Arc<AtomicBool>,
-    /// A sink reading the trail: told what was written, and woken.
-    progress: Option<Arc<Progress>>,
-    thread: Thread,
-}
-
-impl Forwarder {
-    /// The progress of a sink reading the trail (for the file writer).
-    pub(crate) fn progress(&self) -> Option<Arc<Progress>> {
-        self.progress.clone()
-    }
-}
-
-impl LineSink for Forwarder {
-    fn send_line(&mut self, line: &SealedLine<'_>) {
-        if let Some(p) = &self.progress {
-            // Already in the file: the sink reads it there.
-            p.written.fetch_max(line.seq + 1, SeqCst);
-            self.thread.unpark();
-            return;
-        }
-        let Some(tx) = &self.tx else { return };
-        let lossy = self.mode == QueueMode::Lossy;
-        if offer(tx, OwnedLine::new(line), lossy, || {}) != Offered::Queued {
-            self.counters.dropped.fetch_add(1, Relaxed);
-        }
-    }
-
-    fn close(&mut self) {
-        self.closing.store(true, SeqCst);
-        self.tx = None;
-        self.thread.unpark();
     }
 }
 
@@ -524,37 +403,6 @@ impl SyslogSink {
 /// The default [`SyslogSink::relp_window`].
 const RELP_WINDOW: usize = 128;
 
-/// What the syslog sinks did, read into [`crate::AuditStats`]. One set is
-/// shared by all of a pipeline's syslog sinks.
-#[derive(Debug, Default)]
-pub(crate) struct SyslogCounters {
-    pub(crate) sent: AtomicU64,
-    pub(crate) resent: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) truncated: AtomicU64,
-    pub(crate) reconnects: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) last_error: Mutex<Option<LastError>>,
-    /// The progress of each sink reading the trail.
-    pub(crate) progress: Mutex<Vec<Arc<Progress>>>,
-}
-
-impl SyslogCounters {
-    /// Counts an error and keeps it as the last one.
-    fn error(&self, message: String) {
-        self.errors.fetch_add(1, Relaxed);
-        LastError::set(&self.last_error, message);
-    }
-
-    /// Records written and not yet delivered, summed over the sinks that
-    /// read the trail.
-    pub(crate) fn behind(&self) -> u64 {
-        self.progress
-            .lock()
-            .map_or(0, |all| all.iter().map(|p| p.behind()).sum())
-    }
-}
-
 /// Default for [`SyslogSink::shutdown_grace`].
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -564,143 +412,12 @@ struct Message {
     bytes: Vec<u8>,
 }
 
-/// Where a sink's thread takes its records from.
-enum Input {
-    /// The bounded queue the worker fills (no file sink, or not asked).
-    Queue(Receiver<OwnedLine>),
-    /// The trail files, after the durable cursor.
-    Trail(Box<TrailInput>),
-}
-
-/// The state of a sink reading the trail.
-struct TrailInput {
-    follower: Follower,
-    progress: Arc<Progress>,
-    cursor: Cursor,
-    /// Records up to here may have been sent by the process before.
-    replay_until: Option<u64>,
-    /// The last of those counted as resent.
-    replayed: Option<u64>,
-    /// TCP/TLS: `seq` and size of the messages written lately, covering at
-    /// least [`Self::window_limit`] bytes: what both kernels' buffers may
-    /// hold, resent from the trail if the stream dies.
-    written: VecDeque<(u64, usize)>,
-    written_bytes: usize,
-    window_limit: usize,
-}
-
-impl TrailInput {
-    /// Notes a message written to a TCP/TLS stream.
-    fn wrote(&mut self, seq: u64, len: usize) {
-        self.written.push_back((seq, len));
-        self.written_bytes += len;
-        while let Some(&(_, first)) = self.written.front() {
-            if self.written_bytes - first < self.window_limit {
-                break;
-            }
-            self.written.pop_front();
-            self.written_bytes -= first;
-        }
-    }
-
-    /// The stream died: reading starts again at the oldest message that
-    /// may still have been in a kernel buffer. Returns how many are sent
-    /// again.
-    fn rewind(&mut self) -> u64 {
-        let n = self.written.len() as u64;
-        if let Some(&(first, _)) = self.written.front() {
-            self.follower.restart_at(first);
-        }
-        self.written.clear();
-        self.written_bytes = 0;
-        n
-    }
-}
-
-/// What the kernels may buffer on one TCP connection: the largest send
-/// buffer here and the largest receive buffer there (taken to be this
-/// host's), from Linux's `tcp_wmem` and `tcp_rmem`; 16 MiB where unknown.
-fn tcp_buffers() -> usize {
-    let max = |name: &str| -> Option<usize> {
-        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
-            .ok()?
-            .split_whitespace()
-            .nth(2)?
-            .parse()
-            .ok()
-    };
-    match (max("tcp_wmem"), max("tcp_rmem")) {
-        (Some(w), Some(r)) => w + r,
-        _ => 16 << 20,
-    }
-}
-
-/// One record taken from the input.
-enum Taken {
-    Line(OwnedLine),
-    Trail(u64, Vec<u8>),
-}
-
-/// What [`Sender::take`] did.
-enum Step {
-    /// A message went into `pending`.
-    Took,
-    Idle,
-    Done,
-}
-
-/// What the input had.
-enum Next {
-    Took(Taken),
-    /// Nothing now (after waiting, when allowed to).
-    Idle,
-    /// Closed and nothing left.
-    Done,
-}
-
-impl Input {
-    /// The next record: waiting up to half a second when `wait`, else
-    /// returning at once. `closed` says the pipeline closed the sink.
-    fn next(&mut self, wait: bool, closed: bool, counters: &SyslogCounters) -> Next {
-        match self {
-            Input::Queue(rx) if wait => match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(line) => Next::Took(Taken::Line(line)),
-                Err(RecvTimeoutError::Timeout) => Next::Idle,
-                Err(RecvTimeoutError::Disconnected) => Next::Done,
-            },
-            Input::Queue(rx) => match rx.try_recv() {
-                Ok(line) => Next::Took(Taken::Line(line)),
-                Err(mpsc::TryRecvError::Empty) => Next::Idle,
-                Err(mpsc::TryRecvError::Disconnected) => Next::Done,
-            },
-            Input::Trail(t) => {
-                let written = t.progress.written.load(SeqCst).checked_sub(1);
-                match t.follower.next_record(written) {
-                    Ok(Some((seq, line))) => return Next::Took(Taken::Trail(seq, line)),
-                    Ok(None) => {}
-                    Err(e) => counters.error(format!("reading the trail to forward: {e}")),
-                }
-                if closed {
-                    // The worker wrote its last record before it closed
-                    // the sink: what is not read now is not there.
-                    return Next::Done;
-                }
-                if wait {
-                    // The worker wakes this thread after each write.
-                    std::thread::park_timeout(Duration::from_millis(500));
-                }
-                Next::Idle
-            }
-        }
-    }
-}
-
 /// The sink's thread state.
 struct Sender {
     cfg: SyslogSink,
     header: Header,
-    counters: Arc<SyslogCounters>,
-    input: Input,
+    counters: Arc<ForwardCounters>,
+    intake: Intake,
     conn: Option<Conn>,
     /// Messages sent on the current stream, for a resend if it proves dead.
     recent: VecDeque<Message>,
@@ -708,12 +425,8 @@ struct Sender {
     inflight: VecDeque<u64>,
     /// When the current connection was opened.
     conn_since: Option<Instant>,
-    /// Set by the pipeline when it closes the queue.
-    closing: Arc<AtomicBool>,
     /// Framed messages taken from the input, not yet sent (in order).
     pending: VecDeque<Message>,
-    /// When the shutdown grace ends (set once closing begins).
-    deadline: Option<Instant>,
     /// The next pause before a retry.
     backoff: Duration,
     /// Reused buffer for transport framing.
@@ -723,11 +436,6 @@ struct Sender {
 /// How long a connection must stay up before it counts as healthy (and the
 /// reconnect backoff starts again from its minimum).
 const HEALTHY_AFTER: Duration = Duration::from_secs(2);
-
-/// How far ahead of the message being sent the cursor's `sent` is
-/// written: one write per this many messages, and after a kill at most
-/// this many counted as resent that never went out.
-const SENT_AHEAD: u64 = 128;
 
 /// Most messages taken from the input at once; with the RELP window and
 /// the TCP resend buffer, the bound on what a sink reading the trail holds
@@ -751,75 +459,13 @@ impl Sender {
         self.stop_trail();
     }
 
-    /// Starts the shutdown grace (once): a server that is down then gets
-    /// this long before what is left is counted as dropped.
-    fn start_grace(&mut self) {
-        if self.deadline.is_none() {
-            self.deadline = Some(Instant::now() + self.cfg.shutdown_grace);
-        }
-    }
-
-    /// Takes the next record from the input into `pending` as a message.
-    fn take(&mut self, wait: bool) -> Step {
-        let closed = self.closing.load(SeqCst);
-        loop {
-            match self.input.next(wait, closed, &self.counters) {
-                Next::Took(t) => {
-                    if let Some(m) = self.message(t) {
-                        self.pending.push_back(m);
-                        return Step::Took;
-                    }
-                    // Not a record after all: look at the next line.
-                }
-                Next::Idle => return Step::Idle,
-                Next::Done => return Step::Done,
-            }
-        }
-    }
-
-    /// Takes what the input holds into `pending` (waiting for the first
-    /// one while nothing is pending). Returns `false` when there is
-    /// nothing left to do: closing, and nothing pending or left to read.
+    /// Takes what the input holds into `pending`; `false` when there is
+    /// nothing left to do.
     fn fill(&mut self) -> bool {
-        if self.closing.load(SeqCst) {
-            self.start_grace();
-        }
-        while self.pending.is_empty() {
-            // Closing: what is still there is taken without waiting.
-            let wait = self.deadline.is_none();
-            match self.take(wait) {
-                Step::Took => break,
-                Step::Idle if !wait => return false,
-                Step::Idle => {
-                    if self.closing.load(SeqCst) {
-                        self.start_grace();
-                    }
-                }
-                Step::Done if wait => self.start_grace(),
-                Step::Done => return false,
-            }
-        }
-        // A batch, also while closing: over RELP each batch ends with a wait
-        // for the relay's answers, which one message at a time would make a
-        // round trip per message.
-        self.take_queued(BATCH);
-        true
-    }
-
-    /// Moves what the input has into `pending` (in order) until it has
-    /// nothing more now or `pending` holds `up_to`; a closed queue starts
-    /// the grace.
-    fn take_queued(&mut self, up_to: usize) {
-        while self.pending.len() < up_to {
-            match self.take(false) {
-                Step::Took => {}
-                Step::Idle => break,
-                Step::Done => {
-                    self.start_grace();
-                    break;
-                }
-            }
-        }
+        let (cfg, header, counters) = (&self.cfg, &self.header, &self.counters);
+        self.intake.fill(&mut self.pending, BATCH, counters, |t| {
+            message(cfg, header, counters, t)
+        })
     }
 
     /// Sends `pending` in order. Returns `false` if the shutdown grace ran
@@ -854,6 +500,7 @@ impl Sender {
     fn send_each(&mut self) -> bool {
         while let Some(msg) = self.pending.pop_front() {
             let left = self
+                .intake
                 .deadline
                 .map(|d| d.saturating_duration_since(Instant::now()));
             if let (Some(left), Some(c)) = (left, &self.conn) {
@@ -877,26 +524,12 @@ impl Sender {
         true
     }
 
-    /// Reading the trail, before `seq` goes out: the cursor says first that
-    /// it may have (`sent`, written [`SENT_AHEAD`] records ahead, so once
-    /// per that many; and the lease). A failed write is counted and the
-    /// record sent anyway: delivery comes before the accounting of
-    /// duplicates. A record the process before may have sent already is
-    /// counted as resent (once).
+    /// Reading the trail, before `seq` goes out: see
+    /// [`forward::TrailInput::before_send`].
     fn before_send(&mut self, seq: u64) {
-        let Input::Trail(t) = &mut self.input else {
-            return;
-        };
-        if t.cursor.sent().is_none_or(|s| seq > s) {
-            let have = self.pending.back().map_or(seq, |m| m.seq.max(seq));
-            if let Err(e) = t.cursor.sending(have.min(seq + SENT_AHEAD - 1)) {
-                self.counters
-                    .error(format!("cannot write the forward cursor: {e}"));
-            }
-        }
-        if t.replay_until.is_some_and(|r| seq <= r) && t.replayed.is_none_or(|d| seq > d) {
-            t.replayed = Some(seq);
-            self.counters.resent.fetch_add(1, Relaxed);
+        let have = self.pending.back().map_or(seq, |m| m.seq);
+        if let Input::Trail(t) = &mut self.intake.input {
+            t.before_send(seq, have, &self.counters);
         }
     }
 
@@ -923,7 +556,7 @@ impl Sender {
         if self.cfg.target.is_datagram() {
             return;
         }
-        if let Input::Trail(t) = &mut self.input {
+        if let Input::Trail(t) = &mut self.intake.input {
             t.wrote(msg.seq, msg.bytes.len());
         } else if self.cfg.replay > 0 {
             if self.recent.len() >= self.cfg.replay {
@@ -948,44 +581,28 @@ impl Sender {
         }
     }
 
-    /// Reading the trail: the cursor moves to `seq` (written after the
-    /// batch, [`Self::write_cursor`]).
+    /// Reading the trail: the cursor moves to `seq`.
     fn delivered_up_to(&mut self, seq: u64) {
-        let Input::Trail(t) = &mut self.input else {
-            return;
-        };
-        t.cursor.deliver(seq);
-        t.progress.delivered.fetch_max(seq + 1, SeqCst);
-    }
-
-    /// Reading the trail, after a batch the relay settled: the cursor is
-    /// written (synced at most once a second).
-    fn write_cursor(&mut self) {
-        let Input::Trail(t) = &mut self.input else {
-            return;
-        };
-        if let Err(e) = t.cursor.write_and_sync_if_due() {
-            self.counters
-                .error(format!("cannot write the forward cursor: {e}"));
+        if let Input::Trail(t) = &mut self.intake.input {
+            t.delivered_up_to(seq);
         }
     }
 
-    /// After the thread's loop: a sink reading the trail saves its cursor
+    /// Reading the trail, after a batch the relay settled or an
+    /// acknowledgement: the cursor is written (synced at most once a
+    /// second).
+    fn write_cursor(&mut self) {
+        if let Input::Trail(t) = &mut self.intake.input {
+            t.write_cursor(&self.counters);
+        }
+    }
+
+    /// After the thread's loop: a sink reading the trail syncs its cursor
     /// and says what is left for the next start.
     fn stop_trail(&mut self) {
-        let Input::Trail(t) = &mut self.input else {
-            return;
-        };
-        if let Err(e) = t.cursor.write_and_sync() {
-            self.counters
-                .error(format!("cannot write the forward cursor: {e}"));
-        }
-        let behind = t.progress.behind();
-        if behind > 0 {
-            eprintln!(
-                "tracing-audit: syslog {:?}: {behind} records not yet delivered stay in the trail; the next start sends them from the cursor",
-                self.cfg.target
-            );
+        let what = format!("syslog {:?}", self.cfg.target);
+        if let Input::Trail(t) = &mut self.intake.input {
+            t.stop(&self.counters, &what);
         }
     }
 
@@ -1004,7 +621,7 @@ impl Sender {
                     .zip(c.abandon())
                     .map(|(seq, bytes)| Message { seq, bytes })
                     .collect()
-            } else if let Input::Trail(t) = &mut self.input {
+            } else if let Input::Trail(t) = &mut self.intake.input {
                 // From the trail: everything the kernels may have held is
                 // read and sent again, not only the last few messages.
                 c.abandon();
@@ -1021,24 +638,26 @@ impl Sender {
                 self.pending.push_front(m);
             }
         }
-        if self.closing.load(SeqCst) {
-            self.start_grace();
-        }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+        self.intake.closing();
+        if self.intake.expired() {
             self.give_up();
             return false;
         }
         // While retrying, keep taking the queue (in order) so a closed one
         // starts the shutdown grace. The trail stays where it is: it is
         // read again when the relay is back.
-        if matches!(self.input, Input::Queue(_)) {
-            self.take_queued(self.cfg.capacity);
+        if matches!(self.intake.input, Input::Queue(_)) {
+            let (cfg, header, counters) = (&self.cfg, &self.header, &self.counters);
+            self.intake
+                .take_more(&mut self.pending, cfg.capacity, counters, |t| {
+                    message(cfg, header, counters, t)
+                });
         }
         let mut pause = jitter(self.backoff);
-        if let Some(d) = self.deadline {
+        if let Some(d) = self.intake.deadline {
             pause = pause.min(d.saturating_duration_since(Instant::now()));
         }
-        self.pause(pause, self.deadline.is_none());
+        self.intake.pause(pause);
         self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
         true
     }
@@ -1047,7 +666,7 @@ impl Sender {
     /// everything not sent is dropped and counted; from the trail nothing
     /// is: it stays there for the next start.
     fn give_up(&mut self) {
-        let Input::Queue(rx) = &self.input else {
+        let Input::Queue(rx) = &self.intake.input else {
             return;
         };
         let n = (self.pending.len() + rx.try_iter().count()) as u64;
@@ -1056,71 +675,6 @@ impl Sender {
             "tracing-audit: syslog {:?} unreachable at shutdown; {n} messages not sent",
             self.cfg.target
         );
-    }
-
-    /// Sleeps `d`; when `until_closing`, wakes early once the pipeline
-    /// closes the queue (a long backoff must not outlast the shutdown grace).
-    fn pause(&self, d: Duration, until_closing: bool) {
-        let end = Instant::now() + d;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() || (until_closing && self.closing.load(SeqCst)) {
-                return;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(20)));
-        }
-    }
-
-    /// Frames a record taken from the input; `None` for a trail line that
-    /// is not a record of the schema after all (skipped, never sent as one).
-    fn message(&self, taken: Taken) -> Option<Message> {
-        let to_schema = |r: &AuditRecord| {
-            self.cfg
-                .schema
-                .and_then(|schema| serde_json::to_vec(&r.to_schema(schema)).ok())
-        };
-        match taken {
-            Taken::Line(line) => {
-                let line = line.as_line();
-                let mapped = self
-                    .cfg
-                    .schema
-                    .and_then(|_| AuditRecord::parse(line.bytes).ok())
-                    .and_then(|r| to_schema(&r));
-                let keys = SdFields::from_line(&line);
-                Some(self.frame(line.seq, line.bytes, &keys, mapped))
-            }
-            Taken::Trail(seq, bytes) => match AuditRecord::parse(&bytes) {
-                Ok(r) => Some(self.frame(seq, &bytes, &SdFields::from_record(&r), to_schema(&r))),
-                Err(e) => {
-                    self.counters.error(format!(
-                        "trail line with seq {seq} is not a record ({e}); not forwarded"
-                    ));
-                    None
-                }
-            },
-        }
-    }
-
-    /// The syslog message for a sealed line (or its `mapped` document).
-    fn frame(
-        &self,
-        seq: u64,
-        line: &[u8],
-        keys: &SdFields<'_>,
-        mapped: Option<Vec<u8>>,
-    ) -> Message {
-        let line = mapped.as_deref().unwrap_or(line);
-        let max = self
-            .cfg
-            .target
-            .is_datagram()
-            .then_some(self.cfg.max_datagram);
-        let (bytes, cut) = self.header.build(line, Some(keys), max);
-        if cut {
-            self.counters.truncated.fetch_add(1, Relaxed);
-        }
-        Message { seq, bytes }
     }
 
     fn send(&mut self, msg: &[u8], scratch: &mut Vec<u8>, limit: Duration) -> std::io::Result<u64> {
@@ -1149,14 +703,66 @@ impl Sender {
     }
 }
 
-/// `d` ± 25 %.
-fn jitter(d: Duration) -> Duration {
-    let nanos = d.as_nanos() as u64;
-    let spread = nanos / 4;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos() as u64)
-        .unwrap_or(0);
-    let offset = if spread == 0 { 0 } else { seed % (2 * spread) };
-    Duration::from_nanos(nanos - spread + offset)
+/// Frames a record taken from the input; `None` for a trail line that
+/// is not a record of the schema after all (skipped, never sent as one).
+fn message(
+    cfg: &SyslogSink,
+    header: &Header,
+    counters: &ForwardCounters,
+    taken: Taken,
+) -> Option<Message> {
+    let to_schema = |r: &AuditRecord| {
+        cfg.schema
+            .and_then(|schema| serde_json::to_vec(&r.to_schema(schema)).ok())
+    };
+    match taken {
+        Taken::Line(line) => {
+            let line = line.as_line();
+            let mapped = cfg
+                .schema
+                .and_then(|_| AuditRecord::parse(line.bytes).ok())
+                .and_then(|r| to_schema(&r));
+            let keys = SdFields::from_line(&line);
+            Some(frame(
+                cfg, header, counters, line.seq, line.bytes, &keys, mapped,
+            ))
+        }
+        Taken::Trail(seq, bytes) => match AuditRecord::parse(&bytes) {
+            Ok(r) => Some(frame(
+                cfg,
+                header,
+                counters,
+                seq,
+                &bytes,
+                &SdFields::from_record(&r),
+                to_schema(&r),
+            )),
+            Err(e) => {
+                counters.error(format!(
+                    "trail line with seq {seq} is not a record ({e}); not forwarded"
+                ));
+                None
+            }
+        },
+    }
+}
+
+/// The syslog message for a sealed line (or its `mapped` document).
+#[allow(clippy::too_many_arguments)]
+fn frame(
+    cfg: &SyslogSink,
+    header: &Header,
+    counters: &ForwardCounters,
+    seq: u64,
+    line: &[u8],
+    keys: &SdFields<'_>,
+    mapped: Option<Vec<u8>>,
+) -> Message {
+    let line = mapped.as_deref().unwrap_or(line);
+    let max = cfg.target.is_datagram().then_some(cfg.max_datagram);
+    let (bytes, cut) = header.build(line, Some(keys), max);
+    if cut {
+        counters.truncated.fetch_add(1, Relaxed);
+    }
+    Message { seq, bytes }
 }
