@@ -130,14 +130,6 @@ fn grpc_receiver(port: u16, received: Received) -> tokio::sync::oneshot::Sender<
     stop
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The value of a string or int attribute, as text.
 fn attr(r: &LogRecord, key: &str) -> Option<String> {
     r.attributes
@@ -227,7 +219,7 @@ fn check_against_trail(dir: &std::path::Path, got: &[LogRecord]) {
 #[test]
 fn every_record_arrives_over_grpc_after_an_outage_exactly_as_sealed() {
     let dir = common::tempdir();
-    let port = free_port(); // no receiver yet
+    let port = common::rsyslog::free_tcp_port(); // no receiver yet
     let (audit, guard) = AuditLayer::builder()
         .file(dir.path())
         .otlp(
@@ -271,7 +263,7 @@ fn every_record_arrives_over_grpc_after_an_outage_exactly_as_sealed() {
 #[test]
 fn a_partial_success_is_retried_and_counted_not_taken_as_delivery() {
     let dir = common::tempdir();
-    let port = free_port();
+    let port = common::rsyslog::free_tcp_port();
     let received = Received::default();
     received.reject.store(2, Ordering::SeqCst);
     let stop = grpc_receiver(port, received.clone());

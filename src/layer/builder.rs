@@ -185,7 +185,7 @@ impl AuditLayerBuilder {
     /// may be called more than once; may be the only sink).
     #[cfg(feature = "otlp")]
     #[must_use]
-    pub fn otlp(mut self, sink: crate::otlp::OtlpSink) -> Self {
+    pub fn otlp(mut self, sink: crate::sink::otlp::OtlpSink) -> Self {
         self.otlp.push(sink);
         self
     }
