@@ -466,6 +466,8 @@ fn main() {
         Some("plain") => return non_audit_overhead(),
         Some("syslog") => return syslog_bench(),
         Some("relp") => return relp_bench(),
+        #[cfg(feature = "otlp")]
+        Some("otlp") => return otlp_bench(),
         Some("e2e1") => {
             println!("{:.0}/s", audit_run(1, 50_000));
             return;
@@ -512,6 +514,8 @@ fn main() {
     }
     syslog_bench();
     relp_bench();
+    #[cfg(feature = "otlp")]
+    otlp_bench();
     non_audit_overhead();
     verify_bench();
     collected_bench();
@@ -675,5 +679,92 @@ fn syslog_bench() {
     let r = best(3, || syslog_run(n));
     println!(
         "syslog path alone, records/s (best of 3; RFC 5424 + SD over lossless TCP to a loopback reader; span context + 4 fields): {r:.0}/s"
+    );
+}
+
+/// An OTLP/gRPC receiver in this process that counts the log records it
+/// accepts.
+#[cfg(feature = "otlp")]
+#[derive(Clone, Default)]
+struct OtlpCount(Arc<AtomicU64>);
+
+#[cfg(feature = "otlp")]
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsService
+    for OtlpCount
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse>,
+        tonic::Status,
+    > {
+        let n: usize = request
+            .into_inner()
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum();
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// Records/s exported over OTLP/gRPC to a receiver in this process, from
+/// the trail (file sink on): from the first event until the receiver
+/// accepted every record.
+#[cfg(feature = "otlp")]
+fn otlp_run(n: u64) -> f64 {
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer;
+    let port = free_port();
+    let count = OtlpCount::default();
+    let received = count.0.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            tonic::transport::Server::builder()
+                .add_service(LogsServiceServer::new(count))
+                .serve(format!("127.0.0.1:{port}").parse().unwrap())
+                .await
+                .unwrap();
+        });
+    });
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dir = private_tempdir();
+    let (audit, guard) = AuditLayer::builder()
+        .service("bench")
+        .file(dir.path())
+        .otlp(tracing_audit::otlp::OtlpSink::grpc(format!(
+            "http://127.0.0.1:{port}"
+        )))
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let start = Instant::now();
+    run_threads(1, n, &dispatch);
+    let h = guard.handle();
+    while h.stats().otlp_behind > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(guard);
+    let s = h.stats();
+    assert_eq!(s.otlp_sent, n + 2, "{s:?}");
+    assert_eq!(received.load(Ordering::Relaxed), n + 2);
+    n as f64 / secs
+}
+
+#[cfg(feature = "otlp")]
+fn otlp_bench() {
+    let n = if quick() { 20_000 } else { 200_000 };
+    let r = best(3, || otlp_run(n));
+    println!(
+        "OTLP/gRPC export from the trail to an in-process receiver, records/s accepted (best of 3; batches of 512; span context + 4 fields): {r:.0}/s"
     );
 }
