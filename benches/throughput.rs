@@ -16,7 +16,10 @@
 //!
 //! `BENCH_QUICK=1` runs smaller sizes (for a smoke run). `-- --only X` runs
 //! one part: `policy`, `verify`, `collected`, `syslog`, `relp`, `plain` (non-audit overhead), `split` (caller
-//! cost without backpressure vs worker rate), `e2e1` (one small end-to-end
+//! cost without backpressure vs worker rate), `e2e` (part 1 alone), `e2e-plain` (this crate
+//! alone, plain event, two threads: for A/B runs),
+//! `latency` (caller cost at a steady rate), `durable` (32 threads of
+//! durable records), `e2e1` (one small end-to-end
 //! run, for profiling under callgrind).
 
 use std::hint::black_box;
@@ -55,21 +58,68 @@ fn emit(i: u64) {
     );
 }
 
+/// The plain event of issue 11: six `audit.*` fields and four others, no
+/// span (what most services emit, and where the peer's formatter is fast).
+fn emit_plain(i: u64) {
+    tracing::info!(
+        audit.event = "data_access",
+        audit.actor = "key_42",
+        audit.ip = "203.0.113.9",
+        audit.resource = "invoice/2026-0042",
+        audit.action = "read",
+        audit.outcome = "success",
+        rows = i,
+        table = "invoices",
+        region = "eu-west-1",
+        cached = false,
+        "invoice viewed"
+    );
+}
+
+/// Which event an end-to-end run emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    /// [`emit`] inside a `request` span carrying actor, ip and session.
+    Span,
+    /// [`emit_plain`], no span.
+    Plain,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Span => "span context + 4 fields",
+            Workload::Plain => "plain: 6 audit.* + 4 fields, no span",
+        }
+    }
+}
+
 fn run_threads(threads: u64, per_thread: u64, dispatch: &tracing::Dispatch) {
+    run_workload(Workload::Span, threads, per_thread, dispatch)
+}
+
+fn run_workload(w: Workload, threads: u64, per_thread: u64, dispatch: &tracing::Dispatch) {
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let d = dispatch.clone();
             std::thread::spawn(move || {
-                tracing::dispatcher::with_default(&d, || {
-                    let span = tracing::info_span!(
-                        "request",
-                        audit.actor = "key_42",
-                        audit.ip = "203.0.113.9",
-                        audit.session = t
-                    );
-                    let _e = span.enter();
-                    for i in 0..per_thread {
-                        emit(i);
+                tracing::dispatcher::with_default(&d, || match w {
+                    Workload::Span => {
+                        let span = tracing::info_span!(
+                            "request",
+                            audit.actor = "key_42",
+                            audit.ip = "203.0.113.9",
+                            audit.session = t
+                        );
+                        let _e = span.enter();
+                        for i in 0..per_thread {
+                            emit(i);
+                        }
+                    }
+                    Workload::Plain => {
+                        for i in 0..per_thread {
+                            emit_plain(i);
+                        }
                     }
                 })
             })
@@ -80,7 +130,43 @@ fn run_threads(threads: u64, per_thread: u64, dispatch: &tracing::Dispatch) {
     }
 }
 
+/// User + system CPU time of the whole process (every thread) so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// One end-to-end run's rate and total CPU (all threads) per record.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    per_sec: f64,
+    cpu_us: f64,
+}
+
+fn best_run<F: FnMut() -> Run>(runs: usize, mut f: F) -> Run {
+    let mut b = Run {
+        per_sec: 0.0,
+        cpu_us: f64::MAX,
+    };
+    for _ in 0..runs {
+        let r = f();
+        b.per_sec = b.per_sec.max(r.per_sec);
+        b.cpu_us = b.cpu_us.min(r.cpu_us);
+    }
+    b
+}
+
 fn audit_run(threads: u64, per_thread: u64) -> f64 {
+    audit_workload(Workload::Span, threads, per_thread).per_sec
+}
+
+fn audit_workload(w: Workload, threads: u64, per_thread: u64) -> Run {
     let dir = private_tempdir();
     let (audit, guard) = AuditLayer::builder()
         .service("bench")
@@ -88,8 +174,9 @@ fn audit_run(threads: u64, per_thread: u64) -> f64 {
         .build()
         .unwrap();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let cpu = cpu_time();
     let start = Instant::now();
-    run_threads(threads, per_thread, &dispatch);
+    run_workload(w, threads, per_thread, &dispatch);
     let caller = start.elapsed().as_nanos() as f64 / per_thread as f64;
     CALLER_NS.with(|c| c.set(c.get().min(caller)));
     let h = guard.handle();
@@ -102,7 +189,11 @@ fn audit_run(threads: u64, per_thread: u64) -> f64 {
         threads * per_thread + 2,
         "audit lost records"
     );
-    (threads * per_thread) as f64 / secs
+    let n = (threads * per_thread) as f64;
+    Run {
+        per_sec: n / secs,
+        cpu_us: (cpu_time() - cpu).as_secs_f64() * 1e6 / n,
+    }
 }
 
 /// Records/s through the syslog path alone (no file): capture, seal, then
@@ -146,7 +237,7 @@ fn syslog_run(n: u64) -> f64 {
     n as f64 / secs
 }
 
-fn peer_run(threads: u64, per_thread: u64) -> f64 {
+fn peer_run(w: Workload, threads: u64, per_thread: u64) -> Run {
     let dir = private_tempdir();
     let appender = tracing_appender::rolling::never(dir.path(), "peer.log");
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -158,16 +249,22 @@ fn peer_run(threads: u64, per_thread: u64) -> f64 {
         .with_current_span(true)
         .finish();
     let dispatch = tracing::Dispatch::new(sub);
+    let cpu = cpu_time();
     let start = Instant::now();
-    run_threads(threads, per_thread, &dispatch);
+    run_workload(w, threads, per_thread, &dispatch);
     drop(guard);
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_time() - cpu;
     let lines = std::fs::read_to_string(dir.path().join("peer.log"))
         .unwrap()
         .lines()
         .count() as u64;
     assert_eq!(lines, threads * per_thread, "peer lost lines");
-    (threads * per_thread) as f64 / secs
+    let n = (threads * per_thread) as f64;
+    Run {
+        per_sec: n / secs,
+        cpu_us: cpu.as_secs_f64() * 1e6 / n,
+    }
 }
 
 thread_local! {
@@ -468,6 +565,15 @@ fn main() {
         Some("relp") => return relp_bench(),
         #[cfg(feature = "otlp")]
         Some("otlp") => return otlp_bench(),
+        Some("e2e") => return e2e_bench(),
+        Some("e2e-plain") => {
+            // This crate alone, plain event, 2 threads: for A/B runs.
+            let r = best_run(5, || audit_workload(Workload::Plain, 2, 200_000));
+            println!("{:.0}/s, {:.2} µs CPU/record", r.per_sec, r.cpu_us);
+            return;
+        }
+        Some("latency") => return caller_latency_bench(),
+        Some("durable") => return durable_bench(),
         Some("e2e1") => {
             println!("{:.0}/s", audit_run(1, 50_000));
             return;
@@ -499,19 +605,9 @@ fn main() {
         }
         _ => {}
     }
-    let per = if quick() { 20_000 } else { 400_000 };
-    println!("end-to-end, records/s into a real file (best of 3; span context + 4 fields):");
-    for threads in [1u64, 2] {
-        let per_thread = per / threads;
-        CALLER_NS.with(|c| c.set(f64::MAX));
-        let a = best(3, || audit_run(threads, per_thread));
-        let p = best(3, || peer_run(threads, per_thread));
-        let caller = CALLER_NS.with(|c| c.get());
-        println!(
-            "  {threads} thread(s): tracing-audit {a:>10.0}/s   fmt().json()+non_blocking(lossless) {p:>10.0}/s   ratio {:.2}x   (caller: {caller:.0} ns/event per thread)",
-            a / p
-        );
-    }
+    e2e_bench();
+    caller_latency_bench();
+    durable_bench();
     syslog_bench();
     relp_bench();
     #[cfg(feature = "otlp")]
@@ -766,5 +862,146 @@ fn otlp_bench() {
     let r = best(3, || otlp_run(n));
     println!(
         "OTLP/gRPC export from the trail to an in-process receiver, records/s accepted (best of 3; batches of 512; span context + 4 fields): {r:.0}/s"
+    );
+}
+
+/// Part 1: end-to-end records/s and total CPU per record, both workloads,
+/// 1 and 2 emitting threads, against the peer in the same run.
+fn e2e_bench() {
+    let per = if quick() { 20_000 } else { 400_000 };
+    println!("end-to-end into a real file, nothing lost on either side (best of 3 runs; CPU = user+system of all threads / records):");
+    for w in [Workload::Plain, Workload::Span] {
+        println!("  {}:", w.name());
+        for threads in [1u64, 2] {
+            let per_thread = per / threads;
+            CALLER_NS.with(|c| c.set(f64::MAX));
+            let a = best_run(3, || audit_workload(w, threads, per_thread));
+            let p = best_run(3, || peer_run(w, threads, per_thread));
+            let caller = CALLER_NS.with(|c| c.get());
+            println!(
+                "    {threads} thread(s): tracing-audit {:>8.0}/s ({:.2} µs CPU/record)   fmt().json()+non_blocking(lossless) {:>8.0}/s ({:.2} µs CPU/line)   ratio {:.2}x   (caller: {caller:.0} ns/event per thread)",
+                a.per_sec, a.cpu_us, p.per_sec, p.cpu_us, a.per_sec / p.per_sec
+            );
+        }
+    }
+}
+
+/// The `q` quantile of sorted `v`.
+fn quantile(v: &[u64], q: f64) -> u64 {
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Caller cost at a steady rate from one thread (plain event): each
+/// event's time in the macro, paced to 100 000 events/s.
+fn caller_latency_bench() {
+    let rate = 100_000u64;
+    let n = if quick() { 50_000 } else { 500_000 };
+    let dir = private_tempdir();
+    let (audit, guard) = AuditLayer::builder()
+        .service("bench")
+        .file(dir.path())
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let mut took = Vec::with_capacity(n as usize);
+    tracing::dispatcher::with_default(&dispatch, || {
+        let gap = Duration::from_nanos(1_000_000_000 / rate);
+        let start = Instant::now();
+        for i in 0..n {
+            let due = start + gap * i as u32;
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+            let t = Instant::now();
+            emit_plain(i);
+            took.push(t.elapsed().as_nanos() as u64);
+        }
+    });
+    let h = guard.handle();
+    drop(guard);
+    assert_eq!(h.stats().records_written, n + 2, "records lost");
+    took.sort_unstable();
+    println!(
+        "caller cost at a steady {rate} events/s, one thread, plain event ({n} events): p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns",
+        quantile(&took, 0.5),
+        quantile(&took, 0.99),
+        quantile(&took, 0.999),
+        took[took.len() - 1]
+    );
+}
+
+/// Durable records (risk high: synced before the macro returns) from 32
+/// threads: records/s and each caller's wait, against one `fdatasync` of
+/// a record-sized append on the same file system.
+fn durable_bench() {
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    let threads = 32u64;
+    let per = if quick() { 200 } else { 3_000 };
+    let dir = private_tempdir();
+    // One sync alone, on the same file system.
+    let mut f = std::fs::File::create(dir.path().join("probe")).unwrap();
+    let mut one = Vec::new();
+    for _ in 0..200 {
+        f.write_all(&[b'x'; 650]).unwrap();
+        let t = Instant::now();
+        // SAFETY: a valid open descriptor.
+        assert_eq!(unsafe { libc::fdatasync(f.as_raw_fd()) }, 0);
+        one.push(t.elapsed().as_nanos() as u64);
+    }
+    one.sort_unstable();
+    let sync = quantile(&one, 0.5);
+    drop(f);
+    let (audit, guard) = AuditLayer::builder()
+        .service("bench")
+        .file(dir.path().join("trail"))
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let d = dispatch.clone();
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&d, || {
+                    let mut took = Vec::with_capacity(per as usize);
+                    for i in 0..per {
+                        let t = Instant::now();
+                        tracing::warn!(
+                            audit.event = "permission_change",
+                            audit.actor = "admin_7",
+                            audit.resource = "role/billing-admin",
+                            audit.action = "grant",
+                            audit.outcome = "success",
+                            audit.risk = "high",
+                            grant = i,
+                            "role granted"
+                        );
+                        took.push(t.elapsed().as_nanos() as u64);
+                    }
+                    took
+                })
+            })
+        })
+        .collect();
+    let mut waits: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let secs = start.elapsed().as_secs_f64();
+    let h = guard.handle();
+    drop(guard);
+    let st = h.stats();
+    assert_eq!(st.records_written, threads * per + 2, "records lost");
+    waits.sort_unstable();
+    let p99 = quantile(&waits, 0.99);
+    println!(
+        "durable records from {threads} threads: {:.0} records/s, {:.1} records per fdatasync; wait p50 {:.0} µs, p99 {:.0} µs = {:.1}x one fdatasync ({:.0} µs, median of 200 alone)",
+        (threads * per) as f64 / secs,
+        (threads * per) as f64 / st.syncs.max(1) as f64,
+        quantile(&waits, 0.5) as f64 / 1e3,
+        p99 as f64 / 1e3,
+        p99 as f64 / sync as f64,
+        sync as f64 / 1e3
     );
 }
