@@ -89,13 +89,22 @@ pub(crate) struct AuditCore {
 struct Scratch {
     capture: Draft,
     body: Vec<u8>,
+    /// Empty body buffers from the worker (the pipeline's `BodyPool`).
+    spare: Vec<Vec<u8>>,
+}
+
+impl Scratch {
+    fn new(value_limit: usize) -> Self {
+        Scratch {
+            capture: Draft::new(value_limit),
+            body: Vec::with_capacity(512),
+            spare: Vec::new(),
+        }
+    }
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
-        capture: Draft::new(usize::MAX),
-        body: Vec::with_capacity(512),
-    });
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new(usize::MAX));
 }
 
 impl AuditCore {
@@ -188,9 +197,18 @@ impl AuditCore {
                 "a panic while formatting an audit field was caught; the record keeps a marker and flags the field".into(),
             );
         }
-        self.shared
-            .submitter
-            .submit(uuid_at(at), s.body.clone(), keys);
+        // The encoded body goes into the queue as it is; an empty buffer
+        // from the worker takes its place here.
+        let submitter = &self.shared.submitter;
+        if s.spare.is_empty() {
+            submitter.counters.bodies.take_bundle(&mut s.spare);
+        }
+        let next = s
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(s.body.len().max(512)));
+        let body = std::mem::replace(&mut s.body, next);
+        submitter.submit(uuid_at(at), body, keys);
     }
 }
 
@@ -279,10 +297,7 @@ impl AuditCore {
         span: &tracing_subscriber::registry::SpanRef<'a, R>,
         started: bool,
     ) {
-        let fresh = || Scratch {
-            capture: Draft::new(self.shared.value_limit),
-            body: Vec::new(),
-        };
+        let fresh = || Scratch::new(self.shared.value_limit);
         if !with_reused(&SCRATCH, fresh, |s| self.span_record(s, span, started)) {
             let c = &self.shared.submitter.counters;
             c.error(
@@ -367,10 +382,7 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let fresh = || Scratch {
-            capture: Draft::new(self.shared.value_limit),
-            body: Vec::new(),
-        };
+        let fresh = || Scratch::new(self.shared.value_limit);
         if !with_reused(&SCRATCH, fresh, |s| self.record(s, event, &ctx)) {
             let c = &self.shared.submitter.counters;
             c.error(

@@ -146,6 +146,56 @@ pub(crate) struct Counters {
     /// Submissions under way.
     pub(crate) inflight: Inflight,
     pub(crate) last_error: Mutex<Option<LastError>>,
+    /// Body buffers the worker hands back to the callers (see [`BodyPool`]).
+    pub(crate) bodies: BodyPool,
+}
+
+/// Record body buffers on their way back from the worker to the callers.
+///
+/// A caller encodes a record's body into its scratch buffer and moves that
+/// buffer into the queue, taking an empty one from here in exchange; the
+/// worker, once it has sealed the body into its batch, clears the buffer
+/// and returns it. So the hot path allocates, copies and frees no body
+/// (allocating on one thread and freeing on another is what glibc's
+/// allocator is slowest at). Both sides move buffers in bundles, so the
+/// lock is taken once per [`BODY_BUNDLE`] records, and the pool is bounded:
+/// at most [`BODY_POOL_MAX`] buffers of at most [`BODY_KEEP`] bytes each
+/// (larger ones, from an exceptional record, are freed).
+#[derive(Debug, Default)]
+pub(crate) struct BodyPool(Mutex<Vec<Vec<u8>>>);
+
+/// Most buffers the pool keeps.
+const BODY_POOL_MAX: usize = 1024;
+/// Buffers moved per lock, each way.
+pub(crate) const BODY_BUNDLE: usize = 32;
+/// Largest buffer capacity kept for reuse.
+pub(crate) const BODY_KEEP: usize = 4096;
+
+impl BodyPool {
+    /// Moves the buffers of `spare` into the pool, as far as it has room;
+    /// the rest are freed. Leaves `spare` empty.
+    pub(crate) fn give_back(&self, spare: &mut Vec<Vec<u8>>) {
+        if spare.is_empty() {
+            return;
+        }
+        if let Ok(mut pool) = self.0.lock() {
+            let room = BODY_POOL_MAX.saturating_sub(pool.len());
+            let n = spare.len().min(room);
+            pool.extend(spare.drain(..n));
+        }
+        spare.clear();
+    }
+
+    /// Moves up to [`BODY_BUNDLE`] buffers from the pool into `local`.
+    /// Never waits: when the worker holds the lock, the caller allocates
+    /// instead (and in a child forked while a thread held it, no thread
+    /// will ever release it).
+    pub(crate) fn take_bundle(&self, local: &mut Vec<Vec<u8>>) {
+        if let Ok(mut pool) = self.0.try_lock() {
+            let at = pool.len().saturating_sub(BODY_BUNDLE);
+            local.extend(pool.drain(at..));
+        }
+    }
 }
 
 impl Counters {
@@ -374,4 +424,29 @@ pub(crate) fn flush(tx: &SyncSender<Msg>, waker: &Waker, timeout: Option<Duratio
         Some(t) => done_rx.recv_timeout(t).unwrap_or(false),
         None => done_rx.recv().unwrap_or(false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_pool_is_bounded_and_moves_bundles() {
+        let pool = BodyPool::default();
+        let mut spare: Vec<Vec<u8>> = (0..BODY_POOL_MAX + 10)
+            .map(|_| Vec::with_capacity(64))
+            .collect();
+        pool.give_back(&mut spare);
+        assert!(spare.is_empty());
+        assert_eq!(pool.0.lock().unwrap().len(), BODY_POOL_MAX);
+        let mut local = Vec::new();
+        pool.take_bundle(&mut local);
+        assert_eq!(local.len(), BODY_BUNDLE);
+        assert!(local.iter().all(|b| b.is_empty() && b.capacity() >= 64));
+        assert_eq!(pool.0.lock().unwrap().len(), BODY_POOL_MAX - BODY_BUNDLE);
+        let empty = BodyPool::default();
+        let mut none = Vec::new();
+        empty.take_bundle(&mut none);
+        assert!(none.is_empty());
+    }
 }

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing_core::Level;
 
-use crate::pipeline::{Counters, DropCause, Msg, Pending};
+use crate::pipeline::{Counters, DropCause, Msg, Pending, BODY_BUNDLE, BODY_KEEP};
 use crate::record::chain::Chain;
 use crate::record::checkpoint::CheckpointKey;
 use crate::record::draft::Draft;
@@ -197,6 +197,8 @@ struct State {
     last_busy: Instant,
     /// The file the batch goes to was just created (set by `prepare`).
     opened: Option<crate::sink::file::writer::Opened>,
+    /// Sealed bodies' buffers, on their way back to the callers.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Worker {
@@ -225,6 +227,7 @@ impl Worker {
             backoff: BACKOFF_MIN,
             last_busy: Instant::now(),
             opened: None,
+            spare: Vec::with_capacity(BODY_BUNDLE),
         };
         /// Marks the worker gone however `run` ends (a panic included), so
         /// `health()` can never report a dead pipeline as healthy.
@@ -474,6 +477,14 @@ impl Worker {
             }
         }
         let sealed = self.chain.seal(&mut state.batch, &p.id, &p.body);
+        let mut body = p.body;
+        if body.capacity() <= BODY_KEEP {
+            body.clear();
+            state.spare.push(body);
+            if state.spare.len() >= BODY_BUNDLE {
+                self.counters.bodies.give_back(&mut state.spare);
+            }
+        }
         if let Some(c) = &mut self.checkpoints {
             c.since += 1;
         }
