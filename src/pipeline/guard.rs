@@ -385,9 +385,19 @@ impl Drop for AuditGuard {
         self.handle.waker.wake();
         // The worker bounds itself by the grace; the margin covers its last
         // count of what was still queued and the syslog sinks' close.
-        let until = Instant::now() + self.grace + Duration::from_secs(2);
+        let start = Instant::now();
+        let until = start + self.grace + Duration::from_secs(2);
+        // A syslog thread still there a second after the grace is blocked in
+        // a socket call that began before shutdown: shutting its socket down
+        // ends the call, and the thread counts what it did not deliver.
+        let abort_at = start + self.grace + Duration::from_secs(1);
+        let mut aborted = false;
         for t in self.threads.drain(..) {
             while !t.is_finished() && Instant::now() < until {
+                if !aborted && Instant::now() >= abort_at {
+                    aborted = true;
+                    self.handle.syslog.aborts.abort_all();
+                }
                 std::thread::sleep(Duration::from_millis(2));
             }
             if t.is_finished() {

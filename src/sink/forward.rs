@@ -90,6 +90,61 @@ pub(crate) struct ForwardCounters {
     pub(crate) last_error: Mutex<Option<LastError>>,
     /// The progress of each sink reading the trail.
     pub(crate) progress: Mutex<Vec<Arc<Progress>>>,
+    /// How to shut down each sink's open connection (see [`Aborts`]).
+    pub(crate) aborts: Aborts,
+}
+
+/// A way to shut down one open connection from another thread.
+pub(crate) type Abort = Box<dyn Fn() + Send>;
+
+/// Each sink's open connection, as a way to shut it down from another
+/// thread: a socket call that began before shutdown (a 5 s read of an
+/// answer that never comes) cannot learn the deadline, and shutting the
+/// socket down is what ends it at once. The guard does that when a sink's
+/// thread outlives the shutdown grace, so the thread counts what it had not
+/// delivered and ends, instead of being left behind uncounted.
+#[derive(Default)]
+pub(crate) struct Aborts(
+    Mutex<std::collections::HashMap<u64, Abort>>,
+    std::sync::atomic::AtomicBool,
+);
+
+impl std::fmt::Debug for Aborts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |m| m.len());
+        write!(f, "Aborts({n} open)")
+    }
+}
+
+impl Aborts {
+    /// Sink `id`'s connection is now `abort` (`None`: it has none).
+    pub(crate) fn set(&self, id: u64, abort: Option<Abort>) {
+        if let Ok(mut m) = self.0.lock() {
+            match abort {
+                Some(a) => m.insert(id, a),
+                None => m.remove(&id),
+            };
+        }
+    }
+
+    /// Whether the guard shut the connections down: the sinks give up now,
+    /// their grace is over.
+    pub(crate) fn fired(&self) -> bool {
+        self.1.load(SeqCst)
+    }
+
+    /// Shuts down every open connection; returns how many.
+    pub(crate) fn abort_all(&self) -> usize {
+        self.1.store(true, SeqCst);
+        let Ok(mut m) = self.0.lock() else {
+            return 0;
+        };
+        let n = m.len();
+        for (_, a) in m.drain() {
+            a();
+        }
+        n
+    }
 }
 
 impl ForwardCounters {

@@ -373,6 +373,10 @@ impl SyslogSink {
             counters: counters.clone(),
             intake: Intake::new(input, closing.clone(), grace),
             conn: None,
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, Relaxed)
+            },
             recent: VecDeque::new(),
             inflight: VecDeque::new(),
             conn_since: None,
@@ -419,6 +423,8 @@ struct Sender {
     counters: Arc<ForwardCounters>,
     intake: Intake,
     conn: Option<Conn>,
+    /// This sink's key in `counters.aborts`.
+    id: u64,
     /// Messages sent on the current stream, for a resend if it proves dead.
     recent: VecDeque<Message>,
     /// The `seq` of each message sent and not yet acknowledged (RELP).
@@ -453,6 +459,7 @@ impl Sender {
                 break; // gave up at the end of the shutdown grace
             }
         }
+        self.counters.aborts.set(self.id, None);
         if let Some(c) = self.conn.take() {
             c.close();
         }
@@ -612,6 +619,7 @@ impl Sender {
     fn failed(&mut self, e: &std::io::Error) -> bool {
         self.counters
             .error(format!("syslog {:?}: {e}", self.cfg.target));
+        self.counters.aborts.set(self.id, None);
         if let Some(c) = self.conn.take() {
             // The stream died: over RELP what the relay did not acknowledge,
             // over TCP/TLS what went into it lately, may not have arrived.
@@ -639,7 +647,7 @@ impl Sender {
             }
         }
         self.intake.closing();
-        if self.intake.expired() {
+        if self.intake.expired() || self.counters.aborts.fired() {
             self.give_up();
             return false;
         }
@@ -692,6 +700,7 @@ impl Sender {
             if self.counters.sent.load(Relaxed) > 0 || self.counters.errors.load(Relaxed) > 0 {
                 self.counters.reconnects.fetch_add(1, Relaxed);
             }
+            self.counters.aborts.set(self.id, c.aborter());
             self.conn = Some(c);
             self.conn_since = Some(Instant::now());
         }

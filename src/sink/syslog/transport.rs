@@ -178,6 +178,31 @@ impl Conn {
         })
     }
 
+    /// A way to shut this connection's socket down from another thread
+    /// (ending a call blocked in it); `None` for UDP, which never blocks.
+    pub(crate) fn aborter(&self) -> Option<crate::sink::forward::Abort> {
+        use std::net::Shutdown;
+        fn tcp(s: &TcpStream) -> Option<crate::sink::forward::Abort> {
+            let c = s.try_clone().ok()?;
+            Some(Box::new(move || {
+                let _ = c.shutdown(Shutdown::Both);
+            }))
+        }
+        match self {
+            Conn::Udp(_) => None,
+            Conn::Tcp(s) => tcp(s),
+            #[cfg(feature = "tls")]
+            Conn::Tls(s) => tcp(&s.sock),
+            Conn::Relp(_, s) => tcp(s),
+            Conn::Unix(s) => {
+                let c = s.try_clone().ok()?;
+                Some(Box::new(move || {
+                    let _ = c.shutdown(Shutdown::Both);
+                }))
+            }
+        }
+    }
+
     /// Shortens the socket's write and read timeouts to `left` (at least
     /// 1 ms), so no call outlives a shutdown deadline.
     pub(crate) fn bound_timeouts(&self, left: Duration) {
