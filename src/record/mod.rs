@@ -31,6 +31,7 @@
 //! [`AuditRecord`] is the owned, parsed form used by the reader, the
 //! verifier and the command-line tool.
 
+mod canonical;
 pub(crate) mod chain;
 pub mod checkpoint;
 pub(crate) mod draft;
@@ -480,7 +481,12 @@ impl<'a> CheckedRecord<'a> {
     /// Checks `line` strictly as a record of schema [`SCHEMA_VERSION`]
     /// (or 1).
     pub(crate) fn check(line: &'a [u8]) -> Result<Self, serde_json::Error> {
-        let r: CheckedRecord<'a> = serde_json::from_slice(line)?;
+        // A line in the written form is checked in one pass; anything else
+        // (and every failure, with its explanation) by serde.
+        let r = match canonical::check(line) {
+            Some(r) => r,
+            None => serde_json::from_slice(line)?,
+        };
         check_schema(r.schema, r.chain_id.as_deref())?;
         Ok(r)
     }

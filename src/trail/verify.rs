@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::record::chain::{check_line, Hasher, Link, LinkError, GENESIS};
+use crate::record::chain::{
+    check_line, check_line_hashed, hash_checks, Hasher, Link, LinkError, GENESIS,
+};
 use crate::record::checkpoint::{check_checkpoint, CheckpointPublicKey};
 use crate::record::{AuditRecord, CheckedRecord};
 use crate::sink::file::{file_name, open_read, FileSink};
@@ -424,36 +426,57 @@ impl Verifier {
         }
     }
 
+    /// Checks one file's lines in order. A second thread reads ahead and
+    /// checks each line's hash ([`read_ahead`]); this one checks the rest
+    /// (schema, links, restarts), so the two halves of the work overlap.
     fn file(&mut self, path: &Path, first_file: bool) -> std::io::Result<()> {
-        let mut r = BufReader::with_capacity(1 << 16, open_read(path)?);
-        let mut buf = Vec::with_capacity(1024);
-        let mut place = Place {
-            path,
-            line: 0,
-            at: 0,
-            end: 0,
-            first_file,
-            first_in_file: true,
-        };
-        loop {
-            let read = crate::sink::file::lines::next_line(&mut r, &mut buf)?;
-            if read.consumed == 0 {
-                return Ok(());
+        let file = open_read(path)?;
+        let hasher = self.hasher.clone();
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD);
+            let (back, spare) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("audit-verify".into())
+                .spawn_scoped(scope, move || read_ahead(file, &hasher, &tx, &spare))?;
+            let mut place = Place {
+                path,
+                line: 0,
+                at: 0,
+                end: 0,
+                first_file,
+                first_in_file: true,
+            };
+            // Ends when the reader does (end of file or an error it sent);
+            // returning early drops `rx`, which ends the reader.
+            for batch in rx {
+                let batch: Batch = batch?;
+                for l in &batch.lines {
+                    place.line += 1;
+                    place.at = place.end;
+                    place.end += l.read.consumed;
+                    let line = &batch.data[l.start..l.end];
+                    match self.line(&place, line, &l.read, l.hash_checks) {
+                        Seen::Record => place.first_in_file = false,
+                        Seen::NotARecord => {}
+                        Seen::Failed => return Ok(()),
+                    }
+                }
+                // The reader reuses it if it still runs.
+                let _ = back.send(batch);
             }
-            place.line += 1;
-            place.at = place.end;
-            place.end += read.consumed;
-            match self.line(&place, &buf, &read) {
-                Seen::Record => place.first_in_file = false,
-                Seen::NotARecord => {}
-                Seen::Failed => return Ok(()),
-            }
-        }
+            Ok(())
+        })
     }
 
     /// Checks one line: a record that links, a line that is not a record
     /// (kept until a restart names it), or the first failure.
-    fn line(&mut self, p: &Place<'_>, line: &[u8], read: &crate::sink::file::lines::Line) -> Seen {
+    fn line(
+        &mut self,
+        p: &Place<'_>,
+        line: &[u8],
+        read: &crate::sink::file::lines::Line,
+        hashed: bool,
+    ) -> Seen {
         let unterminated = !read.terminated;
         if let Some(digest) = read.overlong {
             // Longer than any record: not held, named by its digest.
@@ -472,7 +495,7 @@ impl Verifier {
         if line.is_empty() {
             return Seen::NotARecord;
         }
-        let link = match self.sealed(p, line, unterminated) {
+        let link = match self.sealed(p, line, unterminated, hashed) {
             Ok(link) => link,
             Err(seen) => return seen,
         };
@@ -512,8 +535,9 @@ impl Verifier {
         p: &Place<'_>,
         line: &'a [u8],
         unterminated: bool,
+        hashed: bool,
     ) -> Result<Link<'a>, Seen> {
-        match check_line(&self.hasher, line) {
+        match check_line_hashed(line, hashed) {
             Ok(l) if !unterminated => Ok(l),
             Ok(_) | Err(LinkError::Malformed) => {
                 self.push_junk(p.path, p.line, p.at, line, unterminated);
@@ -862,6 +886,70 @@ impl Verifier {
             )
         };
         self.fail(kind, path, line_no, detail);
+    }
+}
+
+/// Batches the reader thread keeps ready ahead of the checking one.
+const AHEAD: usize = 2;
+/// Bytes of lines in one batch.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Lines read ahead, with their hash checked.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    lines: Vec<AheadLine>,
+}
+
+struct AheadLine {
+    start: usize,
+    end: usize,
+    read: crate::sink::file::lines::Line,
+    /// [`hash_checks`] of the line.
+    hash_checks: bool,
+}
+
+/// The reader thread of [`Verifier::file`]: the file's lines in batches of
+/// about [`BATCH_BYTES`], each with whether its hash checks under `hasher`
+/// (the one pure, costly part of checking a line). Stops at the end of the
+/// file, at a read error (sent on), or when the checker stops listening.
+fn read_ahead(
+    file: impl std::io::Read,
+    hasher: &Hasher,
+    tx: &std::sync::mpsc::SyncSender<std::io::Result<Batch>>,
+    spare: &std::sync::mpsc::Receiver<Batch>,
+) {
+    let mut r = BufReader::with_capacity(1 << 16, file);
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut batch = spare.try_recv().unwrap_or_default();
+        batch.data.clear();
+        batch.lines.clear();
+        let mut end = false;
+        while batch.data.len() < BATCH_BYTES {
+            let read = match crate::sink::file::lines::next_line(&mut r, &mut buf) {
+                Ok(read) => read,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            if read.consumed == 0 {
+                end = true;
+                break;
+            }
+            let start = batch.data.len();
+            batch.data.extend_from_slice(&buf);
+            batch.lines.push(AheadLine {
+                start,
+                end: batch.data.len(),
+                hash_checks: read.overlong.is_none() && hash_checks(hasher, &buf),
+                read,
+            });
+        }
+        if (!batch.lines.is_empty() && tx.send(Ok(batch)).is_err()) || end {
+            return;
+        }
     }
 }
 

@@ -1,0 +1,475 @@
+//! The verifier's fast path: a strict check of a line in exactly the form
+//! this crate writes (schema 2, keys in the written order, no whitespace),
+//! without serde.
+//!
+//! It owns one promise: it accepts a *subset* of what [`CheckedRecord`]'s
+//! serde parse accepts. Anything it does not recognise (another key order,
+//! whitespace, schema 1, an escaped key or `event_type`, a lone surrogate
+//! escape, a long or exotic number, nesting deeper than
+//! [`MAX_DEPTH`], a timestamp in another RFC 3339 spelling) gets `None`,
+//! and the caller runs the serde parse, which decides and explains. So the
+//! verdict on a line never depends on which path read it; only the time
+//! does (a written line is checked in one pass instead of a generic
+//! deserialisation). A test mutates written lines byte by byte and holds
+//! the subset promise.
+//!
+//! A leaf of `record`: uses only the record's own types.
+
+use std::borrow::Cow;
+
+use super::strict::Checked;
+use super::CheckedRecord;
+use crate::record::fields::{Outcome, Risk};
+
+/// Deeper `details` values go to the serde parse.
+const MAX_DEPTH: usize = 32;
+/// Objects in `details` with more keys go to the serde parse.
+const MAX_KEYS: usize = 64;
+
+/// Checks `line` (without its newline) as a record in the written form.
+pub(super) fn check(line: &[u8]) -> Option<CheckedRecord<'_>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut c = Cursor { s: text, i: 0 };
+    c.lit(b"{\"schema\":2,\"audit_id\":")?;
+    let audit_id = c.string()?.0;
+    c.lit(b",\"seq\":")?;
+    let seq = c.u64()?;
+    c.lit(b",\"chain_id\":")?;
+    let chain_id = c.plain_string()?;
+    uuid::Uuid::try_parse(chain_id).ok()?;
+    c.lit(b",\"timestamp\":")?;
+    let timestamp = c.timestamp()?;
+    c.lit(b",\"event_type\":")?;
+    let event_type = c.opt_plain_string()?;
+    c.lit(b",\"actor\":")?;
+    let actor = c.opt_string()?;
+    c.lit(b",\"resource\":")?;
+    let resource = c.opt_string()?;
+    c.lit(b",\"action\":")?;
+    let action = c.opt_string()?;
+    c.lit(b",\"outcome\":")?;
+    let outcome = match c.plain_string()? {
+        "success" => Outcome::Success,
+        "failure" => Outcome::Failure,
+        "unknown" => Outcome::Unknown,
+        _ => return None,
+    };
+    c.lit(b",\"risk_level\":")?;
+    let risk = match c.plain_string()? {
+        "low" => Risk::Low,
+        "medium" => Risk::Medium,
+        "high" => Risk::High,
+        "critical" => Risk::Critical,
+        _ => return None,
+    };
+    c.lit(b",\"session_id\":")?;
+    let session_id = c.opt_string()?;
+    c.lit(b",\"ip_address\":")?;
+    let ip_address = c.opt_string()?;
+    c.lit(b",\"message\":")?;
+    let message = c.opt_string()?;
+    c.lit(b",\"details\":")?;
+    if c.peek()? != b'{' {
+        return None;
+    }
+    c.value(0)?;
+    c.lit(b",\"service\":")?;
+    let service = c.opt_plain_string()?;
+    c.lit(b",\"version\":")?;
+    let version = c.opt_string()?;
+    c.lit(b",\"environment\":")?;
+    let environment = c.opt_string()?;
+    c.lit(b",\"host\":")?;
+    let host = c.opt_string()?;
+    c.lit(b",\"source\":{\"target\":")?;
+    let target = c.string()?.0;
+    c.lit(b",\"level\":")?;
+    let level = c.string()?.0;
+    c.lit(b",\"span\":")?;
+    let span = c.opt_string()?;
+    c.lit(b"},\"prev_hash\":")?;
+    let prev_hash = c.string()?.0;
+    c.lit(b",\"hash\":")?;
+    let hash = c.string()?.0;
+    c.lit(b"}")?;
+    if c.i != line.len() {
+        return None;
+    }
+    Some(CheckedRecord {
+        schema: 2,
+        _audit_id: Cow::Borrowed(audit_id),
+        _seq: seq,
+        chain_id: Some(Cow::Borrowed(chain_id)),
+        _timestamp: timestamp,
+        event_type: event_type.map(Cow::Borrowed),
+        _actor: actor.map(Cow::Borrowed),
+        _resource: resource.map(Cow::Borrowed),
+        _action: action.map(Cow::Borrowed),
+        _outcome: outcome,
+        _risk_level: risk,
+        _session_id: session_id.map(Cow::Borrowed),
+        _ip_address: ip_address.map(Cow::Borrowed),
+        _message: message.map(Cow::Borrowed),
+        _details: Checked,
+        service: service.map(Cow::Borrowed),
+        _version: version.map(Cow::Borrowed),
+        _environment: environment.map(Cow::Borrowed),
+        _host: host.map(Cow::Borrowed),
+        _source: super::CheckedSource {
+            _target: Cow::Borrowed(target),
+            _level: Cow::Borrowed(level),
+            _span: span.map(Cow::Borrowed),
+        },
+        _prev_hash: Cow::Borrowed(prev_hash),
+        _hash: Cow::Borrowed(hash),
+    })
+}
+
+/// A position in a line already known to be UTF-8.
+struct Cursor<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.s.as_bytes().get(self.i).copied()
+    }
+
+    /// Exactly these bytes.
+    fn lit(&mut self, want: &[u8]) -> Option<()> {
+        let end = self.i.checked_add(want.len())?;
+        if self.s.as_bytes().get(self.i..end)? == want {
+            self.i = end;
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// A JSON string: its raw text between the quotes (escapes as written)
+    /// and whether it had any. Control characters and lone surrogate
+    /// escapes are left to the serde parse (which refuses them).
+    fn string(&mut self) -> Option<(&'a str, bool)> {
+        let b = self.s.as_bytes();
+        if b.get(self.i) != Some(&b'"') {
+            return None;
+        }
+        let start = self.i + 1;
+        let mut i = start;
+        let mut escaped = false;
+        loop {
+            // The next quote or backslash; no control byte before it (a
+            // branch-free test the compiler vectorises).
+            let j = i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+            if b[i..j].iter().fold(false, |c, &x| c | (x < 0x20)) {
+                return None;
+            }
+            if b[j] == b'"' {
+                i = j;
+                break;
+            }
+            escaped = true;
+            match *b.get(j + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i = j + 2,
+                b'u' => {
+                    let hex = std::str::from_utf8(b.get(j + 2..j + 6)?).ok()?;
+                    if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                        return None;
+                    }
+                    let unit = u16::from_str_radix(hex, 16).ok()?;
+                    if (0xD800..=0xDFFF).contains(&unit) {
+                        return None;
+                    }
+                    i = j + 6;
+                }
+                _ => return None,
+            }
+        }
+        self.i = i + 1;
+        Some((&self.s[start..i], escaped))
+    }
+
+    /// A string without escapes (a value the verifier reads).
+    fn plain_string(&mut self) -> Option<&'a str> {
+        match self.string()? {
+            (s, false) => Some(s),
+            (_, true) => None,
+        }
+    }
+
+    fn null(&mut self) -> Option<bool> {
+        if self.peek()? == b'n' {
+            self.lit(b"null")?;
+            Some(true)
+        } else {
+            Some(false)
+        }
+    }
+
+    fn opt_string(&mut self) -> Option<Option<&'a str>> {
+        if self.null()? {
+            return Some(None);
+        }
+        Some(Some(self.string()?.0))
+    }
+
+    fn opt_plain_string(&mut self) -> Option<Option<&'a str>> {
+        if self.null()? {
+            return Some(None);
+        }
+        Some(Some(self.plain_string()?))
+    }
+
+    /// Digits without a leading zero, at most 19 (always within `u64`).
+    fn digits(&mut self) -> Option<&'a str> {
+        let b = self.s.as_bytes();
+        let start = self.i;
+        let n = b[start..].iter().take_while(|d| d.is_ascii_digit()).count();
+        if n == 0 || n > 19 || (n > 1 && b[start] == b'0') {
+            return None;
+        }
+        self.i += n;
+        Some(&self.s[start..start + n])
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.digits()?.parse().ok()
+    }
+
+    /// A JSON number whose value is finite and exact enough that any
+    /// reader agrees on it: an integer of at most 19 digits, or a
+    /// fraction/exponent form with at most 17 significant digits and an
+    /// exponent within ±300.
+    fn number(&mut self) -> Option<()> {
+        let b = self.s.as_bytes();
+        if self.peek()? == b'-' {
+            self.i += 1;
+        }
+        let int = self.digits()?.len();
+        let mut digits = int;
+        if b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            let n = b[self.i..]
+                .iter()
+                .take_while(|d| d.is_ascii_digit())
+                .count();
+            if n == 0 {
+                return None;
+            }
+            self.i += n;
+            digits += n;
+            if digits > 17 {
+                return None;
+            }
+        }
+        if matches!(b.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(b.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            let n = b[self.i..]
+                .iter()
+                .take_while(|d| d.is_ascii_digit())
+                .count();
+            if n == 0 || n > 3 || digits > 17 {
+                return None;
+            }
+            let exp: u32 = self.s[self.i..self.i + n].parse().ok()?;
+            if exp > 300 {
+                return None;
+            }
+            self.i += n;
+        }
+        Some(())
+    }
+
+    /// Any JSON value, with no duplicate key in any object.
+    fn value(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'n' => self.lit(b"null"),
+            b't' => self.lit(b"true"),
+            b'f' => self.lit(b"false"),
+            b'-' | b'0'..=b'9' => self.number(),
+            b'[' => {
+                self.i += 1;
+                if self.peek()? == b']' {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.value(depth + 1)?;
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'{' => {
+                self.i += 1;
+                if self.peek()? == b'}' {
+                    self.i += 1;
+                    return Some(());
+                }
+                let mut keys: [&str; MAX_KEYS] = [""; MAX_KEYS];
+                let mut n = 0;
+                loop {
+                    // An escaped key could equal another spelled plainly:
+                    // only plain keys are compared here.
+                    let key = self.plain_string()?;
+                    if n == MAX_KEYS || keys[..n].contains(&key) {
+                        return None;
+                    }
+                    keys[n] = key;
+                    n += 1;
+                    self.lit(b":")?;
+                    self.value(depth + 1)?;
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// `"YYYY-MM-DDTHH:MM:SS.ffffffZ"`, a real date and time.
+    fn timestamp(&mut self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let t = self.plain_string()?.as_bytes();
+        if t.len() != 27
+            || t[4] != b'-'
+            || t[7] != b'-'
+            || t[10] != b'T'
+            || t[13] != b':'
+            || t[16] != b':'
+            || t[19] != b'.'
+            || t[26] != b'Z'
+        {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| -> Option<u32> {
+            t[r].iter().try_fold(0u32, |acc, d| {
+                d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0'))
+            })
+        };
+        let year = i32::try_from(num(0..4)?).ok()?;
+        if year < 1970 {
+            return None;
+        }
+        let date = chrono::NaiveDate::from_ymd_opt(year, num(5..7)?, num(8..10)?)?;
+        let (h, m, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if s > 59 {
+            return None;
+        }
+        let time = date.and_hms_micro_opt(h, m, s, num(20..26)?)?;
+        Some(time.and_utc())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as the crate writes them: plain, with escapes, with nested
+    /// and numeric details, with nulls.
+    const LINES: &[&str] = &[
+        r#"{"schema":2,"audit_id":"01a244e9-14da-749b-b08a-98019dd1a1a7","seq":0,"chain_id":"01a244e9-14d9-7196-8935-7bbe2e88426a","timestamp":"2026-12-05T06:34:15.642519Z","event_type":"audit_started","actor":"tracing-audit","resource":null,"action":null,"outcome":"unknown","risk_level":"low","session_id":null,"ip_address":null,"message":"audit trail started","details":{"chain":"sha256","pid":11779,"crate_version":"0.1.0","resumed_after_seq":null,"clean_stop":null,"opened_file":"audit.2026-12-05.jsonl","retention":null},"service":"bench","version":null,"environment":null,"host":"vm","source":{"target":"tracing_audit","level":"INFO","span":null},"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","hash":"6e0f9d4650180076725e26e763edc8b6f46c800b399fbd337db7c1939bb0617e"}"#,
+        r#"{"schema":2,"audit_id":"01a244e9-14da-749b-b08a-98019dd1a1a8","seq":12345678901,"chain_id":"01a244e9-14d9-7196-8935-7bbe2e88426a","timestamp":"2024-02-29T23:59:59.000001Z","event_type":"data_export","actor":"al\"ice\u00e9","resource":"db/ü","action":"read","outcome":"failure","risk_level":"critical","session_id":"s-1","ip_address":"::1","message":"line\nbreak \\ tab\t","details":{"n":-12,"f":1.5e-3,"g":0.25,"a":[1,"x",null,true,false,{"k":{"k":[]}}],"o":{},"e":[],"bad":{"value":"x","error":"not a number"}},"service":"svc","version":"1.2.3","environment":"prod","host":"h","source":{"target":"app::db","level":"WARN","span":"req"},"prev_hash":"6e0f9d4650180076725e26e763edc8b6f46c800b399fbd337db7c1939bb0617e","hash":"0e0f9d4650180076725e26e763edc8b6f46c800b399fbd337db7c1939bb0617e"}"#,
+    ];
+
+    fn serde_verdict(line: &[u8]) -> Option<(Option<String>, Option<String>, Option<String>)> {
+        let r: CheckedRecord<'_> = serde_json::from_slice(line).ok()?;
+        super::super::check_schema(r.schema, r.chain_id.as_deref()).ok()?;
+        Some(summary(&r))
+    }
+
+    fn summary(r: &CheckedRecord<'_>) -> (Option<String>, Option<String>, Option<String>) {
+        (
+            r.chain_id.as_deref().map(str::to_owned),
+            r.event_type.as_deref().map(str::to_owned),
+            r.service.as_deref().map(str::to_owned),
+        )
+    }
+
+    #[test]
+    fn written_lines_take_the_fast_path_with_the_same_reading() {
+        for line in LINES {
+            let fast = check(line.as_bytes()).expect("a written line is recognised");
+            assert_eq!(Some(summary(&fast)), serde_verdict(line.as_bytes()));
+            assert_eq!(
+                fast._seq,
+                serde_json::from_str::<CheckedRecord<'_>>(line)
+                    .unwrap()
+                    ._seq
+            );
+            assert_eq!(
+                fast._timestamp,
+                serde_json::from_str::<CheckedRecord<'_>>(line)
+                    .unwrap()
+                    ._timestamp
+            );
+        }
+    }
+
+    /// The promise: whatever the fast path accepts, the serde parse
+    /// accepts too and reads the same way. Every one-byte deletion, every
+    /// one-byte replacement from a set of JSON-significant bytes, and a
+    /// duplicated key are tried on every written line.
+    #[test]
+    fn the_fast_path_accepts_only_what_the_strict_parse_accepts() {
+        let bytes: &[u8] = b"\"\\{}[],:0159-+.eEnulltrueZT \x01\x7f/abu";
+        let mut accepted = 0;
+        let mut tried = 0;
+        let mut try_line = |m: &[u8]| {
+            tried += 1;
+            if let Some(fast) = check(m) {
+                accepted += 1;
+                assert_eq!(
+                    serde_verdict(m),
+                    Some(summary(&fast)),
+                    "fast path accepted what serde refuses or reads otherwise: {}",
+                    String::from_utf8_lossy(m)
+                );
+            }
+        };
+        for line in LINES {
+            let line = line.as_bytes();
+            for i in 0..line.len() {
+                let mut m = line.to_vec();
+                m.remove(i);
+                try_line(&m);
+                for &b in bytes {
+                    let mut m = line.to_vec();
+                    m[i] = b;
+                    try_line(&m);
+                }
+                let mut m = line.to_vec();
+                m.insert(i, b' ');
+                try_line(&m);
+            }
+            // A key repeated inside details, and a lone surrogate.
+            let s = std::str::from_utf8(line).unwrap();
+            let dup = s.replacen("\"details\":{", "\"details\":{\"x\":1,\"x\":2,", 1);
+            assert!(check(dup.as_bytes()).is_none());
+            assert!(serde_verdict(dup.as_bytes()).is_none());
+            let lone = s.replacen("\"message\":", "\"message\":\"\\ud800\",\"m\":", 1);
+            assert!(check(lone.as_bytes()).is_none());
+        }
+        // Some mutations are still records (a digit changed, say): the
+        // comparison above ran on them.
+        assert!(accepted > 100, "{accepted} of {tried}");
+    }
+}
