@@ -419,3 +419,33 @@ fn age_and_size_retention_remove_whole_old_files_and_verify_as_retention() {
         "{r:?}"
     );
 }
+
+/// `verify` reads a file on two threads, in batches of 256 KiB: an edit far
+/// into a multi-batch trail is still named by its own line, nothing after
+/// it counts, and the same trail unedited verifies whole.
+#[test]
+fn an_edit_deep_in_a_large_trail_is_named_by_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), Some(KEY), "svc", 4000);
+    let path = only_file(dir.path());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.len() > 4 * 256 * 1024,
+        "{} bytes: too few batches",
+        text.len()
+    );
+    let whole = verify(dir.path(), Some(KEY)).unwrap();
+    assert!(whole.is_ok(), "{whole:?}");
+    // Every line is a record (start, events, stop and its checkpoint).
+    assert_eq!(whole.records, text.lines().count() as u64);
+
+    // Line 3001 (seq 3000): same length, one value changed.
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert!(lines[3000].contains("\"actor\":\"bob\""));
+    lines[3000] = lines[3000].replacen("\"actor\":\"bob\"", "\"actor\":\"eve\"", 1);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let r = verify(dir.path(), Some(KEY)).unwrap();
+    assert_eq!(failure(&r), FailureKind::Modified);
+    assert_eq!(r.failure.as_ref().unwrap().line, 3001);
+    assert_eq!(r.records, 3000);
+}
