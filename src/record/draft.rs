@@ -37,9 +37,11 @@ pub(crate) struct Draft {
     span_risk: Option<Range<usize>>,
     /// The inside of the `details` object: `"k":v,"k2":v2`.
     pub(crate) details: Vec<u8>,
-    /// The keys written to `details`, each followed by `\0`: every key is
-    /// unique (a repeated one gets `#2`, `#3`…).
+    /// The keys written to `details`, one after another (see `key_ends`):
+    /// every key is unique (a repeated one gets `#2`, `#3`…).
     keys: String,
+    /// Where each key in `keys` ends.
+    key_ends: Vec<usize>,
     /// Fields whose value did not parse; kept as given in `details`.
     pub(crate) invalid: Vec<String>,
     /// Fields whose value was cut to the limit.
@@ -57,6 +59,43 @@ pub(crate) struct Draft {
     redactor: Option<Arc<Redactor>>,
     /// Fields whose value was redacted.
     pub(crate) redacted: Vec<String>,
+    /// What each recently seen field name means (see [`NameSlot`]).
+    /// ([`NAME_SLOTS`] of them once the first field is read.)
+    names: Vec<NameSlot>,
+}
+
+/// Field names remembered per thread (a direct-mapped table).
+const NAME_SLOTS: usize = 64;
+
+/// What a field name means for a draft, worked out once and kept while the
+/// thread sees it: its `audit.*` class, whether the redactor hides its
+/// value, and its JSON key. Names of `tracing` fields are `&'static str`,
+/// so a name is known by its address and length: text at one static
+/// address never changes.
+#[derive(Debug, Default)]
+struct NameSlot {
+    name: Option<&'static str>,
+    class: Option<AuditName>,
+    redact: bool,
+    /// The name as a JSON string, quotes included.
+    key: Vec<u8>,
+}
+
+/// A `details` key: a field's static name (looked up in the table, slot
+/// given) or any other text.
+#[derive(Clone, Copy, Debug)]
+enum DetailKey<'a> {
+    Static(&'static str, usize),
+    Text(&'a str),
+}
+
+impl<'a> DetailKey<'a> {
+    fn text(self) -> &'a str {
+        match self {
+            DetailKey::Static(s, _) => s,
+            DetailKey::Text(s) => s,
+        }
+    }
 }
 
 impl Draft {
@@ -70,6 +109,7 @@ impl Draft {
             span_risk: None,
             details: Vec::with_capacity(256),
             keys: String::new(),
+            key_ends: Vec::new(),
             panics: 0,
             invalid: Vec::new(),
             truncated: Vec::new(),
@@ -78,6 +118,46 @@ impl Draft {
             keep_details: true,
             redactor: None,
             redacted: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+
+    /// The table slot of `name`, filled in if it held another name.
+    #[inline]
+    fn name_slot(&mut self, name: &'static str) -> usize {
+        let at = name.as_ptr() as usize ^ name.len().rotate_left(40);
+        let i = (at.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) % NAME_SLOTS;
+        if self.names.is_empty() {
+            self.names.resize_with(NAME_SLOTS, NameSlot::default);
+        }
+        let slot = &mut self.names[i];
+        let known = slot
+            .name
+            .is_some_and(|n| std::ptr::eq(n.as_ptr(), name.as_ptr()) && n.len() == name.len());
+        if !known {
+            slot.name = Some(name);
+            slot.class = classify(name);
+            slot.redact = self.redactor.as_ref().is_some_and(|r| r.matches(name));
+            slot.key.clear();
+            encode::write_plain_str(&mut slot.key, name);
+        }
+        i
+    }
+
+    /// The class of field `name` and, for a `details` name, its key.
+    #[inline]
+    fn field_name(&mut self, name: &'static str) -> (Option<AuditName>, DetailKey<'static>) {
+        let i = self.name_slot(name);
+        (self.names[i].class, DetailKey::Static(name, i))
+    }
+
+    /// The key a non-`audit` field is written under: its name without a
+    /// raw identifier's `r#`.
+    #[inline]
+    fn plain_key(&mut self, name: &'static str, key: DetailKey<'static>) -> DetailKey<'static> {
+        match name.strip_prefix("r#") {
+            Some(plain) => DetailKey::Static(plain, self.name_slot(plain)),
+            None => key,
         }
     }
 
@@ -91,23 +171,28 @@ impl Draft {
         };
         if !same {
             self.redactor = r.clone();
+            // Redaction verdicts were the old redactor's.
+            self.names.iter_mut().for_each(|s| s.name = None);
         }
     }
 
     /// Whether the value of `name` is redacted.
     #[inline]
-    fn redacts(&self, name: &str) -> bool {
-        self.redactor.as_ref().is_some_and(|r| r.matches(name))
+    fn redacts(&self, key: DetailKey<'_>) -> bool {
+        match key {
+            DetailKey::Static(_, i) => self.names[i].redact,
+            DetailKey::Text(name) => self.redactor.as_ref().is_some_and(|r| r.matches(name)),
+        }
     }
 
     /// Writes `name` with its value redacted (`raw` is the value's text);
     /// with `invalid`, flags it.
-    fn detail_redacted(&mut self, name: &str, raw: &[u8], invalid: bool) {
+    fn detail_redacted(&mut self, name: DetailKey<'_>, raw: &[u8], invalid: bool) {
         let renamed = self.detail_key(name);
         if let Some(r) = &self.redactor {
             r.write_value(&mut self.details, raw);
         }
-        let key = renamed.unwrap_or_else(|| name.to_owned());
+        let key = renamed.unwrap_or_else(|| name.text().to_owned());
         if invalid {
             self.invalid.push(key.clone());
         }
@@ -139,6 +224,7 @@ impl Draft {
         self.span_risk = None;
         self.details.clear();
         self.keys.clear();
+        self.key_ends.clear();
         self.invalid.clear();
         self.truncated.clear();
         self.redacted.clear();
@@ -220,16 +306,25 @@ impl Draft {
     }
 
     fn key_used(&self, name: &str) -> bool {
-        name == INVALID_KEY
-            || name == TRUNCATED_KEY
-            || name == REDACTED_KEY
-            || self.keys.split_terminator('\0').any(|k| k == name)
+        name == INVALID_KEY || name == TRUNCATED_KEY || name == REDACTED_KEY || {
+            // Lengths first: most keys differ there.
+            let mut start = 0;
+            self.key_ends.iter().any(|&end| {
+                let k = &self.keys.as_bytes()[start..end];
+                start = end;
+                k.len() == name.len() && k == name.as_bytes()
+            })
+        }
     }
 
     /// Writes a unique key for `name` (a repeat, or a name the crate uses
     /// itself, gets `#2`, `#3`…). Returns the new name when it renamed
     /// (the common case allocates nothing).
-    fn detail_key(&mut self, name: &str) -> Option<String> {
+    fn detail_key(&mut self, key: DetailKey<'_>) -> Option<String> {
+        let (name, key_slot) = match key {
+            DetailKey::Static(name, i) => (name, Some(i)),
+            DetailKey::Text(name) => (name, None),
+        };
         if !self.details.is_empty() {
             self.details.push(b',');
         }
@@ -245,20 +340,23 @@ impl Draft {
         });
         let key = renamed.as_deref().unwrap_or(name);
         self.keys.push_str(key);
-        self.keys.push('\0');
-        encode::write_plain_str(&mut self.details, key);
+        self.key_ends.push(self.keys.len());
+        match (renamed.is_some(), key_slot) {
+            (false, Some(i)) => self.details.extend_from_slice(&self.names[i].key),
+            _ => encode::write_plain_str(&mut self.details, key),
+        }
         self.details.push(b':');
         renamed
     }
 
     /// Adds a string value to `details`, truncating to the limit.
     pub(crate) fn detail_str(&mut self, name: &str, v: &str) {
-        self.detail_str_dropped(name, v, 0, false);
+        self.detail_str_dropped(DetailKey::Text(name), v, 0, false);
     }
 
     /// Adds a string value of which `dropped` bytes were already left out;
     /// with `invalid`, flags it (under the key it was written as).
-    fn detail_str_dropped(&mut self, name: &str, v: &str, dropped: usize, invalid: bool) {
+    fn detail_str_dropped(&mut self, name: DetailKey<'_>, v: &str, dropped: usize, invalid: bool) {
         if !self.keep_details {
             return;
         }
@@ -268,7 +366,7 @@ impl Draft {
         let renamed = self.detail_key(name);
         let cut = encode::write_str_dropped(&mut self.details, v, self.limit, dropped);
         if cut || invalid {
-            let key = renamed.unwrap_or_else(|| name.to_owned());
+            let key = renamed.unwrap_or_else(|| name.text().to_owned());
             if cut {
                 self.truncated.push(key.clone());
             }
@@ -283,6 +381,7 @@ impl Draft {
         if !self.keep_details {
             return;
         }
+        let name = DetailKey::Text(name);
         if self.redacts(name) {
             let mut digits = Vec::new();
             encode::write_u64(&mut digits, v);
@@ -297,6 +396,7 @@ impl Draft {
         if !self.keep_details {
             return;
         }
+        let name = DetailKey::Text(name);
         if self.redacts(name) {
             return self.detail_redacted(name, json, false);
         }
@@ -306,7 +406,7 @@ impl Draft {
 
     /// Adds a `Debug` value, formatted at most to the limit (the rest is
     /// counted, never built); with `invalid`, flags it.
-    fn detail_debug(&mut self, name: &str, v: &dyn fmt::Debug, invalid: bool) {
+    fn detail_debug(&mut self, name: DetailKey<'_>, v: &dyn fmt::Debug, invalid: bool) {
         if !self.keep_details {
             return;
         }
@@ -333,7 +433,7 @@ impl Draft {
             Some((Err(_), r)) => {
                 let s = self.arena[r].to_owned();
                 let dropped = self.dropped[ContextField::Risk as usize];
-                self.detail_str_dropped("audit.risk", &s, dropped, true);
+                self.detail_str_dropped(DetailKey::Text("audit.risk"), &s, dropped, true);
                 let from_span = self
                     .span_risk
                     .clone()
@@ -352,7 +452,7 @@ impl Draft {
             Some((Err(_), r)) => {
                 let s = self.arena[r].to_owned();
                 let dropped = self.dropped[ContextField::Outcome as usize];
-                self.detail_str_dropped("audit.outcome", &s, dropped, true);
+                self.detail_str_dropped(DetailKey::Text("audit.outcome"), &s, dropped, true);
                 Outcome::Unknown
             }
         }
@@ -391,21 +491,26 @@ impl Draft {
 
     fn record_string(&mut self, field: &Field, v: &str) {
         let name = field.name();
-        match classify(name) {
+        let (class, key) = self.field_name(name);
+        match class {
             Some(AuditName::Event) => self.event = Some(self.push_arena(v)),
             Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena(v)),
-            Some(AuditName::Details) => self.detail_str(name, v),
-            Some(AuditName::Unknown) => self.detail_str_dropped(name, v, 0, true),
+            Some(AuditName::Details) => self.detail_str_dropped(key, v, 0, false),
+            Some(AuditName::Unknown) => self.detail_str_dropped(key, v, 0, true),
             None if name == "message" && !self.keep_details => {}
             None if name == "message" => self.message = Some(self.push_arena(v)),
-            None => self.detail_str(name.strip_prefix("r#").unwrap_or(name), v),
+            None => {
+                let key = self.plain_key(name, key);
+                self.detail_str_dropped(key, v, 0, false)
+            }
         }
     }
 
     /// For typed values: audit slots take their text, `details` keeps the type.
     fn record_typed(&mut self, field: &Field, v: &dyn fmt::Debug, json: impl FnOnce(&mut Vec<u8>)) {
         let name = field.name();
-        match classify(name) {
+        let (class, key) = self.field_name(name);
+        match class {
             Some(AuditName::Event) => self.event = Some(self.push_arena_fmt(v, EVENT_SLOT, name)),
             Some(AuditName::Context(c)) => {
                 self.ctx[c as usize] = Some(self.push_arena_fmt(v, c as usize, name))
@@ -418,7 +523,7 @@ impl Draft {
                 if !self.keep_details {
                     return;
                 }
-                let plain = name.strip_prefix("r#").unwrap_or(name);
+                let plain = self.plain_key(name, key);
                 if self.redacts(plain) {
                     let mut text = Vec::new();
                     json(&mut text);
@@ -429,7 +534,7 @@ impl Draft {
                 json(&mut self.details);
                 if other == Some(AuditName::Unknown) {
                     self.invalid
-                        .push(renamed.unwrap_or_else(|| plain.to_owned()));
+                        .push(renamed.unwrap_or_else(|| plain.text().to_owned()));
                 }
             }
         }
@@ -503,7 +608,8 @@ impl Visit for Draft {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let name = field.name();
-        match classify(name) {
+        let (class, key) = self.field_name(name);
+        match class {
             Some(AuditName::Event) => {
                 self.event = Some(self.push_arena_fmt(value, EVENT_SLOT, name))
             }
@@ -514,8 +620,11 @@ impl Visit for Draft {
             None if name == "message" => {
                 self.message = Some(self.push_arena_fmt(value, MESSAGE_SLOT, name))
             }
-            Some(AuditName::Unknown) => self.detail_debug(name, value, true),
-            _ => self.detail_debug(name.strip_prefix("r#").unwrap_or(name), value, false),
+            Some(AuditName::Unknown) => self.detail_debug(key, value, true),
+            _ => {
+                let key = self.plain_key(name, key);
+                self.detail_debug(key, value, false)
+            }
         }
     }
 
@@ -591,7 +700,12 @@ impl Visit for Draft {
                 }
             }
             Err(e) => {
-                self.detail_str_dropped(name, &format!("<unserialisable: {e}>"), 0, true);
+                self.detail_str_dropped(
+                    DetailKey::Text(name),
+                    &format!("<unserialisable: {e}>"),
+                    0,
+                    true,
+                );
             }
         }
     }
@@ -675,6 +789,76 @@ mod tests {
         c.detail_u64("n", 1);
         c.reset(10);
         assert!(c.event_type().is_none() && c.message().is_none() && c.details.is_empty());
+    }
+
+    /// Visits every event into one reused draft per redactor, in turn (as
+    /// two layers with different redaction on one thread do), and keeps
+    /// each `details`.
+    struct Visits {
+        redactors: Vec<Option<Arc<Redactor>>>,
+        out: Arc<std::sync::Mutex<Vec<String>>>,
+        draft: std::sync::Mutex<Draft>,
+    }
+
+    impl<S: tracing_core::Subscriber> tracing_subscriber::Layer<S> for Visits {
+        fn on_event(
+            &self,
+            e: &tracing_core::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut d = self.draft.lock().unwrap();
+            for r in &self.redactors {
+                d.use_redactor(r);
+                d.reset(100);
+                e.record(&mut *d);
+                let details = String::from_utf8(d.details.clone()).unwrap();
+                self.out.lock().unwrap().push(details);
+            }
+        }
+    }
+
+    /// The per-thread table of field names must never change a record: a
+    /// name redacted under one redactor is clear under another on the same
+    /// thread, raw identifiers lose their `r#`, and more names than the
+    /// table holds (evicting one another) each keep their own key.
+    #[test]
+    fn remembered_field_names_give_the_same_details() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let redactor = Redactor::new(&["password".to_owned()], None).map(Arc::new);
+        let visits = Visits {
+            redactors: vec![redactor, None],
+            out: out.clone(),
+            draft: std::sync::Mutex::new(Draft::new(100)),
+        };
+        macro_rules! many {
+            ($($a:ident $b:ident),*) => {
+                $( tracing::info!($a = 1u64, $b = "x", password = "p", r#type = true); )*
+            };
+        }
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(visits), || {
+            for _ in 0..2 {
+                many!(a0 b0, a1 b1, a2 b2, a3 b3, a4 b4, a5 b5, a6 b6, a7 b7, a8 b8, a9 b9,
+                    a10 b10, a11 b11, a12 b12, a13 b13, a14 b14, a15 b15, a16 b16, a17 b17,
+                    a18 b18, a19 b19, a20 b20, a21 b21, a22 b22, a23 b23, a24 b24, a25 b25,
+                    a26 b26, a27 b27, a28 b28, a29 b29, a30 b30, a31 b31, a32 b32, a33 b33);
+            }
+        });
+        let out = out.lock().unwrap();
+        assert_eq!(out.len(), 2 * 34 * 2);
+        for (n, details) in out.iter().enumerate() {
+            let i = (n / 2) % 34;
+            let password = if n % 2 == 0 {
+                "\"[redacted]\""
+            } else {
+                "\"p\""
+            };
+            assert_eq!(
+                details,
+                &format!(r#""a{i}":1,"b{i}":"x","password":{password},"type":true"#),
+                "event {n}"
+            );
+        }
     }
 
     #[test]
