@@ -586,6 +586,12 @@ fn main() {
         }
         Some("latency") => return caller_latency_bench(),
         Some("durable") => return durable_bench(),
+        Some("e2e1-plain") => {
+            // One thread, 50 000 plain events: small enough for callgrind.
+            let r = audit_workload(Workload::Plain, 1, 50_000);
+            println!("{:.0}/s, {:.2} µs CPU/record", r.per_sec, r.cpu_us);
+            return;
+        }
         Some("e2e1") => {
             println!("{:.0}/s", audit_run(1, 50_000));
             return;

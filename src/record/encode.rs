@@ -241,11 +241,41 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// as 1970-01-01T00:00:00.000000Z.
 pub(crate) fn write_timestamp(buf: &mut Vec<u8>, t: SystemTime) {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
+    let secs = d.as_secs();
+    // Events come many to a second: the date and time up to the second
+    // are worked out once per second and thread.
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 20])> =
+            const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+    }
+    let head = SECOND
+        .try_with(|c| match c.get() {
+            (s, head) if s == secs => head,
+            _ => {
+                let head = second_prefix(secs);
+                c.set((secs, head));
+                head
+            }
+        })
+        .unwrap_or_else(|_| second_prefix(secs));
+    let mut out = [0u8; 27];
+    out[..20].copy_from_slice(&head);
+    let mut v = d.subsec_micros();
+    for i in (20..26).rev() {
+        out[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out[26] = b'Z';
+    buf.extend_from_slice(&out);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` since the epoch.
+fn second_prefix(secs: u64) -> [u8; 20] {
+    let secs = secs.min(i64::MAX as u64) as i64;
     let (y, mo, day) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400) as u32;
     let year = y.clamp(0, 9999) as u32;
-    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut out = *b"0000-00-00T00:00:00.";
     let mut put = |at: usize, v: u32, width: usize| {
         let mut v = v;
         for i in (at..at + width).rev() {
@@ -259,8 +289,7 @@ pub(crate) fn write_timestamp(buf: &mut Vec<u8>, t: SystemTime) {
     put(11, sod / 3600, 2);
     put(14, sod / 60 % 60, 2);
     put(17, sod % 60, 2);
-    put(20, d.subsec_micros(), 6);
-    buf.extend_from_slice(&out);
+    out
 }
 
 #[cfg(test)]
@@ -369,14 +398,19 @@ mod tests {
             rng ^= rng << 17;
             samples.push(rng % 253_402_300_800);
         }
-        for secs in samples {
-            let t = UNIX_EPOCH + Duration::from_micros(secs * 1_000_000 + 123_456);
-            let mut b = Vec::new();
-            write_timestamp(&mut b, t);
-            let expect = DateTime::<Utc>::from(t)
-                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-                .to_string();
-            assert_eq!(String::from_utf8(b).unwrap(), expect);
+        // Each second twice (the second time from the per-second cache),
+        // and every other sample back to the first second.
+        for (n, secs) in samples.iter().enumerate() {
+            let back = if n % 2 == 0 { samples[0] } else { *secs };
+            for (secs, micros) in [(*secs, 123_456), (*secs, 999_999), (back, 7)] {
+                let t = UNIX_EPOCH + Duration::from_micros(secs * 1_000_000 + micros);
+                let mut b = Vec::new();
+                write_timestamp(&mut b, t);
+                let expect = DateTime::<Utc>::from(t)
+                    .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                    .to_string();
+                assert_eq!(String::from_utf8(b).unwrap(), expect);
+            }
         }
     }
 
