@@ -310,6 +310,8 @@ fn sealed_lines_that_are_not_records_fail_verify_and_readers_agree() {
         ("\"details\":{", "\"details\":{\"i\":1,"),
         ("\"message\":\"read\"", "\"message\":\"\\ud800\""),
         ("\"details\":{", "\"details\":{\"big\":1e400,"),
+        // `details` must be an object for verify as for the readers.
+        ("\"details\":{\"i\":0}", "\"details\":[0]"),
     ];
     for (from, to) in cases {
         let d = common::tempdir();

@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use super::strict::Checked;
+use super::strict::CheckedObject;
 use super::CheckedRecord;
 use crate::record::fields::{Outcome, Risk};
 
@@ -110,7 +110,7 @@ pub(super) fn check(line: &[u8]) -> Option<CheckedRecord<'_>> {
         _session_id: session_id.map(Cow::Borrowed),
         _ip_address: ip_address.map(Cow::Borrowed),
         _message: message.map(Cow::Borrowed),
-        _details: Checked,
+        _details: CheckedObject,
         service: service.map(Cow::Borrowed),
         _version: version.map(Cow::Borrowed),
         _environment: environment.map(Cow::Borrowed),

@@ -449,7 +449,7 @@ pub(crate) struct CheckedRecord<'a> {
     #[serde(borrow, rename = "message")]
     _message: Option<std::borrow::Cow<'a, str>>,
     #[serde(rename = "details")]
-    _details: strict::Checked,
+    _details: strict::CheckedObject,
     #[serde(borrow)]
     pub(crate) service: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, rename = "version")]
@@ -502,6 +502,17 @@ mod strict {
     /// A value checked like [`map`]'s, without building it.
     #[derive(Debug)]
     pub(super) struct Checked;
+
+    /// An object checked like [`map`]'s (anything else is refused, as
+    /// [`map`] refuses it), without building it.
+    #[derive(Debug)]
+    pub(super) struct CheckedObject;
+
+    impl<'de> serde::Deserialize<'de> for CheckedObject {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(CheckVisitor).map(|()| CheckedObject)
+        }
+    }
 
     impl<'de> serde::Deserialize<'de> for Checked {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
