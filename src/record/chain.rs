@@ -228,11 +228,14 @@ pub(crate) fn check_line<'a>(hasher: &Hasher, line: &'a [u8]) -> Result<Link<'a>
     link_if(link, hash_matches(hasher, line))
 }
 
-/// Whether a line's layout is sealed and its hash checks, for a thread
+/// Whether a line's stored hash is the hash of its bytes, for a thread
 /// that checks hashes ahead of the one that reads the links
-/// ([`check_line_hashed`]).
+/// ([`check_line_hashed`], which alone says whether the layout is a sealed
+/// line's: together they answer as [`check_line`] does).
 pub(crate) fn hash_checks(hasher: &Hasher, line: &[u8]) -> bool {
-    read_link(line).is_ok() && hash_matches(hasher, line)
+    // Only the length `hash_matches` slices by: whether the layout is a
+    // sealed line's is `check_line_hashed`'s to say (on the other thread).
+    line.len() >= MIN_SEALED && hash_matches(hasher, line)
 }
 
 /// [`check_line`] for a line whose [`hash_checks`] answer is known.
@@ -258,15 +261,16 @@ pub(crate) fn hash_matches(hasher: &Hasher, line: &[u8]) -> bool {
     line[n - HASH_SUFFIX_LEN + HASH_KEY.len()..n - HASH_SUFFIX_LEN + HASH_KEY.len() + 64] == hex
 }
 
+/// No sealed line is shorter.
+const MIN_SEALED: usize = HEAD.len() + ID_LEN + SEQ_KEY.len() + HASH_SUFFIX_LEN + PREV_LEN;
+
 /// Reads one line's chain fields from their fixed places, without
 /// checking its hash (`Malformed` if they are not where a sealed line has
 /// them).
 pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
     let n = line.len();
     let v2 = line.starts_with(HEAD);
-    if n < HEAD.len() + ID_LEN + SEQ_KEY.len() + HASH_SUFFIX_LEN + PREV_LEN
-        || !(v2 || line.starts_with(HEAD_V1))
-    {
+    if n < MIN_SEALED || !(v2 || line.starts_with(HEAD_V1)) {
         return Err(LinkError::Malformed);
     }
     let suffix = &line[n - HASH_SUFFIX_LEN..];
