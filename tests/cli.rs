@@ -287,6 +287,35 @@ fn a_huge_line_is_not_a_record_and_memory_stays_bounded() {
     );
 }
 
+/// Lines long enough to be held (under 16 MiB) but far longer than a
+/// record: `verify` reads ahead on a second thread, and still holds one
+/// such line at a time (six of 15 MiB: holding them as ordinary batches
+/// would take about 75 MiB).
+#[test]
+fn long_lines_are_held_one_at_a_time_when_verifying() {
+    let dir = common::tempdir();
+    let d = dir.path().to_str().unwrap();
+    sample(dir.path(), None);
+    let f = common::audit_files(dir.path()).pop().unwrap();
+    {
+        use std::io::Write;
+        let mut w = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        let mut line = vec![b'a'; 15 << 20];
+        line.push(b'\n');
+        for _ in 0..6 {
+            w.write_all(&line).unwrap();
+        }
+    }
+    let (code, rss_kib) = run_measured(&["verify", d]);
+    eprintln!(
+        "verify over six 15 MiB lines: exit {code}, peak RSS {} MiB",
+        rss_kib / 1024
+    );
+    // Lines after audit_stopped that no restart named: someone else's.
+    assert_eq!(code, 1);
+    assert!(rss_kib < 40 * 1024, "{rss_kib} KiB");
+}
+
 /// Writes a trail whose records carry attacker-controlled text.
 fn hostile(dir: &std::path::Path) {
     let (audit, guard) = AuditLayer::builder().file(dir).build().unwrap();

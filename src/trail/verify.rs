@@ -913,6 +913,12 @@ struct AheadLine {
 /// about [`BATCH_BYTES`], each with whether its hash checks under `hasher`
 /// (the one pure, costly part of checking a line). Stops at the end of the
 /// file, at a read error (sent on), or when the checker stops listening.
+///
+/// Memory stays what reading one line at a time needs: at most
+/// [`AHEAD`] + 2 batches of ordinary lines exist, and a line longer than a
+/// batch (up to the 16 MiB a line may hold) is read only once every batch
+/// sent has come back, goes alone (moved, not copied), and is back before
+/// the next line is read: one such line is held at a time, as before.
 fn read_ahead(
     file: impl std::io::Read,
     hasher: &Hasher,
@@ -921,8 +927,31 @@ fn read_ahead(
 ) {
     let mut r = BufReader::with_capacity(1 << 16, file);
     let mut buf = Vec::with_capacity(1024);
+    // Batches sent and not yet back.
+    let mut out = 0usize;
+    // Waits until every batch sent is back; false if the checker stopped.
+    let drain = |out: &mut usize| {
+        while *out > 0 {
+            match spare.recv() {
+                Ok(_) => *out -= 1,
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    // A batch back from the checker, kept for the next fill.
+    let mut kept: Option<Batch> = None;
     loop {
-        let mut batch = spare.try_recv().unwrap_or_default();
+        let mut batch = match kept.take() {
+            Some(b) => b,
+            None => match spare.try_recv() {
+                Ok(b) => {
+                    out -= 1;
+                    b
+                }
+                Err(_) => Batch::default(),
+            },
+        };
         batch.data.clear();
         batch.lines.clear();
         let mut end = false;
@@ -938,17 +967,67 @@ fn read_ahead(
                 end = true;
                 break;
             }
+            let hash_checks = read.overlong.is_none() && hash_checks(hasher, &buf);
+            if buf.len() > BATCH_BYTES {
+                // A long line: what is batched goes first, then the line
+                // alone once nothing else is held, and it comes back
+                // before the next line is read.
+                if !batch.lines.is_empty() {
+                    if tx.send(Ok(std::mem::take(&mut batch))).is_err() {
+                        return;
+                    }
+                    out += 1;
+                }
+                if !drain(&mut out) {
+                    return;
+                }
+                let len = buf.len();
+                let alone = Batch {
+                    data: std::mem::replace(&mut buf, Vec::with_capacity(1024)),
+                    lines: vec![AheadLine {
+                        start: 0,
+                        end: len,
+                        hash_checks,
+                        read,
+                    }],
+                };
+                if tx.send(Ok(alone)).is_err() {
+                    return;
+                }
+                out += 1;
+                if !drain(&mut out) {
+                    return;
+                }
+                continue;
+            }
             let start = batch.data.len();
             batch.data.extend_from_slice(&buf);
             batch.lines.push(AheadLine {
                 start,
                 end: batch.data.len(),
-                hash_checks: read.overlong.is_none() && hash_checks(hasher, &buf),
+                hash_checks,
                 read,
             });
         }
-        if (!batch.lines.is_empty() && tx.send(Ok(batch)).is_err()) || end {
+        if !batch.lines.is_empty() {
+            if tx.send(Ok(batch)).is_err() {
+                return;
+            }
+            out += 1;
+        }
+        if end {
             return;
+        }
+        // Never more than the channel's batches, one being checked and
+        // this one: wait for one back before filling another.
+        if out > AHEAD + 1 {
+            match spare.recv() {
+                Ok(b) => {
+                    out -= 1;
+                    kept = Some(b);
+                }
+                Err(_) => return,
+            }
         }
     }
 }
