@@ -252,21 +252,24 @@ fn run_measured(args: &[&str]) -> (i32, i64) {
     (libc::WEXITSTATUS(status), usage.ru_maxrss)
 }
 
+/// A sample trail with `chunk` appended `times` to its last file.
+fn sample_with_appended(chunk: &[u8], times: usize) -> tempfile::TempDir {
+    use std::io::Write;
+    let dir = common::tempdir();
+    sample(dir.path(), None);
+    let f = common::audit_files(dir.path()).pop().unwrap();
+    let mut w = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+    for _ in 0..times {
+        w.write_all(chunk).unwrap();
+    }
+    dir
+}
+
 #[test]
 fn a_huge_line_is_not_a_record_and_memory_stays_bounded() {
-    let dir = common::tempdir();
-    let d = dir.path().to_str().unwrap();
-    sample(dir.path(), None);
     // 80 MB without a newline, appended to the trail.
-    let f = common::audit_files(dir.path()).pop().unwrap();
-    {
-        use std::io::Write;
-        let mut w = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
-        let chunk = vec![b'a'; 1 << 20];
-        for _ in 0..80 {
-            w.write_all(&chunk).unwrap();
-        }
-    }
+    let dir = sample_with_appended(&vec![b'a'; 1 << 20], 80);
+    let d = dir.path().to_str().unwrap();
     for cmd in ["verify", "query"] {
         let (code, rss_kib) = run_measured(&[cmd, d]);
         eprintln!(
@@ -293,19 +296,10 @@ fn a_huge_line_is_not_a_record_and_memory_stays_bounded() {
 /// would take about 75 MiB).
 #[test]
 fn long_lines_are_held_one_at_a_time_when_verifying() {
-    let dir = common::tempdir();
+    let mut line = vec![b'a'; 15 << 20];
+    line.push(b'\n');
+    let dir = sample_with_appended(&line, 6);
     let d = dir.path().to_str().unwrap();
-    sample(dir.path(), None);
-    let f = common::audit_files(dir.path()).pop().unwrap();
-    {
-        use std::io::Write;
-        let mut w = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
-        let mut line = vec![b'a'; 15 << 20];
-        line.push(b'\n');
-        for _ in 0..6 {
-            w.write_all(&line).unwrap();
-        }
-    }
     let (code, rss_kib) = run_measured(&["verify", d]);
     eprintln!(
         "verify over six 15 MiB lines: exit {code}, peak RSS {} MiB",

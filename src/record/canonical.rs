@@ -27,102 +27,57 @@ const MAX_DEPTH: usize = 32;
 const MAX_KEYS: usize = 64;
 
 /// Checks `line` (without its newline) as a record in the written form.
+///
+/// Each value is read after its key, in the line's order: the fields of a
+/// struct expression are evaluated in the order they are written, which
+/// here is the order of the line.
 pub(super) fn check(line: &[u8]) -> Option<CheckedRecord<'_>> {
-    let text = std::str::from_utf8(line).ok()?;
-    let mut c = Cursor { s: text, i: 0 };
-    c.lit(b"{\"schema\":2,\"audit_id\":")?;
-    let audit_id = c.string()?.0;
-    c.lit(b",\"seq\":")?;
-    let seq = c.u64()?;
-    c.lit(b",\"chain_id\":")?;
-    let chain_id = c.plain_string()?;
-    uuid::Uuid::try_parse(chain_id).ok()?;
-    c.lit(b",\"timestamp\":")?;
-    let timestamp = c.timestamp()?;
-    c.lit(b",\"event_type\":")?;
-    let event_type = c.opt_plain_string()?;
-    c.lit(b",\"actor\":")?;
-    let actor = c.opt_string()?;
-    c.lit(b",\"resource\":")?;
-    let resource = c.opt_string()?;
-    c.lit(b",\"action\":")?;
-    let action = c.opt_string()?;
-    c.lit(b",\"outcome\":")?;
-    let outcome = match c.plain_string()? {
-        "success" => Outcome::Success,
-        "failure" => Outcome::Failure,
-        "unknown" => Outcome::Unknown,
-        _ => return None,
+    let mut c = Cursor {
+        s: std::str::from_utf8(line).ok()?,
+        i: 0,
     };
-    c.lit(b",\"risk_level\":")?;
-    let risk = match c.plain_string()? {
-        "low" => Risk::Low,
-        "medium" => Risk::Medium,
-        "high" => Risk::High,
-        "critical" => Risk::Critical,
-        _ => return None,
-    };
-    c.lit(b",\"session_id\":")?;
-    let session_id = c.opt_string()?;
-    c.lit(b",\"ip_address\":")?;
-    let ip_address = c.opt_string()?;
-    c.lit(b",\"message\":")?;
-    let message = c.opt_string()?;
-    c.lit(b",\"details\":")?;
-    if c.peek()? != b'{' {
-        return None;
-    }
-    c.value(0)?;
-    c.lit(b",\"service\":")?;
-    let service = c.opt_plain_string()?;
-    c.lit(b",\"version\":")?;
-    let version = c.opt_string()?;
-    c.lit(b",\"environment\":")?;
-    let environment = c.opt_string()?;
-    c.lit(b",\"host\":")?;
-    let host = c.opt_string()?;
-    c.lit(b",\"source\":{\"target\":")?;
-    let target = c.string()?.0;
-    c.lit(b",\"level\":")?;
-    let level = c.string()?.0;
-    c.lit(b",\"span\":")?;
-    let span = c.opt_string()?;
-    c.lit(b"},\"prev_hash\":")?;
-    let prev_hash = c.string()?.0;
-    c.lit(b",\"hash\":")?;
-    let hash = c.string()?.0;
-    c.lit(b"}")?;
-    if c.i != line.len() {
-        return None;
-    }
-    Some(CheckedRecord {
+    c.lit(b"{\"schema\":2")?;
+    let record = CheckedRecord {
         schema: 2,
-        _audit_id: Cow::Borrowed(audit_id),
-        _seq: seq,
-        chain_id: Some(Cow::Borrowed(chain_id)),
-        _timestamp: timestamp,
-        event_type: event_type.map(Cow::Borrowed),
-        _actor: actor.map(Cow::Borrowed),
-        _resource: resource.map(Cow::Borrowed),
-        _action: action.map(Cow::Borrowed),
-        _outcome: outcome,
-        _risk_level: risk,
-        _session_id: session_id.map(Cow::Borrowed),
-        _ip_address: ip_address.map(Cow::Borrowed),
-        _message: message.map(Cow::Borrowed),
-        _details: CheckedObject,
-        service: service.map(Cow::Borrowed),
-        _version: version.map(Cow::Borrowed),
-        _environment: environment.map(Cow::Borrowed),
-        _host: host.map(Cow::Borrowed),
-        _source: super::CheckedSource {
-            _target: Cow::Borrowed(target),
-            _level: Cow::Borrowed(level),
-            _span: span.map(Cow::Borrowed),
+        _audit_id: c.str_at(b",\"audit_id\":")?,
+        _seq: c.at(b",\"seq\":")?.u64()?,
+        chain_id: Some(c.chain_id_at(b",\"chain_id\":")?),
+        _timestamp: c.at(b",\"timestamp\":")?.timestamp()?,
+        event_type: c.opt_plain_at(b",\"event_type\":")?,
+        _actor: c.opt_at(b",\"actor\":")?,
+        _resource: c.opt_at(b",\"resource\":")?,
+        _action: c.opt_at(b",\"action\":")?,
+        _outcome: match c.at(b",\"outcome\":")?.plain_string()? {
+            "success" => Outcome::Success,
+            "failure" => Outcome::Failure,
+            "unknown" => Outcome::Unknown,
+            _ => return None,
         },
-        _prev_hash: Cow::Borrowed(prev_hash),
-        _hash: Cow::Borrowed(hash),
-    })
+        _risk_level: match c.at(b",\"risk_level\":")?.plain_string()? {
+            "low" => Risk::Low,
+            "medium" => Risk::Medium,
+            "high" => Risk::High,
+            "critical" => Risk::Critical,
+            _ => return None,
+        },
+        _session_id: c.opt_at(b",\"session_id\":")?,
+        _ip_address: c.opt_at(b",\"ip_address\":")?,
+        _message: c.opt_at(b",\"message\":")?,
+        _details: c.object_at(b",\"details\":")?,
+        service: c.opt_plain_at(b",\"service\":")?,
+        _version: c.opt_at(b",\"version\":")?,
+        _environment: c.opt_at(b",\"environment\":")?,
+        _host: c.opt_at(b",\"host\":")?,
+        _source: super::CheckedSource {
+            _target: c.str_at(b",\"source\":{\"target\":")?,
+            _level: c.str_at(b",\"level\":")?,
+            _span: c.opt_at(b",\"span\":")?,
+        },
+        _prev_hash: c.str_at(b"},\"prev_hash\":")?,
+        _hash: c.str_at(b",\"hash\":")?,
+    };
+    c.lit(b"}")?;
+    (c.i == line.len()).then_some(record)
 }
 
 /// A position in a line already known to be UTF-8.
@@ -132,6 +87,43 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// Past `key`, ready for its value.
+    fn at(&mut self, key: &[u8]) -> Option<&mut Self> {
+        self.lit(key)?;
+        Some(self)
+    }
+
+    /// `key`, then any string.
+    fn str_at(&mut self, key: &[u8]) -> Option<Cow<'a, str>> {
+        Some(Cow::Borrowed(self.at(key)?.string()?.0))
+    }
+
+    /// `key`, then `null` or any string.
+    fn opt_at(&mut self, key: &[u8]) -> Option<Option<Cow<'a, str>>> {
+        Some(self.at(key)?.opt_string()?.map(Cow::Borrowed))
+    }
+
+    /// `key`, then `null` or a string without escapes.
+    fn opt_plain_at(&mut self, key: &[u8]) -> Option<Option<Cow<'a, str>>> {
+        Some(self.at(key)?.opt_plain_string()?.map(Cow::Borrowed))
+    }
+
+    /// `key`, then a chain id: a UUID.
+    fn chain_id_at(&mut self, key: &[u8]) -> Option<Cow<'a, str>> {
+        let id = self.at(key)?.plain_string()?;
+        uuid::Uuid::try_parse(id).ok()?;
+        Some(Cow::Borrowed(id))
+    }
+
+    /// `key`, then an object without duplicate keys at any depth.
+    fn object_at(&mut self, key: &[u8]) -> Option<CheckedObject> {
+        if self.at(key)?.peek()? != b'{' {
+            return None;
+        }
+        self.value(0)?;
+        Some(CheckedObject)
+    }
+
     fn peek(&self) -> Option<u8> {
         self.s.as_bytes().get(self.i).copied()
     }

@@ -182,24 +182,24 @@ impl Conn {
     /// (ending a call blocked in it); `None` for UDP, which never blocks.
     pub(crate) fn aborter(&self) -> Option<crate::sink::forward::Abort> {
         use std::net::Shutdown;
-        fn tcp(s: &TcpStream) -> Option<crate::sink::forward::Abort> {
-            let c = s.try_clone().ok()?;
+        /// A clone of the socket, shut down by `shut` when called.
+        fn on<T: Send + 'static>(
+            clone: std::io::Result<T>,
+            shut: fn(&T) -> std::io::Result<()>,
+        ) -> Option<crate::sink::forward::Abort> {
+            let c = clone.ok()?;
             Some(Box::new(move || {
-                let _ = c.shutdown(Shutdown::Both);
+                let _ = shut(&c);
             }))
         }
+        let tcp = |s: &TcpStream| on(s.try_clone(), |c| c.shutdown(Shutdown::Both));
         match self {
             Conn::Udp(_) => None,
             Conn::Tcp(s) => tcp(s),
             #[cfg(feature = "tls")]
             Conn::Tls(s) => tcp(&s.sock),
             Conn::Relp(_, s) => tcp(s),
-            Conn::Unix(s) => {
-                let c = s.try_clone().ok()?;
-                Some(Box::new(move || {
-                    let _ = c.shutdown(Shutdown::Both);
-                }))
-            }
+            Conn::Unix(s) => on(s.try_clone(), |c| c.shutdown(Shutdown::Both)),
         }
     }
 
