@@ -62,10 +62,23 @@ pub(crate) struct Draft {
     /// What each recently seen field name means (see [`NameSlot`]).
     /// ([`NAME_SLOTS`] of them once the first field is read.)
     names: Vec<NameSlot>,
+    /// Names worked out again (tests count the table's misses).
+    #[cfg(test)]
+    name_misses: usize,
 }
 
-/// Field names remembered per thread (a direct-mapped table).
+/// Field names remembered per thread: a two-way table, so that two names
+/// of one callsite that hash alike do not evict each other on every event
+/// (direct-mapped, that happened with ordinary callsites in most runs,
+/// depending on where the loader put the binary: two misses per event).
 const NAME_SLOTS: usize = 64;
+
+/// The first slot of the pair where `name` may sit: from its address.
+#[inline]
+fn home_slot(name: &'static str) -> usize {
+    let at = name.as_ptr() as usize ^ name.len().rotate_left(40);
+    (at.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) % NAME_SLOTS
+}
 
 /// What a field name means for a draft, worked out once and kept while the
 /// thread sees it: its `audit.*` class, whether the redactor hides its
@@ -75,6 +88,8 @@ const NAME_SLOTS: usize = 64;
 #[derive(Debug, Default)]
 struct NameSlot {
     name: Option<&'static str>,
+    /// Used more recently than the other slot of its pair.
+    recent: bool,
     class: Option<AuditName>,
     redact: bool,
     /// The name as a JSON string, quotes included.
@@ -119,29 +134,50 @@ impl Draft {
             redactor: None,
             redacted: Vec::new(),
             names: Vec::new(),
+            #[cfg(test)]
+            name_misses: 0,
         }
     }
 
-    /// The table slot of `name`, filled in if it held another name.
+    /// The table slot of `name`: one of the two of its pair (`i`, `i ^ 1`)
+    /// that holds it, else an empty one of them, else the one used less
+    /// recently, filled in.
     #[inline]
     fn name_slot(&mut self, name: &'static str) -> usize {
-        let at = name.as_ptr() as usize ^ name.len().rotate_left(40);
-        let i = (at.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) % NAME_SLOTS;
+        let i = home_slot(name);
         if self.names.is_empty() {
             self.names.resize_with(NAME_SLOTS, NameSlot::default);
         }
-        let slot = &mut self.names[i];
-        let known = slot
-            .name
-            .is_some_and(|n| std::ptr::eq(n.as_ptr(), name.as_ptr()) && n.len() == name.len());
-        if !known {
-            slot.name = Some(name);
-            slot.class = classify(name);
-            slot.redact = self.redactor.as_ref().is_some_and(|r| r.matches(name));
-            slot.key.clear();
-            encode::write_plain_str(&mut slot.key, name);
+        let holds = |s: &NameSlot| {
+            s.name
+                .is_some_and(|n| std::ptr::eq(n.as_ptr(), name.as_ptr()) && n.len() == name.len())
+        };
+        let j = i ^ 1;
+        for (k, other) in [(i, j), (j, i)] {
+            if holds(&self.names[k]) {
+                self.names[k].recent = true;
+                self.names[other].recent = false;
+                return k;
+            }
         }
-        i
+        let k = if self.names[i].name.is_none() || self.names[j].recent {
+            i
+        } else {
+            j
+        };
+        self.names[k].recent = true;
+        self.names[k ^ 1].recent = false;
+        let slot = &mut self.names[k];
+        slot.name = Some(name);
+        slot.class = classify(name);
+        slot.redact = self.redactor.as_ref().is_some_and(|r| r.matches(name));
+        slot.key.clear();
+        encode::write_plain_str(&mut slot.key, name);
+        #[cfg(test)]
+        {
+            self.name_misses += 1;
+        }
+        k
     }
 
     /// The class of field `name` and, for a `details` name, its key.
@@ -858,6 +894,46 @@ mod tests {
                 &format!(r#""a{i}":1,"b{i}":"x","password":{password},"type":true"#),
                 "event {n}"
             );
+        }
+    }
+
+    /// Names whose addresses hash to one slot: two of them stay
+    /// remembered side by side (direct-mapped, they evicted each other on
+    /// every event), and a third evicts the one used less recently, each
+    /// lookup still giving the name's own class and key.
+    #[test]
+    fn names_sharing_a_slot_pair_are_both_remembered() {
+        let names: Vec<&'static str> = (0..4000)
+            .map(|i| &*Box::leak(format!("audit.field{i}").into_boxed_str()))
+            .collect();
+        // Same home slot: what a direct-mapped table could not hold together.
+        let home = home_slot(names[0]);
+        let same: Vec<&'static str> = names
+            .iter()
+            .copied()
+            .filter(|&n| home_slot(n) == home)
+            .collect();
+        assert!(same.len() >= 3, "4 000 names fill every slot");
+        let (a, b, c) = (same[0], same[1], same[2]);
+        let mut d = Draft::new(100);
+        let check = |d: &mut Draft, n: &'static str| {
+            let k = d.name_slot(n);
+            assert_eq!(d.names[k].name, Some(n));
+            assert_eq!(d.names[k].class, Some(AuditName::Unknown));
+            assert_eq!(d.names[k].key, format!("\"{n}\"").as_bytes());
+        };
+        for _ in 0..100 {
+            check(&mut d, a);
+            check(&mut d, b);
+        }
+        assert_eq!(d.name_misses, 2, "two names of one pair both stay");
+        check(&mut d, c); // evicts a (b was used more recently)
+        check(&mut d, b);
+        assert_eq!(d.name_misses, 3);
+        check(&mut d, a); // evicts c
+        assert_eq!(d.name_misses, 4);
+        for n in [a, b, c, a, c, b] {
+            check(&mut d, n);
         }
     }
 
