@@ -420,6 +420,63 @@ fn failed_write_back_never_acknowledges_a_lost_record() {
     drop(backing);
 }
 
+/// Writeback the writer starts early (past `WRITEBACK_EVERY`, before any
+/// sync) fails while the storage is full; the storage then recovers. The
+/// next `fdatasync` must still report that failure, so the writer rewrites
+/// and the records reach the disk. Were the early writeback to wait on its
+/// I/O (`SYNC_FILE_RANGE_WAIT_AFTER`), it would take the error, the sync
+/// would succeed over pages the kernel had given up on, and the records
+/// would be missing after a fresh mount.
+#[test]
+fn an_early_writeback_failure_is_still_seen_by_the_sync() {
+    need_root!();
+    let base = tempfile::tempdir().unwrap();
+    let (backing, fs, img) = ext4_on_thin_image(base.path(), true);
+    let dir = fs.at.join("audit");
+    let (audit, guard) = AuditLayer::builder()
+        .file(&dir)
+        // No sync until the durable record asks for one.
+        .sync_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let handle = guard.handle();
+    let filler = backing.at.join("filler");
+    let big = "y".repeat(10_000);
+    let d = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    tracing::dispatcher::with_default(&d, || {
+        tracing::info!(audit.event = "before");
+        std::thread::sleep(Duration::from_millis(300));
+        fill(&filler, "1M");
+        // ~1.2 MB of ordinary records: written, and their writeback started.
+        for i in 0..120u64 {
+            tracing::info!(audit.event = "bulk", i, pad = big.as_str());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.stats().records_written < 122 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(handle.stats().sync_errors, 0, "no sync yet");
+        // Let the writeback fail, then give the storage room again.
+        std::thread::sleep(Duration::from_secs(2));
+        std::fs::remove_file(&filler).unwrap();
+        tracing::info!(audit.event = "payment", audit.risk = "high", i = 0u64);
+    });
+    let st = handle.stats();
+    drop(guard);
+    eprintln!(
+        "sync errors {}, write errors {}",
+        st.sync_errors, st.write_errors
+    );
+    assert!(
+        st.sync_errors >= 1,
+        "the failed early writeback was never reported by a sync"
+    );
+    // The durable record is there after a fresh mount, and the trail
+    // (the bulk records included) verifies after a restart.
+    remount_and_check(fs, &img, base.path(), &[0], false, None);
+    drop(backing);
+}
+
 #[test]
 fn journal_abort_loses_no_acknowledged_record() {
     need_root!();

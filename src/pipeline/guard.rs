@@ -50,8 +50,10 @@ pub struct AuditStats {
     pub dropped_forked: u64,
     /// Failed writes or syncs (each retried; see `last_error`).
     pub write_errors: u64,
-    /// Failed `fdatasync` calls (each repaired by a rewrite; see the
-    /// file writer's rules in the README's guarantees).
+    /// Failed `fdatasync` calls (each answered by a rewrite of what it
+    /// should have covered, counted also when the rewrite succeeded), and
+    /// syncs that failed otherwise; see the file writer's rules in the
+    /// README's guarantees.
     pub sync_errors: u64,
     /// Free space on the audit file system is below the
     /// [`space_left`](crate::FileSink::space_left) watermark.

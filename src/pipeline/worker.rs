@@ -528,6 +528,9 @@ impl Worker {
                     self.counters.syncs.fetch_add(1, Relaxed);
                 }
                 self.take_writer_warning();
+                // A failed fdatasync repaired by a rewrite still counts.
+                let failed = self.file.as_mut().map_or(0, FileWriter::take_failed_syncs);
+                self.counters.sync_errors.fetch_add(failed, Relaxed);
                 self.recovered();
                 self.report_storage_loss(state);
                 state.unsynced_since = None;
@@ -538,7 +541,8 @@ impl Worker {
             }
             Err(e) => {
                 self.take_writer_warning();
-                self.counters.sync_errors.fetch_add(1, Relaxed);
+                let failed = self.file.as_mut().map_or(0, FileWriter::take_failed_syncs);
+                self.counters.sync_errors.fetch_add(failed.max(1), Relaxed);
                 self.failure(state, format!("audit file sync failed: {e}"));
             }
         }
