@@ -551,22 +551,26 @@ impl Worker {
     /// Writes the whole batch or nothing of it.
     fn write_batch(&mut self, state: &mut State) -> std::io::Result<()> {
         if !state.batch.is_empty() {
-            if let Some(file) = &mut self.file {
-                self.counters.writes.fetch_add(1, Relaxed);
-                file.write(&state.batch)?;
+            let bytes = state.batch.len() as u64;
+            match &mut self.file {
+                Some(file) => {
+                    self.counters.writes.fetch_add(1, Relaxed);
+                    // The writer keeps the batch's buffer for a rewrite and
+                    // hands an empty one back.
+                    let written = file.write(&mut state.batch)?;
+                    forward(&mut self.forwards, written, &state.lines);
+                }
+                None => {
+                    forward(&mut self.forwards, &state.batch, &state.lines);
+                    state.batch.clear();
+                }
             }
             self.take_writer_warning();
-            let batch = std::mem::take(&mut state.batch);
-            self.forward(&batch, &state.lines);
-            state.batch = batch;
             self.counters
                 .records_written
                 .fetch_add(state.records_in_batch, Relaxed);
-            self.counters
-                .bytes_written
-                .fetch_add(state.batch.len() as u64, Relaxed);
+            self.counters.bytes_written.fetch_add(bytes, Relaxed);
             state.unsynced_since.get_or_insert_with(Instant::now);
-            state.batch.clear();
             state.lines.clear();
             state.records_in_batch = 0;
             state.batch_chain = None;
@@ -634,30 +638,6 @@ impl Worker {
                 *since = None;
             }
             eprintln!("tracing-audit: the audit file is writable and synced again");
-        }
-    }
-
-    /// Hands complete lines of `bytes` (those ending within it) to the
-    /// forwarders, each with its key fields.
-    fn forward(&mut self, bytes: &[u8], lines: &[LineEnd]) {
-        if self.forwards.is_empty() {
-            return;
-        }
-        let mut start = 0;
-        for l in lines {
-            let Some(b) = bytes.get(start..l.end) else {
-                break;
-            };
-            let line = SealedLine {
-                bytes: b.strip_suffix(b"\n").unwrap_or(b),
-                seq: l.seq,
-                body_at: l.body_at,
-                keys: l.keys,
-            };
-            for f in &mut self.forwards {
-                f.send_line(&line);
-            }
-            start = l.end;
         }
     }
 
@@ -1093,5 +1073,29 @@ impl Worker {
         for f in &mut self.forwards {
             f.close();
         }
+    }
+}
+
+/// Hands complete lines of `bytes` (those ending within it) to the
+/// forwarders, each with its key fields.
+fn forward(forwards: &mut [Box<dyn LineSink>], bytes: &[u8], lines: &[LineEnd]) {
+    if forwards.is_empty() {
+        return;
+    }
+    let mut start = 0;
+    for l in lines {
+        let Some(b) = bytes.get(start..l.end) else {
+            break;
+        };
+        let line = SealedLine {
+            bytes: b.strip_suffix(b"\n").unwrap_or(b),
+            seq: l.seq,
+            body_at: l.body_at,
+            keys: l.keys,
+        };
+        for f in forwards.iter_mut() {
+            f.send_line(&line);
+        }
+        start = l.end;
     }
 }

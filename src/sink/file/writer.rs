@@ -94,6 +94,75 @@ fn start_writeback(file: &File, from: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _from: u64, _len: u64) {}
 
+/// The bytes written since the last successful sync, for a rewrite: the
+/// batch buffers that carried them, in order, moved here rather than copied.
+#[derive(Debug, Default)]
+struct Unsynced {
+    parts: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl Unsynced {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps the bytes of `batch` and leaves it empty; returns them. A
+    /// large batch's buffer is moved here and `batch` gets a spare one; a
+    /// small batch is copied (a buffer per small batch would hold far more
+    /// memory than bytes).
+    fn keep(&mut self, batch: &mut Vec<u8>, spare: &mut Vec<Vec<u8>>) -> &[u8] {
+        let n = batch.len();
+        self.len += n;
+        if n >= MOVE_AT {
+            let next = spare.pop().unwrap_or_else(|| Vec::with_capacity(n));
+            self.parts.push(std::mem::replace(batch, next));
+        } else {
+            match self.parts.last_mut() {
+                Some(p) if p.capacity() - p.len() >= n => p.extend_from_slice(batch),
+                _ => {
+                    let mut p = Vec::with_capacity(n.max(MOVE_AT));
+                    p.extend_from_slice(batch);
+                    self.parts.push(p);
+                }
+            }
+            batch.clear();
+        }
+        self.parts.last().map_or(&[], |p| &p[p.len() - n..])
+    }
+
+    /// Writes every part, in order, from `at`.
+    fn write_at(&self, f: &File, mut at: u64) -> io::Result<()> {
+        for p in &self.parts {
+            f.write_all_at(p, at)?;
+            at += p.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Forgets the bytes (they are synced); the emptied large buffers go
+    /// to `spare`, as many as [`MAX_UNSYNCED`] bytes of them.
+    fn recycle(&mut self, spare: &mut Vec<Vec<u8>>) {
+        let mut held: usize = spare.iter().map(Vec::capacity).sum();
+        for mut p in self.parts.drain(..) {
+            if p.capacity() >= MOVE_AT && held + p.capacity() <= MAX_UNSYNCED {
+                held += p.capacity();
+                p.clear();
+                spare.push(p);
+            }
+        }
+        self.len = 0;
+    }
+}
+
+/// Batches at least this long are kept by moving their buffer, shorter
+/// ones by copying.
+const MOVE_AT: usize = 256 << 10;
+
 /// What a successful [`FileWriter::rotate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Opened {
@@ -122,7 +191,7 @@ struct Current {
     /// Length up to which writeback was started early.
     written_back: u64,
     /// The bytes from `synced_len` to `len`, for a rewrite.
-    unsynced: Vec<u8>,
+    unsynced: Unsynced,
     /// A sync failed: the page cache is not trusted until a rewrite synced.
     suspect: bool,
     /// A failed write may have left bytes after `len`.
@@ -136,6 +205,8 @@ pub(crate) struct FileWriter {
     sink: FileSink,
     cur: Option<Current>,
     warning: Option<String>,
+    /// Empty batch buffers, back from a sync, for the worker to fill.
+    spare: Vec<Vec<u8>>,
     /// `fdatasync` calls that failed since the worker last asked.
     failed_syncs: u64,
     /// A file found shorter than its last sync covered (name, bytes), for
@@ -178,6 +249,7 @@ impl FileWriter {
             sink: sink.clone(),
             cur: None,
             warning: None,
+            spare: Vec::new(),
             failed_syncs: 0,
             storage_lost: None,
             compressing: Vec::new(),
@@ -318,7 +390,7 @@ impl FileWriter {
             len,
             synced_len: len,
             written_back: len,
-            unsynced: Vec::new(),
+            unsynced: Unsynced::default(),
             suspect: false,
             dirty_tail: false,
         });
@@ -434,22 +506,26 @@ impl FileWriter {
 
     /// Writes complete lines at the end of the current file. On failure the
     /// file is cut back to its last complete line (or will be before the
-    /// next write) and nothing of `batch` counts as written.
-    pub(crate) fn write(&mut self, batch: &[u8]) -> io::Result<()> {
+    /// next write), nothing of `batch` counts as written and `batch` is left
+    /// as it was. On success the buffer itself is kept for a rewrite until
+    /// the next sync (moved, not copied), `batch` becomes an empty buffer to
+    /// fill next, and the written bytes are returned.
+    pub(crate) fn write(&mut self, batch: &mut Vec<u8>) -> io::Result<&[u8]> {
         if self.cur.as_ref().is_some_and(|c| {
             c.suspect || (!c.unsynced.is_empty() && c.unsynced.len() + batch.len() > MAX_UNSYNCED)
         }) {
             // A suspect descriptor is repaired first (reopened by path).
             self.sync()?;
         }
-        let Some(c) = self.cur.as_mut() else {
+        let FileWriter { cur, spare, .. } = self;
+        let Some(c) = cur.as_mut() else {
             return Err(io::Error::other("no audit file is open"));
         };
         if c.dirty_tail {
             c.file.set_len(c.len)?;
             c.dirty_tail = false;
         }
-        if let Err(e) = c.file.write_all_at(batch, c.len) {
+        if let Err(e) = c.file.write_all_at(batch.as_slice(), c.len) {
             if c.file.set_len(c.len).is_err() {
                 c.dirty_tail = true;
             }
@@ -467,13 +543,18 @@ impl FileWriter {
             return Err(e);
         }
         c.len += batch.len() as u64;
-        c.unsynced.extend_from_slice(batch);
         let from = c.written_back.max(c.synced_len).min(c.len);
         if c.len - from >= WRITEBACK_EVERY {
             start_writeback(&c.file, from, c.len - from);
             c.written_back = c.len;
         }
-        Ok(())
+        Ok(c.unsynced.keep(batch, spare))
+    }
+
+    /// [`write`](Self::write) of a copy of `bytes`.
+    #[cfg(test)]
+    fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write(&mut bytes.to_vec()).map(|_| ())
     }
 
     /// Makes everything written so far durable, or fails. See the module
@@ -489,7 +570,7 @@ impl FileWriter {
             match c.file.sync_data() {
                 Ok(()) => {
                     c.synced_len = c.len;
-                    c.unsynced.clear();
+                    c.unsynced.recycle(&mut self.spare);
                     return Ok(());
                 }
                 Err(e) => {
@@ -512,7 +593,7 @@ impl FileWriter {
         }
         c.suspect = false;
         c.synced_len = c.len;
-        c.unsynced.clear();
+        c.unsynced.recycle(&mut self.spare);
         Ok(())
     }
 
@@ -639,7 +720,7 @@ fn rewrite(c: &mut Current) -> io::Result<Option<u64>> {
         (last_line_end(&f, on_disk)?, Some(c.synced_len - on_disk))
     };
     f.set_len(at)?;
-    f.write_all_at(&c.unsynced, at)?;
+    c.unsynced.write_at(&f, at)?;
     f.sync_data()?;
     c.file = f;
     c.dirty_tail = false;
@@ -742,14 +823,14 @@ mod tests {
         let t1 = t0 + std::time::Duration::from_secs(60);
         assert!(w.rotation_due(t0));
         let a = w.rotate(t0).unwrap();
-        w.write(b"{\"a\":1}\n").unwrap();
+        w.write_bytes(b"{\"a\":1}\n").unwrap();
         assert!(!w.rotation_due(t0));
         assert!(w.rotation_due(t1));
         // Still written to the first file: the writer never moves by itself.
-        w.write(b"{\"a\":2}\n").unwrap();
+        w.write_bytes(b"{\"a\":2}\n").unwrap();
         let b = w.rotate(t1).unwrap();
         assert_eq!(b.previous.as_deref(), Some(a.name.as_str()));
-        w.write(b"{\"b\":1}\n").unwrap();
+        w.write_bytes(b"{\"b\":1}\n").unwrap();
         w.sync().unwrap();
         let first = fs::read_to_string(d.path().join(&a.name)).unwrap();
         let second = fs::read_to_string(d.path().join(&b.name)).unwrap();
@@ -762,9 +843,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut w = writer(d.path(), Rotation::NEVER);
         let opened = w.rotate(SystemTime::now()).unwrap();
-        w.write(b"one\n").unwrap();
+        w.write_bytes(b"one\n").unwrap();
         w.sync().unwrap();
-        w.write(b"two\n").unwrap();
+        w.write_bytes(b"two\n").unwrap();
         // What a failed write-back leaves: the page cache lost the data
         // (here: NULs where it was), and fdatasync reported it once.
         let path = d.path().join(&opened.name);
@@ -775,14 +856,56 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"one\ntwo\n");
     }
 
+    /// Large batches are kept by moving their buffers, small ones by
+    /// copying; a rewrite writes them back in order, and after a sync the
+    /// moved buffers come back empty for the next batches.
+    #[test]
+    fn kept_batches_moved_or_copied_are_rewritten_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = writer(d.path(), Rotation::NEVER);
+        let opened = w.rotate(SystemTime::now()).unwrap();
+        let line = |c: u8, n: usize| {
+            let mut v = vec![c; n - 1];
+            v.push(b'\n');
+            v
+        };
+        let parts = [
+            line(b'a', MOVE_AT + 10),
+            line(b'b', 100),
+            line(b'c', 50),
+            line(b'd', MOVE_AT * 2),
+            line(b'e', 10),
+        ];
+        let mut batch = Vec::new();
+        for p in &parts {
+            batch.extend_from_slice(p);
+            let written = w.write(&mut batch).unwrap().to_vec();
+            assert_eq!(&written, p);
+            assert!(batch.is_empty());
+        }
+        let path = d.path().join(&opened.name);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&vec![0u8; MOVE_AT * 3], 0).unwrap();
+        w.cur.as_mut().unwrap().suspect = true;
+        w.sync().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), parts.concat());
+        // The two moved buffers and the one the small batches were copied
+        // into are spare now; the next large batch swaps its buffer for one.
+        assert_eq!(w.spare.len(), 3);
+        batch.extend_from_slice(&line(b'f', MOVE_AT));
+        w.write(&mut batch).unwrap();
+        assert!(batch.is_empty() && batch.capacity() >= MOVE_AT);
+        assert_eq!(w.spare.len(), 2);
+    }
+
     #[test]
     fn a_file_shorter_than_its_last_sync_is_reported_not_filled_with_zeros() {
         let d = tempfile::tempdir().unwrap();
         let mut w = writer(d.path(), Rotation::NEVER);
         let opened = w.rotate(SystemTime::now()).unwrap();
-        w.write(b"one\ntwo\n").unwrap();
+        w.write_bytes(b"one\ntwo\n").unwrap();
         w.sync().unwrap();
-        w.write(b"three\n").unwrap();
+        w.write_bytes(b"three\n").unwrap();
         // Storage that lost confirmed data: the file ends inside `two`.
         let path = d.path().join(&opened.name);
         OpenOptions::new()
@@ -797,7 +920,7 @@ mod tests {
         let warning = w.take_warning().unwrap();
         assert!(warning.contains("2 bytes less"), "{warning}");
         // Writing goes on at the new end.
-        w.write(b"four\n").unwrap();
+        w.write_bytes(b"four\n").unwrap();
         w.sync().unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"one\nthree\nfour\n");
     }
