@@ -529,8 +529,7 @@ impl Worker {
                 }
                 self.take_writer_warning();
                 // A failed fdatasync repaired by a rewrite still counts.
-                let failed = self.file.as_mut().map_or(0, FileWriter::take_failed_syncs);
-                self.counters.sync_errors.fetch_add(failed, Relaxed);
+                self.count_sync_errors(0);
                 self.recovered();
                 self.report_storage_loss(state);
                 state.unsynced_since = None;
@@ -541,8 +540,7 @@ impl Worker {
             }
             Err(e) => {
                 self.take_writer_warning();
-                let failed = self.file.as_mut().map_or(0, FileWriter::take_failed_syncs);
-                self.counters.sync_errors.fetch_add(failed.max(1), Relaxed);
+                self.count_sync_errors(1);
                 self.failure(state, format!("audit file sync failed: {e}"));
             }
         }
@@ -581,6 +579,15 @@ impl Worker {
             state.unsynced_since.get_or_insert_with(Instant::now);
         }
         Ok(())
+    }
+
+    /// Adds the writer's failed `fdatasync` calls to `sync_errors`, at
+    /// least `at_least` of them.
+    fn count_sync_errors(&mut self, at_least: u64) {
+        let failed = self.file.as_mut().map_or(0, FileWriter::take_failed_syncs);
+        self.counters
+            .sync_errors
+            .fetch_add(failed.max(at_least), Relaxed);
     }
 
     fn take_writer_warning(&mut self) {

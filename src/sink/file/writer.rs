@@ -608,14 +608,14 @@ impl FileWriter {
         &self.dir
     }
 
-    /// A problem that did not fail an operation (or that a retry
-    /// repaired), once.
     /// How many `fdatasync` calls failed since the last call (each was
     /// answered by a rewrite, successful or not).
     pub(crate) fn take_failed_syncs(&mut self) -> u64 {
         std::mem::take(&mut self.failed_syncs)
     }
 
+    /// A problem that did not fail an operation (or that a retry
+    /// repaired), once.
     pub(crate) fn take_warning(&mut self) -> Option<String> {
         if let Some(w) = self.warning.take() {
             return Some(w);
