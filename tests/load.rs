@@ -6,8 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use tracing_audit::{syslog::Framing, verify, AuditLayer, FileSink, QueueMode, SyslogSink};
 use tracing_subscriber::layer::SubscriberExt;
@@ -22,6 +23,8 @@ const PER_THREAD: u64 = 10_000;
 #[test]
 fn thirty_two_threads_through_rotations_and_syslog_each_event_once() {
     let dir = common::tempdir();
+    // The trail takes about 200 MB.
+    common::require_free_space(dir.path(), 400 << 20);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     // The receiver: every line of every connection.
@@ -61,6 +64,16 @@ fn thirty_two_threads_through_rotations_and_syslog_each_event_once() {
             })
         })
         .collect();
+    // Waiting on the writers, not joining them blindly: should the disk
+    // fill, they would wait for space forever (OnError::Block), so the test
+    // fails then, saying so.
+    let stats = guard.handle();
+    let until = Instant::now() + Duration::from_secs(600);
+    while !threads.iter().all(|t| t.is_finished()) {
+        common::assert_storage_healthy(&stats, dir.path());
+        assert!(Instant::now() < until, "the writers took 10 minutes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for t in threads {
         t.join().unwrap();
     }
@@ -69,10 +82,9 @@ fn thirty_two_threads_through_rotations_and_syslog_each_event_once() {
     // a second, the whole of the default 10 s grace. Waiting for it here
     // keeps this test about each event once, not about the grace (what a
     // grace leaves behind is resent from the cursor: tests/forward.rs).
-    let stats = guard.handle();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while stats.stats().syslog_behind > 0 && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let until = Instant::now() + Duration::from_secs(120);
+    while stats.stats().syslog_behind > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(stats.stats().syslog_behind, 0, "the relay never caught up");
     drop(guard);
@@ -87,22 +99,23 @@ fn thirty_two_threads_through_rotations_and_syslog_each_event_once() {
         "{} files: rotation every 256 KiB",
         files.len()
     );
-    let records = common::read_trail(dir.path());
     let mut seen = HashSet::new();
-    for r in records.iter().filter(|r| r["event_type"] == "load") {
-        let key = (
-            r["details"]["t"].as_u64().unwrap(),
-            r["details"]["i"].as_u64().unwrap(),
-        );
-        assert!(seen.insert(key), "{key:?} twice in the files");
-    }
+    let mut records = 0u64;
+    common::each_record(dir.path(), |r| {
+        assert_eq!(r["seq"].as_u64().unwrap(), records, "seq contiguous");
+        records += 1;
+        if r["event_type"] == "load" {
+            let key = (
+                r["details"]["t"].as_u64().unwrap(),
+                r["details"]["i"].as_u64().unwrap(),
+            );
+            assert!(seen.insert(key), "{key:?} twice in the files");
+        }
+    });
     assert_eq!(seen.len() as u64, THREADS * PER_THREAD);
-    for (k, r) in records.iter().enumerate() {
-        assert_eq!(r["seq"].as_u64().unwrap(), k as u64, "seq contiguous");
-    }
     let report = verify(dir.path(), None).unwrap();
     assert!(report.is_ok(), "{report:?}");
-    assert_eq!(report.records, records.len() as u64);
+    assert_eq!(report.records, records);
 
     // The receiver saw each once too (the connection closes at shutdown).
     let lines = receiver.join().unwrap();
@@ -144,7 +157,7 @@ fn burst_child() {
         .syslog(
             SyslogSink::tcp(format!("127.0.0.1:{port}"))
                 .queue_mode(QueueMode::Lossy)
-                .shutdown_grace(std::time::Duration::from_secs(1)),
+                .shutdown_grace(Duration::from_secs(1)),
         )
         .build()
         .unwrap();
@@ -187,13 +200,42 @@ fn burst_child() {
 #[test]
 fn a_million_event_burst_with_the_relay_down_stays_in_bounded_memory() {
     let dir = common::tempdir();
-    let out = Command::new(std::env::current_exe().unwrap())
+    // The trail takes about 660 MB.
+    common::require_free_space(dir.path(), 1400 << 20);
+    let output = common::tempdir();
+    let (out_path, err_path) = (output.path().join("out"), output.path().join("err"));
+    let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["burst_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(BURST_ENV, dir.path())
-        .stderr(Stdio::null())
-        .output()
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // A debug build takes some 30 s. Should the disk fill, the child's
+    // callers wait for space (OnError::Block) and it says so on stderr:
+    // the test ends then with that, not at CI's time limit.
+    let until = Instant::now() + Duration::from_secs(600);
+    while child.try_wait().unwrap().is_none() {
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        // What the worker says once when writing or syncing fails.
+        let storage_failed = stderr.contains("; retrying (");
+        if storage_failed || Instant::now() > until {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "the burst child {} ({} MB free under {}); its stderr:\n{stderr}",
+                if storage_failed {
+                    "could not write its trail"
+                } else {
+                    "took 10 minutes"
+                },
+                common::free_bytes(dir.path()) >> 20,
+                dir.path().display(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&out_path).unwrap();
     let line = text
         .lines()
         .find_map(|l| l.find("burst written=").map(|at| &l[at..]))
@@ -206,10 +248,10 @@ fn a_million_event_burst_with_the_relay_down_stays_in_bounded_memory() {
             .unwrap()
     };
     println!("{line}");
-    let bursts = common::read_trail(dir.path())
-        .iter()
-        .filter(|r| r["event_type"] == "burst")
-        .count() as u64;
+    let mut bursts = 0u64;
+    common::each_record(dir.path(), |r| {
+        bursts += u64::from(r["event_type"] == "burst")
+    });
     assert_eq!(bursts, BURST, "the file has every record");
     assert_eq!(field("dropped"), 0);
     // Nothing reached the relay; nothing is dropped: every record written

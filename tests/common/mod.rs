@@ -9,10 +9,76 @@ use serde_json::Value;
 
 /// Every line of every audit file in `dir`, in file-name order, parsed.
 pub fn read_trail(dir: &Path) -> Vec<Value> {
-    raw_lines(dir)
-        .into_iter()
-        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
-        .collect()
+    let mut out = Vec::new();
+    each_record(dir, |r| out.push(r));
+    out
+}
+
+/// Hands every line of every audit file in `dir`, in file-name order, to
+/// `f`, parsed, one at a time: a large trail is never held whole (a million
+/// records as JSON values take gigabytes).
+pub fn each_record(dir: &Path, mut f: impl FnMut(Value)) {
+    use std::io::BufRead;
+    for path in audit_files(dir) {
+        let mut lines = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if lines.read_until(b'\n', &mut line).unwrap() == 0 {
+                break;
+            }
+            assert!(
+                line.ends_with(b"\n"),
+                "{} does not end with a newline",
+                path.display()
+            );
+            let text = &line[..line.len() - 1];
+            f(serde_json::from_slice(text)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(text))));
+        }
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the file system that
+/// holds `dir`.
+#[allow(clippy::useless_conversion)] // u64 on 64-bit Linux, narrower elsewhere
+pub fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs fills the struct it is given; the path is a C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    assert_eq!(rc, 0, "statvfs {}", dir.display());
+    u64::from(st.f_bavail) * u64::from(st.f_frsize)
+}
+
+/// Fails at once, saying so, when the file system under `dir` has less
+/// than `need` bytes free for a test that writes about half of that. On a
+/// full disk the default `OnError::Block` makes callers wait for space,
+/// so such a test would otherwise wait until CI's time limit, silently.
+pub fn require_free_space(dir: &Path, need: u64) {
+    let free = free_bytes(dir);
+    assert!(
+        free >= need,
+        "this test needs {} MB free under {}, the file system has {} MB",
+        need >> 20,
+        dir.display(),
+        free >> 20
+    );
+}
+
+/// Panics, with what the handle says and the free space, when the audit
+/// storage is failing: a load test on a healthy disk never sees that, and
+/// its callers would wait for space forever.
+pub fn assert_storage_healthy(handle: &tracing_audit::AuditHandle, dir: &Path) {
+    let stats = handle.stats();
+    assert!(
+        !stats.storage_failing,
+        "the audit storage failed under load ({} MB free under {}): {:?}",
+        free_bytes(dir) >> 20,
+        dir.display(),
+        handle.health().reasons
+    );
 }
 
 /// Every line of every audit file, unparsed.
