@@ -159,6 +159,17 @@ pub fn app_records(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The records of a trail whose writer was killed and then restarted. A
+/// kill can cut a line short (see [`read_trail_after_kill`]); the restart
+/// ends it with a newline and names it in its `audit_started` (`torn_tail`),
+/// so it stays in the file, not a record. `verify` must accept each such
+/// line as exactly that, and fails on any other line that is not a record.
+pub fn read_trail_after_restart(dir: &Path) -> Vec<Value> {
+    let report = tracing_audit::verify(dir, None).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    read_trail_lenient(dir)
+}
+
 /// Like [`read_trail`] but skips lines that are not JSON (torn fragments).
 pub fn read_trail_lenient(dir: &Path) -> Vec<Value> {
     raw_lines(dir)
