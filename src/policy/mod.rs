@@ -108,9 +108,10 @@ pub type AlertHandler = Arc<dyn Fn(&Alert) + Send + Sync>;
 
 /// The default clock on Linux: `CLOCK_REALTIME_COARSE`, a few nanoseconds a
 /// read instead of ~80 on a VM, with the kernel tick's resolution (1–4 ms),
-/// which is ample for policy windows of seconds to days.
+/// which is ample for policy windows of seconds to days. Read straight onto
+/// the policy timeline (no `SystemTime` round trip).
 #[cfg(target_os = "linux")]
-fn coarse_now() -> SystemTime {
+fn coarse_now() -> Nanos {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -118,15 +119,18 @@ fn coarse_now() -> SystemTime {
     // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
     if rc != 0 || ts.tv_sec < 0 {
-        return SystemTime::now();
+        return nanos(SystemTime::now());
     }
-    UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+        .saturating_add(EPOCH)
 }
 
 /// The default clock elsewhere: the system clock.
 #[cfg(not(target_os = "linux"))]
-fn coarse_now() -> SystemTime {
-    SystemTime::now()
+fn coarse_now() -> Nanos {
+    nanos(SystemTime::now())
 }
 
 /// A clock reading on the policy timeline (before the epoch included).
@@ -298,7 +302,7 @@ impl PolicyLayerBuilder {
         let policies: Vec<Policy> = self.policies.into_iter().map(Policy::effective).collect();
         let shared = Arc::new(PolicyShared {
             engine: Mutex::new(Engine::new(policies, self.top_k, self.max_groups)),
-            clock: self.clock.unwrap_or_else(|| Arc::new(coarse_now)),
+            clock: self.clock,
             alerts: OnceLock::new(),
             on_alert: self.on_alert,
             emit_records: self.emit_records,
@@ -321,7 +325,8 @@ impl PolicyLayerBuilder {
 /// State shared by the layer, the alert thread and [`Compliance`].
 struct PolicyShared {
     engine: Mutex<Engine>,
-    clock: Clock,
+    /// The builder's clock, else [`coarse_now`].
+    clock: Option<Clock>,
     /// Started on the first crossing.
     alerts: OnceLock<SyncSender<(Alert, bool)>>,
     on_alert: Option<AlertHandler>,
@@ -339,6 +344,14 @@ thread_local! {
 }
 
 impl PolicyShared {
+    /// The clock's reading on the policy timeline.
+    fn now(&self) -> Nanos {
+        match &self.clock {
+            Some(clock) => nanos(clock()),
+            None => coarse_now(),
+        }
+    }
+
     fn observe(&self, c: &mut Draft, level: &tracing_core::Level) {
         let risk = c.resolve_risk(level);
         let outcome = c.resolve_outcome();
@@ -354,7 +367,7 @@ impl PolicyShared {
             session: ctx(ContextField::Session),
             outcome,
             risk,
-            at: nanos((self.clock)()),
+            at: self.now(),
             source: SOURCE.try_with(Cell::get).unwrap_or(Source::ChainedAlert),
         };
         let mut crossings = Vec::new();
@@ -749,7 +762,7 @@ impl Compliance {
 
     /// The report for policy `name`.
     pub fn report(&self, name: &str) -> Result<ComplianceReport, PolicyError> {
-        let now = nanos((self.shared.clock)());
+        let now = self.shared.now();
         let engine = self.engine();
         let i = engine
             .index(name)
@@ -759,7 +772,7 @@ impl Compliance {
 
     /// Reports for every policy, in the order they were given.
     pub fn reports(&self) -> Vec<ComplianceReport> {
-        let now = nanos((self.shared.clock)());
+        let now = self.shared.now();
         let engine = self.engine();
         (0..engine.policies.len())
             .map(|i| report(&engine, i, now))
@@ -768,7 +781,7 @@ impl Compliance {
 
     /// Totals, top actors and every policy's status.
     pub fn stats(&self) -> ComplianceStats {
-        let now = nanos((self.shared.clock)());
+        let now = self.shared.now();
         let mut stats = ComplianceStats {
             total_events: 0,
             events_by_type: BTreeMap::new(),
@@ -968,5 +981,23 @@ fn report(engine: &Engine, i: usize, now: Nanos) -> ComplianceReport {
         group_by: p.group_by,
         groups_evicted: s.groups_evicted(),
         inexact_events: s.inexact,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_coarse_clock_reads_the_system_time_on_the_policy_timeline() {
+        let before = nanos(SystemTime::now());
+        let coarse = coarse_now();
+        let after = nanos(SystemTime::now());
+        // The coarse clock lags by at most a kernel tick (10 ms at HZ=100).
+        let tick = 50_000_000;
+        assert!(
+            before - tick <= coarse && coarse <= after,
+            "{before} {coarse} {after}"
+        );
     }
 }
