@@ -15,6 +15,7 @@ use std::fmt::{self, Write as _};
 use std::ops::Range;
 use std::sync::Arc;
 
+use tracing_core::callsite::Identifier;
 use tracing_core::field::{Field, Visit};
 
 use crate::record::encode;
@@ -62,6 +63,13 @@ pub(crate) struct Draft {
     /// What each recently seen field name means (see [`NameSlot`]).
     /// ([`NAME_SLOTS`] of them once the first field is read.)
     names: Vec<NameSlot>,
+    /// The callsite whose fields `site_slots` remembers.
+    site: Option<Identifier>,
+    /// For each field of `site`, by index, the table slot its name was
+    /// last found in ([`NO_SLOT`] until looked up): an event's fields are
+    /// found without hashing their names, and a slot is still checked to
+    /// hold the name before it is used.
+    site_slots: [u8; SITE_FIELDS],
     /// Names worked out again (tests count the table's misses).
     #[cfg(test)]
     name_misses: usize,
@@ -73,11 +81,25 @@ pub(crate) struct Draft {
 /// depending on where the loader put the binary: two misses per event).
 const NAME_SLOTS: usize = 64;
 
+/// Fields remembered per callsite (a `tracing` callsite has at most 32).
+const SITE_FIELDS: usize = 32;
+
+/// A `site_slots` entry not looked up yet.
+const NO_SLOT: u8 = u8::MAX;
+
+const _: () = assert!(NAME_SLOTS < NO_SLOT as usize);
+
 /// The first slot of the pair where `name` may sit: from its address.
 #[inline]
 fn home_slot(name: &'static str) -> usize {
     let at = name.as_ptr() as usize ^ name.len().rotate_left(40);
     (at.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) % NAME_SLOTS
+}
+
+/// Whether two static names are the same text at the same address.
+#[inline]
+fn same_name(a: &'static str, b: &'static str) -> bool {
+    std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()
 }
 
 /// What a field name means for a draft, worked out once and kept while the
@@ -134,6 +156,8 @@ impl Draft {
             redactor: None,
             redacted: Vec::new(),
             names: Vec::new(),
+            site: None,
+            site_slots: [NO_SLOT; SITE_FIELDS],
             #[cfg(test)]
             name_misses: 0,
         }
@@ -148,10 +172,7 @@ impl Draft {
         if self.names.is_empty() {
             self.names.resize_with(NAME_SLOTS, NameSlot::default);
         }
-        let holds = |s: &NameSlot| {
-            s.name
-                .is_some_and(|n| std::ptr::eq(n.as_ptr(), name.as_ptr()) && n.len() == name.len())
-        };
+        let holds = |s: &NameSlot| s.name.is_some_and(|n| same_name(n, name));
         let j = i ^ 1;
         for (k, other) in [(i, j), (j, i)] {
             if holds(&self.names[k]) {
@@ -180,10 +201,29 @@ impl Draft {
         k
     }
 
-    /// The class of field `name` and, for a `details` name, its key.
+    /// The class of `field` and, for a `details` name, its key: from the
+    /// callsite's memo when the slot there still holds the name, else from
+    /// [`name_slot`](Self::name_slot), remembered.
     #[inline]
-    fn field_name(&mut self, name: &'static str) -> (Option<AuditName>, DetailKey<'static>) {
+    fn field_name(&mut self, field: &Field) -> (Option<AuditName>, DetailKey<'static>) {
+        let name = field.name();
+        let site = field.callsite();
+        if self.site.as_ref() != Some(&site) {
+            self.site = Some(site);
+            self.site_slots = [NO_SLOT; SITE_FIELDS];
+        }
+        let at = field.index();
+        if let Some(&k) = self.site_slots.get(at) {
+            if let Some(slot) = self.names.get(usize::from(k)) {
+                if slot.name.is_some_and(|n| same_name(n, name)) {
+                    return (slot.class, DetailKey::Static(name, usize::from(k)));
+                }
+            }
+        }
         let i = self.name_slot(name);
+        if let Some(k) = self.site_slots.get_mut(at) {
+            *k = i as u8;
+        }
         (self.names[i].class, DetailKey::Static(name, i))
     }
 
@@ -527,7 +567,7 @@ impl Draft {
 
     fn record_string(&mut self, field: &Field, v: &str) {
         let name = field.name();
-        let (class, key) = self.field_name(name);
+        let (class, key) = self.field_name(field);
         match class {
             Some(AuditName::Event) => self.event = Some(self.push_arena(v)),
             Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena(v)),
@@ -545,7 +585,7 @@ impl Draft {
     /// For typed values: audit slots take their text, `details` keeps the type.
     fn record_typed(&mut self, field: &Field, v: &dyn fmt::Debug, json: impl FnOnce(&mut Vec<u8>)) {
         let name = field.name();
-        let (class, key) = self.field_name(name);
+        let (class, key) = self.field_name(field);
         match class {
             Some(AuditName::Event) => self.event = Some(self.push_arena_fmt(v, EVENT_SLOT, name)),
             Some(AuditName::Context(c)) => {
@@ -644,7 +684,7 @@ impl Visit for Draft {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let name = field.name();
-        let (class, key) = self.field_name(name);
+        let (class, key) = self.field_name(field);
         match class {
             Some(AuditName::Event) => {
                 self.event = Some(self.push_arena_fmt(value, EVENT_SLOT, name))
@@ -935,6 +975,54 @@ mod tests {
         for n in [a, b, c, a, c, b] {
             check(&mut d, n);
         }
+    }
+
+    /// The per-callsite memo finds an event's fields without the table's
+    /// hash, and is trusted only while the slot it names still holds the
+    /// field's name: after every slot was taken by another name, each
+    /// field is worked out again and keeps its own class and key.
+    #[test]
+    fn a_callsite_memo_is_used_only_while_its_slot_holds_the_name() {
+        use tracing_subscriber::layer::SubscriberExt;
+        struct Check(Arc<std::sync::atomic::AtomicUsize>);
+        impl<S: tracing_core::Subscriber> tracing_subscriber::Layer<S> for Check {
+            fn on_event(
+                &self,
+                e: &tracing_core::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let fields: Vec<Field> = e.fields().collect();
+                let mut d = Draft::new(100);
+                let look = |d: &mut Draft| {
+                    for f in &fields {
+                        let (class, key) = d.field_name(f);
+                        assert_eq!(class, classify(f.name()), "{f}");
+                        assert_eq!(key.text(), f.name());
+                        let DetailKey::Static(_, k) = key else {
+                            panic!("a static key")
+                        };
+                        assert!(same_name(d.names[k].name.unwrap(), f.name()));
+                    }
+                };
+                look(&mut d);
+                assert_eq!(d.name_misses, fields.len());
+                look(&mut d);
+                assert_eq!(d.name_misses, fields.len(), "found through the memo");
+                for slot in d.names.iter_mut() {
+                    slot.name = Some("evicted");
+                    slot.class = Some(AuditName::Unknown);
+                }
+                look(&mut d);
+                assert_eq!(d.name_misses, 2 * fields.len(), "every stale slot seen");
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let layer = Check(done.clone());
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            tracing::info!(audit.event = "x", audit.actor = "a", note = 1u64, "m");
+        });
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
