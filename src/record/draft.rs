@@ -503,6 +503,12 @@ impl Draft {
     /// default. An invalid value never lowers the risk below its span's.
     pub(crate) fn resolve_risk(&mut self, level: &tracing_core::Level) -> Risk {
         let raw = self.ctx[ContextField::Risk as usize].clone();
+        if let Some(r) = raw
+            .as_ref()
+            .and_then(|r| Risk::exact(&self.arena[r.clone()]))
+        {
+            return r;
+        }
         match raw.map(|r| (self.arena[r.clone()].parse::<Risk>(), r)) {
             None => Risk::from_level(level),
             Some((Ok(risk), _)) => risk,
@@ -522,6 +528,12 @@ impl Draft {
     /// Resolves `audit.outcome` the same way (default `unknown`).
     pub(crate) fn resolve_outcome(&mut self) -> Outcome {
         let raw = self.ctx[ContextField::Outcome as usize].clone();
+        if let Some(o) = raw
+            .as_ref()
+            .and_then(|r| Outcome::exact(&self.arena[r.clone()]))
+        {
+            return o;
+        }
         match raw.map(|r| (self.arena[r.clone()].parse::<Outcome>(), r)) {
             None => Outcome::Unknown,
             Some((Ok(o), _)) => o,

@@ -164,16 +164,27 @@ pub struct ParseValueError {
     expected: &'static str,
 }
 
+impl Risk {
+    /// The exact lowercase word, else `None`: the common case, inlined
+    /// where a value is resolved, without building [`FromStr`]'s error
+    /// (which also takes other cases and surrounding spaces).
+    #[inline]
+    pub(crate) fn exact(s: &str) -> Option<Self> {
+        match s.as_bytes() {
+            b"low" => Some(Risk::Low),
+            b"medium" => Some(Risk::Medium),
+            b"high" => Some(Risk::High),
+            b"critical" => Some(Risk::Critical),
+            _ => None,
+        }
+    }
+}
+
 impl FromStr for Risk {
     type Err = ParseValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // The exact lowercase words first: the common case, no scanning.
-        match s {
-            "low" => return Ok(Risk::Low),
-            "medium" => return Ok(Risk::Medium),
-            "high" => return Ok(Risk::High),
-            "critical" => return Ok(Risk::Critical),
-            _ => {}
+        if let Some(r) = Risk::exact(s) {
+            return Ok(r);
         }
         let t = s.trim();
         let is = |w: &str| t.eq_ignore_ascii_case(w);
@@ -227,14 +238,24 @@ impl fmt::Display for Outcome {
     }
 }
 
+impl Outcome {
+    /// The exact lowercase word, else `None` (see [`Risk::exact`]).
+    #[inline]
+    pub(crate) fn exact(s: &str) -> Option<Self> {
+        match s.as_bytes() {
+            b"success" => Some(Outcome::Success),
+            b"failure" => Some(Outcome::Failure),
+            b"unknown" => Some(Outcome::Unknown),
+            _ => None,
+        }
+    }
+}
+
 impl FromStr for Outcome {
     type Err = ParseValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "success" => return Ok(Outcome::Success),
-            "failure" => return Ok(Outcome::Failure),
-            "unknown" => return Ok(Outcome::Unknown),
-            _ => {}
+        if let Some(o) = Outcome::exact(s) {
+            return Ok(o);
         }
         let t = s.trim();
         let is = |w: &str| t.eq_ignore_ascii_case(w);
