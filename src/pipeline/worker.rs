@@ -629,7 +629,7 @@ impl Worker {
             let meanwhile = if self.drop_on_error {
                 "records are dropped and counted until it works (on_error = drop); durable records wait"
             } else {
-                "durable records wait until a sync succeeds"
+                "nothing is dropped: records wait, and once the queue is full so do their callers (on_error = block)"
             };
             eprintln!("tracing-audit: {msg}; retrying ({meanwhile})");
             state.backoff = BACKOFF_MIN;
