@@ -175,6 +175,95 @@ impl Hasher for KeyHash {
 }
 type KeyMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHash>>;
 
+/// An owned map key: text that is looked up as [`Text`].
+#[derive(Debug, Clone)]
+pub(crate) struct Key(Box<str>);
+
+impl Key {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Key(s.into())
+    }
+}
+
+/// Borrowed key text, compared inline: equal hashes almost always mean
+/// equal keys here, and `str`'s `==` calls `memcmp` for every hit (7 % of
+/// the PolicyLayer's time by `perf`, for two lookups an event).
+#[repr(transparent)]
+pub(crate) struct Text(str);
+
+impl Text {
+    #[inline]
+    fn of(s: &str) -> &Text {
+        // SAFETY: `Text` is `repr(transparent)` over `str`, so the two
+        // pointers have the same layout and metadata.
+        unsafe { &*(s as *const str as *const Text) }
+    }
+}
+
+impl PartialEq for Text {
+    #[inline]
+    fn eq(&self, other: &Text) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        // Up to 16 bytes: the first and last eight (or four) bytes, which
+        // overlap and so cover every byte; longer keys go to `memcmp`.
+        let n = a.len();
+        let word = |s: &[u8], at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&s[at..at + 8]);
+            u64::from_ne_bytes(w)
+        };
+        let half = |s: &[u8], at: usize| {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&s[at..at + 4]);
+            u32::from_ne_bytes(w)
+        };
+        match n {
+            0..=3 => a == b,
+            4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+            8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+            _ => a == b,
+        }
+    }
+}
+
+impl Eq for Text {}
+
+impl std::hash::Hash for Text {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<Text> for Key {
+    fn borrow(&self) -> &Text {
+        Text::of(&self.0)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        Text::of(&self.0) == Text::of(&other.0)
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Text::of(&self.0).hash(state);
+    }
+}
+
 /// Counts in fixed-width time buckets; buckets older than the span before
 /// the newest event are dropped. Late events land in their own bucket.
 #[derive(Debug, Clone)]
@@ -473,7 +562,7 @@ enum Windows {
 #[derive(Debug, Clone)]
 pub(crate) struct TopK {
     k: usize,
-    counts: KeyMap<String, u64>,
+    counts: KeyMap<Key, u64>,
     /// Events counted under keys that were later evicted.
     pub(crate) evicted: u64,
 }
@@ -488,7 +577,7 @@ impl TopK {
     }
 
     fn add(&mut self, key: &str) {
-        if let Some(c) = self.counts.get_mut(key) {
+        if let Some(c) = self.counts.get_mut(Text::of(key)) {
             *c += 1;
             return;
         }
@@ -504,11 +593,14 @@ impl TopK {
                 self.evicted += c;
             }
         }
-        self.counts.insert(key.to_owned(), 1);
+        self.counts.insert(Key::from(key), 1);
     }
 
     pub(crate) fn to_map(&self) -> BTreeMap<String, u64> {
-        self.counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.counts
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), *v))
+            .collect()
     }
 }
 
@@ -648,7 +740,7 @@ struct KindEntry {
 pub(crate) struct Engine {
     pub(crate) policies: Vec<PolicyState>,
     /// kind → which policies count it, and how often it was seen.
-    kinds: KeyMap<String, KindEntry>,
+    kinds: KeyMap<Key, KindEntry>,
     /// Kinds no policy names, admitted to `kinds` so far.
     unnamed_kinds: usize,
     /// Bound on `unnamed_kinds`.
@@ -692,7 +784,7 @@ impl Engine {
             }
             for (slot, kind) in s.policy.require.iter().enumerate() {
                 e.kinds
-                    .entry(kind.clone())
+                    .entry(Key::from(kind.as_str()))
                     .or_default()
                     .counted_by
                     .push((i, slot));
@@ -714,7 +806,7 @@ impl Engine {
             max_unnamed,
             ..
         } = self;
-        let counted_by: &[(usize, usize)] = match kinds.get_mut(e.event_type) {
+        let counted_by: &[(usize, usize)] = match kinds.get_mut(Text::of(e.event_type)) {
             Some(k) => {
                 k.seen += 1;
                 &k.counted_by
@@ -725,7 +817,7 @@ impl Engine {
                     counted_by: Vec::new(),
                     seen: 1,
                 };
-                kinds.insert(e.event_type.to_owned(), k);
+                kinds.insert(Key::from(e.event_type), k);
                 &[]
             }
             None => {
@@ -751,7 +843,7 @@ impl Engine {
         self.kinds
             .iter()
             .filter(|(_, k)| k.seen > 0)
-            .map(|(n, k)| (n.clone(), k.seen))
+            .map(|(n, k)| (n.as_str().to_owned(), k.seen))
             .collect()
     }
 
@@ -832,6 +924,23 @@ mod tests {
             .threshold(threshold)
             .window(Duration::from_secs(window));
         Engine::new(vec![p], 10, 100)
+    }
+
+    #[test]
+    fn key_text_compares_every_byte() {
+        for n in 0..40usize {
+            let a: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            let same = a.clone(); // another allocation
+            assert!(Text::of(&a) == Text::of(&same), "length {n}");
+            for at in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'Z';
+                let b = String::from_utf8(b).unwrap();
+                assert!(Text::of(&a) != Text::of(&b), "length {n}, byte {at}");
+            }
+            let longer = format!("{a}x");
+            assert!(Text::of(&a) != Text::of(&longer));
+        }
     }
 
     #[test]
@@ -1011,7 +1120,7 @@ mod tests {
             t.add("heavy");
         }
         assert_eq!(t.counts.len(), 3);
-        assert_eq!(t.counts["heavy"], 1000);
+        assert_eq!(t.counts[Text::of("heavy")], 1000);
         assert_eq!(t.to_map().values().sum::<u64>() + t.evicted, 2000);
     }
 

@@ -204,7 +204,7 @@ impl Draft {
     /// The class of `field` and, for a `details` name, its key: from the
     /// callsite's memo when the slot there still holds the name, else from
     /// [`name_slot`](Self::name_slot), remembered.
-    #[inline]
+    #[inline(always)]
     fn field_name(&mut self, field: &Field) -> (Option<AuditName>, DetailKey<'static>) {
         let name = field.name();
         let site = field.callsite();
@@ -577,12 +577,29 @@ impl Draft {
         self.ctx.iter().all(Option::is_some) && self.span_risk.is_some()
     }
 
+    #[inline]
     fn record_string(&mut self, field: &Field, v: &str) {
-        let name = field.name();
         let (class, key) = self.field_name(field);
         match class {
             Some(AuditName::Event) => self.event = Some(self.push_arena(v)),
             Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena(v)),
+            other => self.record_other_string(field.name(), other, key, v),
+        }
+    }
+
+    /// [`record_string`](Self::record_string) for a field that is not an
+    /// `audit.*` slot: kept out of line, so that the slots' path (all a
+    /// policy reads) stays short.
+    #[inline(never)]
+    fn record_other_string(
+        &mut self,
+        name: &'static str,
+        class: Option<AuditName>,
+        key: DetailKey<'static>,
+        v: &str,
+    ) {
+        match class {
+            Some(AuditName::Event | AuditName::Context(_)) => {}
             Some(AuditName::Details) => self.detail_str_dropped(key, v, 0, false),
             Some(AuditName::Unknown) => self.detail_str_dropped(key, v, 0, true),
             None if name == "message" && !self.keep_details => {}
