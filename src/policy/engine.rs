@@ -128,6 +128,22 @@ pub(crate) struct KeyHash(u64);
 
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// The 4 bytes of `s` from `at`, as a number (little-endian).
+#[inline]
+fn u32_at(s: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&s[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+/// The 8 bytes of `s` from `at`, as a number (little-endian).
+#[inline]
+fn u64_at(s: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
 impl KeyHash {
     #[inline]
     fn add(&mut self, word: u64) {
@@ -145,26 +161,19 @@ impl Hasher for KeyHash {
     fn write(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(8);
         for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
+            self.add(u64_at(c, 0));
         }
         // The last 1-7 bytes in at most two loads (overlapping when they
         // are 5-7; with the length mixed in, still one word per text), not
         // a variable-length copy, which is a call to `memcpy`.
         let rest = chunks.remainder();
         let n = rest.len();
-        let word = |at: usize| {
-            let mut w = [0u8; 4];
-            w.copy_from_slice(&rest[at..at + 4]);
-            u64::from(u32::from_le_bytes(w))
-        };
         let tail = match n {
             0 => return,
             1..=3 => {
                 u64::from(rest[0]) | u64::from(rest[n / 2]) << 8 | u64::from(rest[n - 1]) << 16
             }
-            _ => word(0) | word(n - 4) << 32,
+            _ => u64::from(u32_at(rest, 0)) | u64::from(u32_at(rest, n - 4)) << 32,
         };
         self.add(tail ^ ((n as u64) << 60));
     }
@@ -216,20 +225,10 @@ impl PartialEq for Text {
         // Up to 16 bytes: the first and last eight (or four) bytes, which
         // overlap and so cover every byte; longer keys go to `memcmp`.
         let n = a.len();
-        let word = |s: &[u8], at: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&s[at..at + 8]);
-            u64::from_ne_bytes(w)
-        };
-        let half = |s: &[u8], at: usize| {
-            let mut w = [0u8; 4];
-            w.copy_from_slice(&s[at..at + 4]);
-            u32::from_ne_bytes(w)
-        };
         match n {
             0..=3 => a == b,
-            4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
-            8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+            4..=7 => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, n - 4) == u32_at(b, n - 4),
+            8..=16 => u64_at(a, 0) == u64_at(b, 0) && u64_at(a, n - 8) == u64_at(b, n - 8),
             _ => a == b,
         }
     }
