@@ -205,20 +205,27 @@ pub(crate) enum LinkError {
 }
 
 /// A hyphenated lower-case UUID: 8-4-4-4-12 hex digits.
-fn is_uuid(s: &[u8]) -> bool {
-    s.len() == ID_LEN
-        && s.iter().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => *b == b'-',
-            _ => matches!(b, b'0'..=b'9' | b'a'..=b'f'),
-        })
+pub(crate) fn is_uuid(s: &[u8]) -> bool {
+    let Ok(s) = <&[u8; ID_LEN]>::try_from(s) else {
+        return false;
+    };
+    // Hyphens where they belong and nowhere else (exactly four), every
+    // other byte a digit: passes of a fixed length without short-circuit,
+    // which the compiler unrolls and vectorises (every line has two).
+    let hex_or_hyphen = s
+        .iter()
+        .fold(true, |ok, &b| ok & (is_lower_hex(b) | (b == b'-')));
+    let hyphens = s.iter().fold(0u8, |n, &b| n + u8::from(b == b'-'));
+    hex_or_hyphen && hyphens == 4 && s[8] == b'-' && s[13] == b'-' && s[18] == b'-' && s[23] == b'-'
+}
+
+fn is_lower_hex(b: u8) -> bool {
+    (b.wrapping_sub(b'0') < 10) | (b.wrapping_sub(b'a') < 6)
 }
 
 fn is_hex64(s: &[u8]) -> bool {
     // Without short-circuit, so that it is vectorised (every line has two).
-    s.len() == 64
-        && s.iter().fold(true, |ok, b| {
-            ok & (b.wrapping_sub(b'0') < 10 || b.wrapping_sub(b'a') < 6)
-        })
+    <&[u8; 64]>::try_from(s).is_ok_and(|s| s.iter().fold(true, |ok, &b| ok & is_lower_hex(b)))
 }
 
 /// Reads and checks one line (without its `\n`): the stored hash must equal
@@ -273,28 +280,39 @@ pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
     if n < MIN_SEALED || !(v2 || line.starts_with(HEAD_V1)) {
         return Err(LinkError::Malformed);
     }
-    let suffix = &line[n - HASH_SUFFIX_LEN..];
-    let prev = &line[n - HASH_SUFFIX_LEN - PREV_LEN..n - HASH_SUFFIX_LEN];
-    if !suffix.starts_with(HASH_KEY)
-        || !suffix.ends_with(END)
-        || !prev.starts_with(&PREV_KEY[1..])
-        || !prev.ends_with(b"\",")
+    // `prev_hash` and `hash`, together at the end: one UTF-8 check for both.
+    let tail = std::str::from_utf8(&line[n - HASH_SUFFIX_LEN - PREV_LEN..])
+        .map_err(|_| LinkError::Malformed)?;
+    let (prev, suffix) = tail.split_at(PREV_LEN);
+    if !suffix.as_bytes().starts_with(HASH_KEY)
+        || !suffix.as_bytes().ends_with(END)
+        || !prev.as_bytes().starts_with(&PREV_KEY[1..])
+        || !prev.as_bytes().ends_with(b"\",")
     {
         return Err(LinkError::Malformed);
     }
-    let hash = &suffix[HASH_KEY.len()..HASH_KEY.len() + 64];
-    let prev_hash = &prev[PREV_KEY.len() - 1..PREV_KEY.len() - 1 + 64];
-    if !is_hex64(hash) || !is_hex64(prev_hash) {
+    let hash = suffix
+        .get(HASH_KEY.len()..HASH_KEY.len() + 64)
+        .filter(|h| is_hex64(h.as_bytes()));
+    let prev_hash = prev
+        .get(PREV_KEY.len() - 1..PREV_KEY.len() - 1 + 64)
+        .filter(|h| is_hex64(h.as_bytes()));
+    let (Some(hash), Some(prev_hash)) = (hash, prev_hash) else {
         return Err(LinkError::Malformed);
-    }
+    };
     let after_id = HEAD.len() + ID_LEN;
     let seq_part = line[after_id..]
         .strip_prefix(SEQ_KEY)
         .ok_or(LinkError::Malformed)?;
     let digits = seq_part.iter().take_while(|b| b.is_ascii_digit()).count();
-    let seq = std::str::from_utf8(&seq_part[..digits])
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
+    // As `str::parse` reads them (leading zeros too), without the copy.
+    let seq = (digits > 0)
+        .then(|| {
+            seq_part[..digits].iter().try_fold(0u64, |v, d| {
+                v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+        })
+        .flatten()
         .ok_or(LinkError::Malformed)?;
     let chain_id = if v2 {
         let id = seq_part[digits..]
@@ -303,24 +321,53 @@ pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
             .filter(|id| id.ends_with(CHAIN_END))
             .map(|id| &id[..ID_LEN])
             .filter(|id| is_uuid(id))
+            .and_then(|id| std::str::from_utf8(id).ok())
             .ok_or(LinkError::Malformed)?;
         Some(id)
     } else {
         None
     };
-    // All checked to be ASCII above.
-    let as_str = |b| std::str::from_utf8(b).unwrap_or("");
     Ok(Link {
-        chain_id: chain_id.map(as_str),
+        chain_id,
         seq,
-        prev_hash: as_str(prev_hash),
-        hash: as_str(hash),
+        prev_hash,
+        hash,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `is_uuid` is exactly "what `uuid` parses, in the written spelling":
+    /// every one-byte change of a written id agrees with that rule.
+    #[test]
+    fn is_uuid_accepts_exactly_the_written_spelling() {
+        let written = uuid::Uuid::now_v7().hyphenated().to_string();
+        let rule = |s: &[u8]| {
+            std::str::from_utf8(s)
+                .ok()
+                .and_then(|s| uuid::Uuid::try_parse(s).ok().map(|u| (s, u)))
+                .is_some_and(|(s, u)| u.hyphenated().to_string() == s)
+        };
+        assert!(is_uuid(written.as_bytes()));
+        let (mut accepted, mut refused) = (0, 0);
+        for i in 0..written.len() {
+            for b in *b"-09afgAF{ " {
+                let mut m = written.clone().into_bytes();
+                m[i] = b;
+                assert_eq!(is_uuid(&m), rule(&m), "{}", String::from_utf8_lossy(&m));
+                if is_uuid(&m) {
+                    accepted += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+        }
+        assert!(accepted > 100 && refused > 100, "{accepted} {refused}");
+        assert!(!is_uuid(&written.as_bytes()[1..]));
+        assert!(!is_uuid(format!("{written}0").as_bytes()));
+    }
 
     fn sealed(chain: &mut Chain, body: &str) -> Vec<u8> {
         let mut out = Vec::new();

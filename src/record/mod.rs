@@ -483,10 +483,11 @@ impl<'a> CheckedRecord<'a> {
     pub(crate) fn check(line: &'a [u8]) -> Result<Self, serde_json::Error> {
         // A line in the written form is checked in one pass; anything else
         // (and every failure, with its explanation) by serde.
-        let r = match canonical::check(line) {
-            Some(r) => r,
-            None => serde_json::from_slice(line)?,
-        };
+        // The fast path reads only schema 2 with a UUID for `chain_id`.
+        if let Some(r) = canonical::check(line) {
+            return Ok(r);
+        }
+        let r: Self = serde_json::from_slice(line)?;
         check_schema(r.schema, r.chain_id.as_deref())?;
         Ok(r)
     }

@@ -356,6 +356,14 @@ struct Place<'p> {
     first_in_file: bool,
 }
 
+/// What [`Verifier::record`] read of a sealed line.
+struct Parsed<'a> {
+    event_type: Option<std::borrow::Cow<'a, str>>,
+    /// The owned parse, where its details are read (the first record,
+    /// after lines that are not records); boxed, as it is rare.
+    full: Option<Box<AuditRecord>>,
+}
+
 /// What one line turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seen {
@@ -499,14 +507,15 @@ impl Verifier {
             Ok(link) => link,
             Err(seen) => return seen,
         };
-        let (checked, full) = match self.record(p, line, &link) {
+        let Parsed { event_type, full } = match self.record(p, line, &link) {
             Ok(r) => r,
             Err(seen) => return seen,
         };
         if !self.same_chain(p, &link) {
             return Seen::Failed;
         }
-        if checked.event_type.as_deref() == Some("checkpoint") && !self.checkpoint(p, line, &link) {
+        let event_type = event_type.as_deref();
+        if event_type == Some("checkpoint") && !self.checkpoint(p, line, &link) {
             return Seen::Failed;
         }
         match (&self.expect, &full) {
@@ -525,7 +534,7 @@ impl Verifier {
         if self.report.failure.is_some() {
             return Seen::Failed;
         }
-        self.accept(&link, &checked, line);
+        self.accept(&link, event_type, line);
         Seen::Record
     }
 
@@ -568,7 +577,7 @@ impl Verifier {
         p: &Place<'_>,
         line: &'a [u8],
         link: &Link<'_>,
-    ) -> Result<(CheckedRecord<'a>, Option<AuditRecord>), Seen> {
+    ) -> Result<Parsed<'a>, Seen> {
         let not_a_record = |v: &mut Self, e: serde_json::Error| {
             let detail = format!("a sealed line that is not a record of the schema: {e}");
             v.fail(FailureKind::NotARecord, p.path, p.line, detail);
@@ -576,7 +585,9 @@ impl Verifier {
         };
         let checked = CheckedRecord::check(line).map_err(|e| not_a_record(self, e))?;
         let full = if !self.junk.is_empty() || self.expect.is_none() {
-            Some(AuditRecord::parse(line).map_err(|e| not_a_record(self, e))?)
+            Some(Box::new(
+                AuditRecord::parse(line).map_err(|e| not_a_record(self, e))?,
+            ))
         } else {
             None
         };
@@ -595,7 +606,12 @@ impl Verifier {
                 return Err(Seen::Failed);
             }
         }
-        Ok((checked, full))
+        // Only the event type is read after this: the record itself (a few
+        // hundred bytes) is not moved about.
+        Ok(Parsed {
+            event_type: checked.event_type,
+            full,
+        })
     }
 
     /// Whether the record belongs to the trail's chain: every record with a
@@ -643,10 +659,9 @@ impl Verifier {
     }
 
     /// Counts a record that linked, and expects the next one after it.
-    fn accept(&mut self, link: &Link<'_>, checked: &CheckedRecord<'_>, line: &[u8]) {
+    fn accept(&mut self, link: &Link<'_>, event: Option<&str>, line: &[u8]) {
         // The checkpoint written at stop follows `audit_stopped`: the trail
         // is still stopped cleanly after it.
-        let event = checked.event_type.as_deref();
         if !(event == Some("checkpoint") && self.last_stopped) {
             self.last_stopped = event == Some("audit_stopped");
         }
