@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use super::strict::CheckedObject;
+use super::strict::{CheckedObject, CheckedStr};
 use super::CheckedRecord;
 use crate::record::fields::{Outcome, Risk};
 
@@ -138,13 +138,14 @@ impl<'a> Cursor<'a> {
     }
 
     /// `key`, then any string.
-    fn str_at<const N: usize>(&mut self, key: &[u8; N]) -> Option<Cow<'a, str>> {
-        Some(Cow::Borrowed(self.at(key)?.string()?.0))
+    fn str_at<const N: usize>(&mut self, key: &[u8; N]) -> Option<CheckedStr> {
+        self.at(key)?.string()?;
+        Some(CheckedStr)
     }
 
     /// `key`, then `null` or any string.
-    fn opt_at<const N: usize>(&mut self, key: &[u8; N]) -> Option<Option<Cow<'a, str>>> {
-        Some(self.at(key)?.opt_string()?.map(Cow::Borrowed))
+    fn opt_at<const N: usize>(&mut self, key: &[u8; N]) -> Option<Option<CheckedStr>> {
+        Some(self.at(key)?.opt_string()?.map(|_| CheckedStr))
     }
 
     /// `key`, then `null` or a string without escapes.
@@ -488,6 +489,28 @@ mod tests {
         let bad = LINES[0].replace(id, "01a244e9-14d9-7196-8935-7bbe2e8842-a");
         assert!(check(bad.as_bytes()).is_none());
         assert!(serde_verdict(bad.as_bytes()).is_none());
+    }
+
+    /// Fields only checked (not kept) are still refused unless strings,
+    /// on both paths.
+    #[test]
+    fn fields_only_checked_must_still_be_strings() {
+        let ok = LINES[0].replace("\"host\":\"vm\"", "\"host\":null");
+        assert!(super::super::CheckedRecord::check(ok.as_bytes()).is_ok());
+        for (from, to) in [
+            ("\"actor\":\"tracing-audit\"", "\"actor\":5"),
+            ("\"host\":\"vm\"", "\"host\":[\"vm\"]"),
+            ("\"target\":\"tracing_audit\"", "\"target\":true"),
+            ("\"level\":\"INFO\"", "\"level\":null"),
+        ] {
+            let bad = LINES[0].replace(from, to);
+            assert_ne!(bad, LINES[0]);
+            assert!(check(bad.as_bytes()).is_none(), "{to}");
+            assert!(
+                super::super::CheckedRecord::check(bad.as_bytes()).is_err(),
+                "{to}"
+            );
+        }
     }
 
     /// The promise: whatever the fast path accepts, the serde parse

@@ -422,8 +422,8 @@ impl AuditRecord {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CheckedRecord<'a> {
     schema: u32,
-    #[serde(borrow, rename = "audit_id")]
-    _audit_id: std::borrow::Cow<'a, str>,
+    #[serde(rename = "audit_id")]
+    _audit_id: strict::CheckedStr,
     #[serde(rename = "seq")]
     _seq: u64,
     #[serde(borrow, default)]
@@ -432,49 +432,49 @@ pub(crate) struct CheckedRecord<'a> {
     _timestamp: chrono::DateTime<chrono::Utc>,
     #[serde(borrow)]
     pub(crate) event_type: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, rename = "actor")]
-    _actor: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, rename = "resource")]
-    _resource: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, rename = "action")]
-    _action: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "actor")]
+    _actor: Option<strict::CheckedStr>,
+    #[serde(rename = "resource")]
+    _resource: Option<strict::CheckedStr>,
+    #[serde(rename = "action")]
+    _action: Option<strict::CheckedStr>,
     #[serde(rename = "outcome")]
     _outcome: Outcome,
     #[serde(rename = "risk_level")]
     _risk_level: Risk,
-    #[serde(borrow, rename = "session_id")]
-    _session_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, rename = "ip_address")]
-    _ip_address: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, rename = "message")]
-    _message: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "session_id")]
+    _session_id: Option<strict::CheckedStr>,
+    #[serde(rename = "ip_address")]
+    _ip_address: Option<strict::CheckedStr>,
+    #[serde(rename = "message")]
+    _message: Option<strict::CheckedStr>,
     #[serde(rename = "details")]
     _details: strict::CheckedObject,
     #[serde(borrow)]
     pub(crate) service: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, rename = "version")]
-    _version: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, rename = "environment")]
-    _environment: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, rename = "host")]
-    _host: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "version")]
+    _version: Option<strict::CheckedStr>,
+    #[serde(rename = "environment")]
+    _environment: Option<strict::CheckedStr>,
+    #[serde(rename = "host")]
+    _host: Option<strict::CheckedStr>,
     #[serde(rename = "source")]
-    _source: CheckedSource<'a>,
-    #[serde(borrow, rename = "prev_hash")]
-    _prev_hash: std::borrow::Cow<'a, str>,
-    #[serde(borrow, rename = "hash")]
-    _hash: std::borrow::Cow<'a, str>,
+    _source: CheckedSource,
+    #[serde(rename = "prev_hash")]
+    _prev_hash: strict::CheckedStr,
+    #[serde(rename = "hash")]
+    _hash: strict::CheckedStr,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CheckedSource<'a> {
-    #[serde(borrow, rename = "target")]
-    _target: std::borrow::Cow<'a, str>,
-    #[serde(borrow, rename = "level")]
-    _level: std::borrow::Cow<'a, str>,
-    #[serde(borrow, rename = "span")]
-    _span: Option<std::borrow::Cow<'a, str>>,
+struct CheckedSource {
+    #[serde(rename = "target")]
+    _target: strict::CheckedStr,
+    #[serde(rename = "level")]
+    _level: strict::CheckedStr,
+    #[serde(rename = "span")]
+    _span: Option<strict::CheckedStr>,
 }
 
 impl<'a> CheckedRecord<'a> {
@@ -503,6 +503,28 @@ mod strict {
     /// A value checked like [`map`]'s, without building it.
     #[derive(Debug)]
     pub(super) struct Checked;
+
+    /// A string checked and not kept: the fields of a record that a reader
+    /// only checks (refused unless a string, as `Cow<str>` refuses it), so
+    /// that a checked record is small to build and move.
+    #[derive(Debug)]
+    pub(super) struct CheckedStr;
+
+    impl<'de> serde::Deserialize<'de> for CheckedStr {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = CheckedStr;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_str<E>(self, _: &str) -> Result<CheckedStr, E> {
+                    Ok(CheckedStr)
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
 
     /// An object checked like [`map`]'s (anything else is refused, as
     /// [`map`] refuses it), without building it.
