@@ -157,7 +157,7 @@ impl Hasher for KeyHash {
     fn finish(&self) -> u64 {
         self.0
     }
-    #[inline]
+    #[inline(always)]
     fn write(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(8);
         for c in &mut chunks {
@@ -216,7 +216,7 @@ impl Text {
 }
 
 impl PartialEq for Text {
-    #[inline]
+    #[inline(always)]
     fn eq(&self, other: &Text) -> bool {
         let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
         if a.len() != b.len() {
@@ -237,9 +237,11 @@ impl PartialEq for Text {
 impl Eq for Text {}
 
 impl std::hash::Hash for Text {
-    #[inline]
+    /// The bytes alone: a map key is one text, so the terminator `str`
+    /// adds for composite keys (one more multiply) buys nothing here.
+    #[inline(always)]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
+        state.write(self.0.as_bytes());
     }
 }
 
@@ -286,6 +288,7 @@ impl Buckets {
         }
     }
 
+    #[inline]
     fn add(&mut self, at: Nanos, slot: usize) {
         // Another event at the newest time (the coarse clock makes that
         // the common case): its bucket is the last one, and nothing ages
@@ -296,6 +299,12 @@ impl Buckets {
                 return;
             }
         }
+        self.add_moving(at, slot);
+    }
+
+    /// [`Buckets::add`] for an event at another time than the newest.
+    #[inline(never)]
+    fn add_moving(&mut self, at: Nanos, slot: usize) {
         let newest = self.newest.map_or(at, |n| n.max(at));
         self.newest = Some(newest);
         let oldest_kept = newest.saturating_sub(self.span) / self.width;
@@ -750,6 +759,8 @@ pub(crate) struct Engine {
     any_kind: Vec<usize>,
     pub(crate) total: u64,
     pub(crate) by_actor: TopK,
+    /// The episode starts one event makes, reused across events.
+    starts: Vec<Nanos>,
 }
 
 impl Engine {
@@ -764,6 +775,7 @@ impl Engine {
             any_kind: Vec::new(),
             total: 0,
             by_actor: TopK::new(top_k),
+            starts: Vec::new(),
         };
         for p in policies {
             // A later policy with the same name replaces the earlier one.
@@ -803,6 +815,7 @@ impl Engine {
             other_kinds,
             unnamed_kinds,
             max_unnamed,
+            starts,
             ..
         } = self;
         let counted_by: &[(usize, usize)] = match kinds.get_mut(Text::of(e.event_type)) {
@@ -828,11 +841,11 @@ impl Engine {
             return;
         }
         for &(i, slot) in counted_by {
-            count(&mut policies[i], i, slot, e, quiet, out);
+            count(&mut policies[i], i, slot, e, quiet, starts, out);
         }
         if e.source == Source::App {
             for &i in any_kind.iter() {
-                count(&mut policies[i], i, 0, e, quiet, out);
+                count(&mut policies[i], i, 0, e, quiet, starts, out);
             }
         }
     }
@@ -858,6 +871,7 @@ fn count(
     slot: usize,
     e: &Observed<'_>,
     quiet: bool,
+    starts: &mut Vec<Nanos>,
     out: &mut Vec<Crossing>,
 ) {
     if !s.matches(e) {
@@ -871,11 +885,11 @@ fn count(
         (Windows::One(w), _) => w,
         (Windows::Grouped(g), None) => g.window(NO_KEY),
     };
-    let mut starts = Vec::new();
-    if !window.insert(e.at, &s.shape, &mut starts) {
+    starts.clear();
+    if !window.insert(e.at, &s.shape, starts) {
         s.inexact += 1;
     }
-    for at in starts {
+    for &at in starts.iter() {
         s.alerts += 1;
         let crossing = Crossing {
             policy: i,

@@ -208,8 +208,23 @@ impl Draft {
     /// back in registers; a pair holding the key came back through the
     /// stack, and the load that read it stalled (12 % of the PolicyLayer's
     /// samples by `perf`).
-    #[inline]
+    #[inline(always)]
     fn field_name(&mut self, field: &Field) -> (Option<AuditName>, usize) {
+        if self.site.as_ref() == Some(&field.callsite()) {
+            if let Some(&k) = self.site_slots.get(field.index()) {
+                if let Some(slot) = self.names.get(usize::from(k)) {
+                    if slot.name.is_some_and(|n| same_name(n, field.name())) {
+                        return (slot.class, usize::from(k));
+                    }
+                }
+            }
+        }
+        self.field_name_missed(field)
+    }
+
+    /// [`field_name`](Self::field_name) when the memo does not hold it.
+    #[inline(never)]
+    fn field_name_missed(&mut self, field: &Field) -> (Option<AuditName>, usize) {
         let name = field.name();
         let site = field.callsite();
         if self.site.as_ref() != Some(&site) {
@@ -325,6 +340,14 @@ impl Draft {
     /// Bytes left out of the message.
     pub(crate) fn message_dropped(&self) -> usize {
         self.dropped[MESSAGE_SLOT]
+    }
+
+    /// A context slot's bytes, for comparing with a known word (no
+    /// `str` boundary checks: the range came from [`push_arena`](Self::push_arena)).
+    #[inline]
+    fn raw_context(&self, f: ContextField) -> Option<&[u8]> {
+        let r = self.ctx[f as usize].as_ref()?;
+        self.arena.as_bytes().get(r.clone())
     }
 
     fn get(&self, r: &Option<Range<usize>>) -> Option<&str> {
@@ -505,14 +528,22 @@ impl Draft {
     /// Resolves `audit.risk`: parsed if valid, else (kept as given in
     /// `details` and flagged) the innermost span's risk, else the level's
     /// default. An invalid value never lowers the risk below its span's.
+    #[inline]
     pub(crate) fn resolve_risk(&mut self, level: &tracing_core::Level) -> Risk {
-        let raw = self.ctx[ContextField::Risk as usize].clone();
-        if let Some(r) = raw
-            .as_ref()
-            .and_then(|r| Risk::exact(&self.arena[r.clone()]))
-        {
-            return r;
+        match self.raw_context(ContextField::Risk) {
+            None => Risk::from_level(level),
+            Some(raw) => match Risk::exact(raw) {
+                Some(r) => r,
+                None => self.resolve_risk_other(level),
+            },
         }
+    }
+
+    /// [`resolve_risk`](Self::resolve_risk) for a value other than the
+    /// exact lower-case word.
+    #[inline(never)]
+    fn resolve_risk_other(&mut self, level: &tracing_core::Level) -> Risk {
+        let raw = self.ctx[ContextField::Risk as usize].clone();
         match raw.map(|r| (self.arena[r.clone()].parse::<Risk>(), r)) {
             None => Risk::from_level(level),
             Some((Ok(risk), _)) => risk,
@@ -530,14 +561,22 @@ impl Draft {
     }
 
     /// Resolves `audit.outcome` the same way (default `unknown`).
+    #[inline]
     pub(crate) fn resolve_outcome(&mut self) -> Outcome {
-        let raw = self.ctx[ContextField::Outcome as usize].clone();
-        if let Some(o) = raw
-            .as_ref()
-            .and_then(|r| Outcome::exact(&self.arena[r.clone()]))
-        {
-            return o;
+        match self.raw_context(ContextField::Outcome) {
+            None => Outcome::Unknown,
+            Some(raw) => match Outcome::exact(raw) {
+                Some(o) => o,
+                None => self.resolve_outcome_other(),
+            },
         }
+    }
+
+    /// [`resolve_outcome`](Self::resolve_outcome) for a value other than
+    /// the exact lower-case word.
+    #[inline(never)]
+    fn resolve_outcome_other(&mut self) -> Outcome {
+        let raw = self.ctx[ContextField::Outcome as usize].clone();
         match raw.map(|r| (self.arena[r.clone()].parse::<Outcome>(), r)) {
             None => Outcome::Unknown,
             Some((Ok(o), _)) => o,
@@ -581,11 +620,29 @@ impl Draft {
         self.ctx.iter().all(Option::is_some) && self.span_risk.is_some()
     }
 
+    /// A string value: the audit slots here, inline (every audit event
+    /// has some, and the policy layer has nothing else); the rest in
+    /// [`record_string_detail`](Self::record_string_detail).
+    #[inline(always)]
     fn record_string(&mut self, field: &Field, v: &str) {
-        let name = field.name();
-        let (class, slot) = self.field_name(field);
+        match self.field_name(field) {
+            (Some(AuditName::Event), _) => self.event = Some(self.push_arena(v)),
+            (Some(AuditName::Context(c)), _) => self.ctx[c as usize] = Some(self.push_arena(v)),
+            (class, slot) => self.record_string_detail(field.name(), class, slot, v),
+        }
+    }
+
+    #[inline(never)]
+    fn record_string_detail(
+        &mut self,
+        name: &'static str,
+        class: Option<AuditName>,
+        slot: usize,
+        v: &str,
+    ) {
         let key = DetailKey::Static(name, slot);
         match class {
+            // Taken by `record_string`; kept whole here so no class is lost.
             Some(AuditName::Event) => self.event = Some(self.push_arena(v)),
             Some(AuditName::Context(c)) => self.ctx[c as usize] = Some(self.push_arena(v)),
             Some(AuditName::Details) => self.detail_str_dropped(key, v, 0, false),

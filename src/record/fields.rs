@@ -169,8 +169,8 @@ impl Risk {
     /// where a value is resolved, without building [`FromStr`]'s error
     /// (which also takes other cases and surrounding spaces).
     #[inline]
-    pub(crate) fn exact(s: &str) -> Option<Self> {
-        match s.as_bytes() {
+    pub(crate) fn exact(s: &[u8]) -> Option<Self> {
+        match s {
             b"low" => Some(Risk::Low),
             b"medium" => Some(Risk::Medium),
             b"high" => Some(Risk::High),
@@ -183,7 +183,7 @@ impl Risk {
 impl FromStr for Risk {
     type Err = ParseValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(r) = Risk::exact(s) {
+        if let Some(r) = Risk::exact(s.as_bytes()) {
             return Ok(r);
         }
         let t = s.trim();
@@ -241,8 +241,8 @@ impl fmt::Display for Outcome {
 impl Outcome {
     /// The exact lowercase word, else `None` (see [`Risk::exact`]).
     #[inline]
-    pub(crate) fn exact(s: &str) -> Option<Self> {
-        match s.as_bytes() {
+    pub(crate) fn exact(s: &[u8]) -> Option<Self> {
+        match s {
             b"success" => Some(Outcome::Success),
             b"failure" => Some(Outcome::Failure),
             b"unknown" => Some(Outcome::Unknown),
@@ -254,7 +254,7 @@ impl Outcome {
 impl FromStr for Outcome {
     type Err = ParseValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(o) = Outcome::exact(s) {
+        if let Some(o) = Outcome::exact(s.as_bytes()) {
             return Ok(o);
         }
         let t = s.trim();
