@@ -102,6 +102,28 @@ fn flipped_byte_in_a_field_is_a_modified_record() {
     );
 }
 
+/// The verifier's reader thread hashes most lines and leaves some to the
+/// checking thread: an edit is found on every line, whichever hashed it.
+#[test]
+fn an_edit_on_any_line_is_a_modified_record() {
+    let (dir, files) = trail(30, None);
+    let original = lines(&files[1]);
+    for at in 0..original.len() {
+        let mut l = original.clone();
+        l[at] = l[at].replacen("\"host\":\"h\"", "\"host\":\"H\"", 1);
+        assert_ne!(l[at], original[at]);
+        write_lines(&files[1], &l);
+        assert_eq!(
+            failed(&verify(dir.path(), None).unwrap()),
+            (FailureKind::Modified, FILES[1].into(), at as u64 + 1),
+            "edit on line {}",
+            at + 1
+        );
+    }
+    write_lines(&files[1], &original);
+    assert!(verify(dir.path(), None).unwrap().is_ok());
+}
+
 #[test]
 fn deleted_line_is_a_seq_gap() {
     let (dir, files) = trail(30, None);

@@ -463,7 +463,11 @@ impl Verifier {
                     place.at = place.end;
                     place.end += l.read.consumed;
                     let line = &batch.data[l.start..l.end];
-                    match self.line(&place, line, &l.read, l.hash_checks) {
+                    let hashed = match l.hash_checks {
+                        Some(checks) => checks,
+                        None => hash_checks(&self.hasher, line),
+                    };
+                    match self.line(&place, line, &l.read, hashed) {
                         Seen::Record => place.first_in_file = false,
                         Seen::NotARecord => {}
                         Seen::Failed => return Ok(()),
@@ -908,6 +912,10 @@ impl Verifier {
 const AHEAD: usize = 2;
 /// Bytes of lines in one batch.
 const BATCH_BYTES: usize = 256 * 1024;
+/// One line in this many has its hash checked by the checking thread, not
+/// the reader: hashing is about 70 % of the reader's work and the reader
+/// sets the pace, so the checker takes a share (see [`read_ahead`]).
+const CHECKER_HASHES_ONE_IN: u64 = 5;
 
 /// Lines read ahead, with their hash checked.
 #[derive(Default)]
@@ -920,13 +928,15 @@ struct AheadLine {
     start: usize,
     end: usize,
     read: crate::sink::file::lines::Line,
-    /// [`hash_checks`] of the line.
-    hash_checks: bool,
+    /// [`hash_checks`] of the line, or `None`: left to the checker.
+    hash_checks: Option<bool>,
 }
 
 /// The reader thread of [`Verifier::file`]: the file's lines in batches of
 /// about [`BATCH_BYTES`], each with whether its hash checks under `hasher`
-/// (the one pure, costly part of checking a line). Stops at the end of the
+/// (the one pure, costly part of checking a line), except one ordinary line
+/// in [`CHECKER_HASHES_ONE_IN`], which the checker hashes itself so the two
+/// threads are about equally busy. Stops at the end of the
 /// file, at a read error (sent on), or when the checker stops listening.
 ///
 /// Memory stays what reading one line at a time needs: at most
@@ -956,6 +966,7 @@ fn read_ahead(
     };
     // A batch back from the checker, kept for the next fill.
     let mut kept: Option<Batch> = None;
+    let mut lines = 0u64;
     loop {
         let mut batch = match kept.take() {
             Some(b) => b,
@@ -982,7 +993,14 @@ fn read_ahead(
                 end = true;
                 break;
             }
-            let hash_checks = read.overlong.is_none() && hash_checks(hasher, &buf);
+            lines += 1;
+            let hash_checks = if read.overlong.is_some() {
+                Some(false)
+            } else if lines.is_multiple_of(CHECKER_HASHES_ONE_IN) && buf.len() <= BATCH_BYTES {
+                None
+            } else {
+                Some(hash_checks(hasher, &buf))
+            };
             if buf.len() > BATCH_BYTES {
                 // A long line: what is batched goes first, then the line
                 // alone once nothing else is held, and it comes back
