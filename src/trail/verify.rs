@@ -435,8 +435,9 @@ impl Verifier {
     }
 
     /// Checks one file's lines in order. A second thread reads ahead and
-    /// checks each line's hash ([`read_ahead`]); this one checks the rest
-    /// (schema, links, restarts), so the two halves of the work overlap.
+    /// checks most lines' hashes ([`read_ahead`]); this one checks the rest
+    /// (the other hashes, schema, links, restarts), so the two halves of the
+    /// work overlap.
     fn file(&mut self, path: &Path, first_file: bool) -> std::io::Result<()> {
         let file = open_read(path)?;
         let hasher = self.hasher.clone();
