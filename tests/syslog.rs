@@ -503,6 +503,9 @@ fn relp_relay_killed_mid_stream_resends_exactly_the_unacknowledged() {
         "the kill happened mid-stream ({before} of {n} before it)"
     );
     assert!(stats.syslog_reconnects >= 1, "{stats:?}");
+    // Each record counted sent once, when the relay acknowledged it (a
+    // resent copy is counted as resent, not sent again).
+    assert_eq!(stats.syslog_sent, n + 2, "{stats:?}");
     let (missing, dups) = missing_and_duplicates(&got, n);
     assert!(
         missing.is_empty(),

@@ -620,13 +620,22 @@ impl Sender {
         self.counters
             .error(format!("syslog {:?}: {e}", self.cfg.target));
         self.counters.aborts.set(self.id, None);
+        // Answers read before the stream broke are acknowledgements: count
+        // them (and move the cursor) first, so what is left in flight is
+        // exactly what the session hands back.
+        let answered = self.conn.as_mut().map_or(0, Conn::acknowledged);
+        if answered > 0 {
+            self.acknowledged(answered);
+        }
         if let Some(c) = self.conn.take() {
             // The stream died: over RELP what the relay did not acknowledge,
             // over TCP/TLS what went into it lately, may not have arrived.
             let back: Vec<Message> = if self.cfg.target.is_acknowledged() {
                 let seqs = std::mem::take(&mut self.inflight);
+                let unacked = c.abandon();
+                debug_assert_eq!(seqs.len(), unacked.len(), "in flight");
                 seqs.into_iter()
-                    .zip(c.abandon())
+                    .zip(unacked)
                     .map(|(seq, bytes)| Message { seq, bytes })
                     .collect()
             } else if let Input::Trail(t) = &mut self.intake.input {

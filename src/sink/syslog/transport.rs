@@ -283,6 +283,16 @@ impl Conn {
         }
     }
 
+    /// Messages the server acknowledged that a failed [`Conn::send`] or
+    /// [`Conn::settle`] could not return (RELP; 0 for the others): take
+    /// them before [`Conn::abandon`], whose messages they are not.
+    pub(crate) fn acknowledged(&mut self) -> u64 {
+        match self {
+            Conn::Relp(s, _) => s.acknowledged(),
+            _ => 0,
+        }
+    }
+
     /// Drops a connection found broken; returns the messages sent on it
     /// that the server did not acknowledge (RELP), oldest first.
     pub(crate) fn abandon(self) -> Vec<Vec<u8>> {
