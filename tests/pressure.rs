@@ -130,7 +130,7 @@ fn a_relp_relay_that_stops_answering_cannot_hold_the_drop_from_memory() {
 /// is behind, and the cursor says where the next start resumes; from the
 /// queue in memory, the rest is dropped and counted.
 fn relp_relay_stops_answering(from_trail: bool) {
-    use std::io::{BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let relay = std::thread::spawn(move || {
@@ -139,42 +139,16 @@ fn relp_relay_stops_answering(from_trail: bool) {
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
         let mut answered = 0u64;
-        let token = |r: &mut BufReader<std::net::TcpStream>| -> Option<String> {
-            let mut t = Vec::new();
-            loop {
-                let mut b = [0u8];
-                r.read_exact(&mut b).ok()?;
-                if b[0] == b' ' || b[0] == b'\n' {
-                    return Some(
-                        String::from_utf8_lossy(&t).into_owned() + &(b[0] as char).to_string(),
-                    );
-                }
-                t.push(b[0]);
-            }
-        };
-        loop {
-            // TXNR SP COMMAND SP DATALEN [SP DATA] LF
-            let (Some(_txnr), Some(_cmd), Some(len)) =
-                (token(&mut r), token(&mut r), token(&mut r))
-            else {
-                return answered;
-            };
-            if len.ends_with(' ') {
-                let n: usize = len.trim().parse().unwrap();
-                let mut data = vec![0u8; n + 1]; // the data and the trailer
-                if r.read_exact(&mut data).is_err() {
-                    return answered;
-                }
-            }
+        while let Ok((txnr, cmd)) = relp_frame(&mut r) {
             answered += 1;
-            let txnr = answered; // commands arrive numbered 1, 2, …
-            if txnr == 1 {
+            if cmd == "open" {
                 let offers = "200 OK\nrelp_version=0\ncommands=syslog";
-                writeln!(w, "1 rsp {} {offers}", offers.len()).unwrap();
-            } else if txnr <= 51 {
+                writeln!(w, "{txnr} rsp {} {offers}", offers.len()).unwrap();
+            } else if answered <= 51 {
                 writeln!(w, "{txnr} rsp 6 200 OK").unwrap();
             }
         }
+        answered
     });
     let d = common::tempdir();
     let grace = Duration::from_secs(2);
