@@ -130,20 +130,16 @@ fn a_relp_relay_that_stops_answering_cannot_hold_the_drop_from_memory() {
 /// is behind, and the cursor says where the next start resumes; from the
 /// queue in memory, the rest is dropped and counted.
 fn relp_relay_stops_answering(from_trail: bool) {
-    use std::io::{BufReader, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let relay = std::thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
+        let (mut w, mut r) = relp_accept(&listener, Duration::from_secs(15));
         let mut answered = 0u64;
         while let Ok((txnr, cmd)) = relp_frame(&mut r) {
             answered += 1;
             if cmd == "open" {
-                let offers = "200 OK\nrelp_version=0\ncommands=syslog";
-                writeln!(w, "{txnr} rsp {} {offers}", offers.len()).unwrap();
+                relp_answer_open(&mut w, txnr);
             } else if answered <= 51 {
                 writeln!(w, "{txnr} rsp 6 200 OK").unwrap();
             }
@@ -232,6 +228,23 @@ fn relp_frame(r: &mut impl std::io::BufRead) -> Result<(u64, String), std::io::E
     Ok((txnr.parse().map_err(|_| ErrorKind::InvalidData)?, cmd))
 }
 
+/// A fake RELP relay's side of one connection from `listener`: the writer
+/// and a buffered reader, reads timing out after `timeout`.
+fn relp_accept(
+    listener: &std::net::TcpListener,
+    timeout: Duration,
+) -> (std::net::TcpStream, std::io::BufReader<std::net::TcpStream>) {
+    let (s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    (s.try_clone().unwrap(), std::io::BufReader::new(s))
+}
+
+/// Answers `open` (transaction `txnr`) as a relay offering `syslog`.
+fn relp_answer_open(w: &mut impl std::io::Write, txnr: u64) {
+    let offers = "200 OK\nrelp_version=0\ncommands=syslog";
+    writeln!(w, "{txnr} rsp {} {offers}", offers.len()).unwrap();
+}
+
 /// A RELP relay that, once the sink has sent a burst and waits, answers
 /// the first half of it in one write and closes the connection: the sink
 /// reads those answers together with the end of the stream. They are
@@ -242,7 +255,7 @@ fn relp_frame(r: &mut impl std::io::BufRead) -> Result<(u64, String), std::io::E
 /// count, and what was in flight was mislabelled.)
 #[test]
 fn relp_answers_read_with_the_end_of_the_stream_still_count() {
-    use std::io::{BufReader, ErrorKind, Write};
+    use std::io::{ErrorKind, Write};
     let n = 300u64;
     let total = n + 2; // with the start and stop records
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -253,19 +266,12 @@ fn relp_answers_read_with_the_end_of_the_stream_still_count() {
         // start record the sink sends the rest in one burst.
         all_queued.recv().unwrap();
         // First connection: (answered one by one, the burst, answered of it).
-        let (s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
+        let (mut w, mut r) = relp_accept(&listener, Duration::from_millis(300));
         let mut unanswered: Vec<u64> = Vec::new();
         let mut one_by_one = 0u64;
         let first = loop {
             match relp_frame(&mut r) {
-                Ok((txnr, cmd)) if cmd == "open" => {
-                    let offers = "200 OK\nrelp_version=0\ncommands=syslog";
-                    writeln!(w, "{txnr} rsp {} {offers}", offers.len()).unwrap();
-                }
+                Ok((txnr, cmd)) if cmd == "open" => relp_answer_open(&mut w, txnr),
                 Ok((txnr, _)) => unanswered.push(txnr),
                 Err(ErrorKind::WouldBlock | ErrorKind::TimedOut) if unanswered.len() == 1 => {
                     // The start record alone: answered, and wait on.
@@ -289,17 +295,11 @@ fn relp_answers_read_with_the_end_of_the_stream_still_count() {
             }
         };
         // Second connection: everything answered at once.
-        let (s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
+        let (mut w, mut r) = relp_accept(&listener, Duration::from_secs(15));
         let mut second = 0u64;
         while let Ok((txnr, cmd)) = relp_frame(&mut r) {
             match cmd.as_str() {
-                "open" => {
-                    let offers = "200 OK\nrelp_version=0\ncommands=syslog";
-                    writeln!(w, "{txnr} rsp {} {offers}", offers.len()).unwrap();
-                }
+                "open" => relp_answer_open(&mut w, txnr),
                 "syslog" => {
                     second += 1;
                     writeln!(w, "{txnr} rsp 6 200 OK").unwrap();
