@@ -36,7 +36,6 @@ const NEAR_KEYS: usize = 8;
 pub(super) fn check(line: &[u8]) -> Option<CheckedRecord<'_>> {
     let mut c = Cursor {
         s: std::str::from_utf8(line).ok()?,
-        b: line,
         i: 0,
     };
     c.lit(b"{\"schema\":2")?;
@@ -125,8 +124,6 @@ fn plain_run_end(b: &[u8], mut i: usize) -> Option<usize> {
 /// A position in a line already known to be UTF-8.
 struct Cursor<'a> {
     s: &'a str,
-    /// `s`'s bytes.
-    b: &'a [u8],
     i: usize,
 }
 
@@ -171,14 +168,14 @@ impl<'a> Cursor<'a> {
     }
 
     fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
+        self.s.as_bytes().get(self.i).copied()
     }
 
     /// Exactly these bytes: a comparison of a known length, which the
     /// compiler does in a few word loads instead of a `memcmp` call.
     fn lit<const N: usize>(&mut self, want: &[u8; N]) -> Option<()> {
         let end = self.i.checked_add(N)?;
-        let got: &[u8; N] = self.b.get(self.i..end)?.try_into().ok()?;
+        let got: &[u8; N] = self.s.as_bytes().get(self.i..end)?.try_into().ok()?;
         if got == want {
             self.i = end;
             Some(())
@@ -191,7 +188,7 @@ impl<'a> Cursor<'a> {
     /// and whether it had any. Control characters and lone surrogate
     /// escapes are left to the serde parse (which refuses them).
     fn string(&mut self) -> Option<(&'a str, bool)> {
-        let b = self.b;
+        let b = self.s.as_bytes();
         if b.get(self.i) != Some(&b'"') {
             return None;
         }
@@ -263,7 +260,7 @@ impl<'a> Cursor<'a> {
 
     /// Digits without a leading zero, at most 19 (always within `u64`).
     fn digits(&mut self) -> Option<&'a str> {
-        let b = self.b;
+        let b = self.s.as_bytes();
         let start = self.i;
         let n = b[start..].iter().take_while(|d| d.is_ascii_digit()).count();
         if n == 0 || n > 19 || (n > 1 && b[start] == b'0') {
@@ -287,7 +284,7 @@ impl<'a> Cursor<'a> {
     /// fraction/exponent form with at most 17 significant digits and an
     /// exponent within ±300.
     fn number(&mut self) -> Option<()> {
-        let b = self.b;
+        let b = self.s.as_bytes();
         if self.peek()? == b'-' {
             self.i += 1;
         }
