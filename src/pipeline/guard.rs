@@ -298,13 +298,14 @@ impl AuditHandle {
     /// Writes and syncs every record emitted before this call. Returns
     /// `false` if the pipeline has stopped or the sync failed.
     pub fn flush(&self) -> bool {
-        !pipeline::forked_since(self.generation) && pipeline::flush(&self.tx, &self.waker, None)
+        !pipeline::forked_since(self.generation)
+            && pipeline::flush(&self.tx, &self.counters.room, &self.waker, None)
     }
 
     /// Like [`flush`](Self::flush), giving up after `timeout`.
     pub fn flush_timeout(&self, timeout: Duration) -> bool {
         !pipeline::forked_since(self.generation)
-            && pipeline::flush(&self.tx, &self.waker, Some(timeout))
+            && pipeline::flush(&self.tx, &self.counters.room, &self.waker, Some(timeout))
     }
 
     /// Installs a panic hook that flushes the trail (waiting up to 5 s)

@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
-use crate::queue::{offer, Offered};
+use crate::queue::{offer, Offered, Room};
 pub(crate) use crate::queue::{wait, QueueMode};
 use crate::record::fields::Risk;
 use crate::record::layout::KeyFields;
@@ -148,6 +148,9 @@ pub(crate) struct Counters {
     pub(crate) last_error: Mutex<Option<LastError>>,
     /// Body buffers the worker hands back to the callers (see [`BodyPool`]).
     pub(crate) bodies: BodyPool,
+    /// Where callers that found the queue full wait; the worker wakes them
+    /// after each batch it takes.
+    pub(crate) room: Room,
 }
 
 /// Record body buffers on their way back from the worker to the callers.
@@ -398,7 +401,9 @@ impl Submitter {
             return false;
         }
         let lossy = self.mode == QueueMode::Lossy && !durable;
-        let sent = match offer(&self.tx, msg, lossy, || self.waker.wake()) {
+        let sent = match offer(&self.tx, msg, lossy, Some(&self.counters.room), || {
+            self.waker.wake()
+        }) {
             Offered::Queued => true,
             Offered::Closed => false,
             Offered::Full => {
@@ -414,9 +419,14 @@ impl Submitter {
 }
 
 /// Sends a flush and waits up to `timeout` for it.
-pub(crate) fn flush(tx: &SyncSender<Msg>, waker: &Waker, timeout: Option<Duration>) -> bool {
+pub(crate) fn flush(
+    tx: &SyncSender<Msg>,
+    room: &Room,
+    waker: &Waker,
+    timeout: Option<Duration>,
+) -> bool {
     let (done_tx, done_rx) = mpsc::sync_channel(1);
-    if offer(tx, Msg::Flush(done_tx), false, || waker.wake()) != Offered::Queued {
+    if offer(tx, Msg::Flush(done_tx), false, Some(room), || waker.wake()) != Offered::Queued {
         return false;
     }
     waker.wake();

@@ -387,6 +387,7 @@ impl Worker {
                     Ok(m) => {
                         n += 1;
                         self.take(state, m);
+                        self.counters.room.made();
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => {
@@ -445,6 +446,9 @@ impl Worker {
                     break;
                 }
             }
+        }
+        if n > 0 {
+            self.counters.room.made();
         }
         n
     }
@@ -783,6 +787,7 @@ impl Worker {
                 Err(_) => break,
             }
         }
+        self.counters.room.made();
         self.counters.dropped(DropCause::WriteError, dropped);
     }
 
@@ -1068,6 +1073,7 @@ impl Worker {
                     Msg::Wake => {}
                 }
             }
+            self.counters.room.made();
             if settled || Instant::now() >= until {
                 break;
             }
