@@ -119,7 +119,15 @@ impl Unsynced {
         let n = batch.len();
         self.len += n;
         if n >= MOVE_AT {
-            let next = spare.pop().unwrap_or_else(|| Vec::with_capacity(n));
+            // A spare buffer still holds its last bytes (see `recycle`); a new
+            // one gets the capacity the batches grew to, so none regrows.
+            let next = spare.pop().map_or_else(
+                || Vec::with_capacity(batch.capacity()),
+                |mut b| {
+                    b.clear();
+                    b
+                },
+            );
             self.parts.push(std::mem::replace(batch, next));
         } else {
             match self.parts.last_mut() {
@@ -144,14 +152,20 @@ impl Unsynced {
         Ok(())
     }
 
-    /// Forgets the bytes (they are synced); the emptied large buffers go
-    /// to `spare`, as many as [`MAX_UNSYNCED`] bytes of them.
+    /// Forgets the bytes (they are synced); the large buffers go to
+    /// `spare`, as many as held [`MAX_UNSYNCED`] bytes.
+    ///
+    /// A spare buffer keeps its length until [`keep`](Self::keep) takes it:
+    /// the bytes it held, not its capacity, are the memory it occupies (a
+    /// batch one record past a power of two doubles its capacity, and the
+    /// pages never written are not resident). Counted by capacity, half of
+    /// each sync's buffers were freed and the next batches wrote into fresh
+    /// pages: a quarter of the worker's page-cache batches page-faulted.
     fn recycle(&mut self, spare: &mut Vec<Vec<u8>>) {
-        let mut held: usize = spare.iter().map(Vec::capacity).sum();
-        for mut p in self.parts.drain(..) {
-            if p.capacity() >= MOVE_AT && held + p.capacity() <= MAX_UNSYNCED {
-                held += p.capacity();
-                p.clear();
+        let mut held: usize = spare.iter().map(Vec::len).sum();
+        for p in self.parts.drain(..) {
+            if p.capacity() >= MOVE_AT && held + p.len() <= MAX_UNSYNCED {
+                held += p.len();
                 spare.push(p);
             }
         }
@@ -896,6 +910,35 @@ mod tests {
         w.write(&mut batch).unwrap();
         assert!(batch.is_empty() && batch.capacity() >= MOVE_AT);
         assert_eq!(w.spare.len(), 2);
+    }
+
+    /// A sync's worth of batches whose buffers grew to twice their bytes
+    /// all come back as spares (counted by capacity, half were freed), and
+    /// the bound still holds.
+    #[test]
+    fn spare_buffers_count_the_bytes_they_held() {
+        let per = MAX_UNSYNCED / 8;
+        let mut u = Unsynced {
+            parts: Vec::new(),
+            len: 0,
+        };
+        let mut spare = Vec::new();
+        for round in 0..2 {
+            for i in 0..8 + round {
+                let mut b = Vec::with_capacity(2 * per);
+                b.resize(per, b'0' + i as u8);
+                u.len += b.len();
+                u.parts.push(b);
+            }
+            u.recycle(&mut spare);
+            assert_eq!(spare.len(), 8, "round {round}");
+            assert!(spare.iter().map(Vec::len).sum::<usize>() <= MAX_UNSYNCED);
+            assert!(u.is_empty());
+        }
+        let mut batch = vec![b'x'; MOVE_AT];
+        u.keep(&mut batch, &mut spare);
+        assert!(batch.is_empty(), "a spare is emptied when taken");
+        assert_eq!(spare.len(), 7);
     }
 
     #[test]
