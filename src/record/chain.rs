@@ -375,6 +375,30 @@ mod tests {
         out
     }
 
+    /// `SEAL_MAX_EXTRA` is what sealing adds with a 20-digit `seq`, and one
+    /// byte less per digit fewer (the worker plans batches with it).
+    #[test]
+    fn sealing_adds_at_most_seal_max_extra() {
+        use crate::record::layout::SEAL_MAX_EXTRA;
+        let body = r#","x":1"#;
+        for (last, digits) in [
+            (None, 1),
+            (Some(9), 2),
+            (Some(10_000_000_000_000_000_000 - 1), 20),
+        ] {
+            let mut c = match last {
+                None => Chain::new(Hasher::Plain, &uuid::Uuid::now_v7()),
+                Some(s) => Chain::resume(Hasher::Plain, &uuid::Uuid::now_v7(), s, GENESIS),
+            };
+            let line = sealed(&mut c, body);
+            assert_eq!(
+                line.len() - body.len(),
+                SEAL_MAX_EXTRA - 20 + digits,
+                "{last:?}"
+            );
+        }
+    }
+
     #[test]
     fn seal_then_check_links() {
         let mut c = Chain::new(Hasher::Plain, &uuid::Uuid::now_v7());

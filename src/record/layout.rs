@@ -46,6 +46,20 @@ pub(crate) const END: &[u8] = b"\"}";
 pub(crate) const HASH_SUFFIX_LEN: usize = HASH_KEY.len() + 64 + END.len();
 /// Bytes of `"prev_hash":"` + 64 hex + `",` just before the suffix.
 pub(crate) const PREV_LEN: usize = PREV_KEY.len() - 1 + 64 + 2;
+/// Most bytes sealing adds to a body: everything before it (with a 20-digit
+/// `seq`), everything after it, and the newline.
+pub(crate) const SEAL_MAX_EXTRA: usize = HEAD.len()
+    + ID_LEN
+    + SEQ_KEY.len()
+    + 20
+    + CHAIN_KEY.len()
+    + ID_LEN
+    + CHAIN_END.len()
+    + PREV_KEY.len()
+    + 64
+    + 2
+    + HASH_SUFFIX_LEN
+    + 1;
 
 /// A key field of the body whose value a sink may want.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
