@@ -158,9 +158,9 @@ impl Unsynced {
     /// A spare buffer keeps its length until [`keep`](Self::keep) takes it:
     /// the bytes it held, not its capacity, are the memory it occupies (a
     /// batch one record past a power of two doubles its capacity, and the
-    /// pages never written are not resident). Counted by capacity, half of
-    /// each sync's buffers were freed and the next batches wrote into fresh
-    /// pages: a quarter of the worker's page-cache batches page-faulted.
+    /// pages never written are not resident). Counted by capacity, about
+    /// half of each sync's buffers were freed, and the next batches wrote
+    /// into fresh memory, page-faulting on every page.
     fn recycle(&mut self, spare: &mut Vec<Vec<u8>>) {
         let mut held: usize = spare.iter().map(Vec::len).sum();
         for p in self.parts.drain(..) {
