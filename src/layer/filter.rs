@@ -127,25 +127,30 @@ pub(crate) fn probe(d: &Dispatch) -> Probed {
 
 /// Implements `Layer<S>` for `$outer<S>` by delegating every method to its
 /// `inner: Filtered<..>` field (including `downcast_raw`, through which
-/// `Layered` detects per-layer filters).
+/// `Layered` detects per-layer filters). Inline, so that a non-audit event
+/// pays for the wrapper no more than for a bare `Filtered` layer.
 macro_rules! delegate_layer {
     ($outer:ident) => {
         impl<S> tracing_subscriber::Layer<S> for $outer<S>
         where
             S: tracing_core::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
         {
+            #[inline]
             fn on_register_dispatch(&self, subscriber: &tracing_core::Dispatch) {
                 self.inner.on_register_dispatch(subscriber)
             }
+            #[inline]
             fn on_layer(&mut self, subscriber: &mut S) {
                 self.inner.on_layer(subscriber)
             }
+            #[inline]
             fn register_callsite(
                 &self,
                 metadata: &'static tracing_core::Metadata<'static>,
             ) -> tracing_core::subscriber::Interest {
                 self.inner.register_callsite(metadata)
             }
+            #[inline]
             fn enabled(
                 &self,
                 metadata: &tracing_core::Metadata<'_>,
@@ -153,6 +158,7 @@ macro_rules! delegate_layer {
             ) -> bool {
                 self.inner.enabled(metadata, ctx)
             }
+            #[inline]
             fn on_new_span(
                 &self,
                 attrs: &tracing_core::span::Attributes<'_>,
@@ -161,9 +167,11 @@ macro_rules! delegate_layer {
             ) {
                 self.inner.on_new_span(attrs, id, ctx)
             }
+            #[inline]
             fn max_level_hint(&self) -> Option<tracing_core::LevelFilter> {
                 self.inner.max_level_hint()
             }
+            #[inline]
             fn on_record(
                 &self,
                 span: &tracing_core::span::Id,
@@ -172,6 +180,7 @@ macro_rules! delegate_layer {
             ) {
                 self.inner.on_record(span, values, ctx)
             }
+            #[inline]
             fn on_follows_from(
                 &self,
                 span: &tracing_core::span::Id,
@@ -180,6 +189,7 @@ macro_rules! delegate_layer {
             ) {
                 self.inner.on_follows_from(span, follows, ctx)
             }
+            #[inline]
             fn event_enabled(
                 &self,
                 event: &tracing_core::Event<'_>,
@@ -187,6 +197,7 @@ macro_rules! delegate_layer {
             ) -> bool {
                 self.inner.event_enabled(event, ctx)
             }
+            #[inline]
             fn on_event(
                 &self,
                 event: &tracing_core::Event<'_>,
@@ -194,6 +205,7 @@ macro_rules! delegate_layer {
             ) {
                 self.inner.on_event(event, ctx)
             }
+            #[inline]
             fn on_enter(
                 &self,
                 id: &tracing_core::span::Id,
@@ -201,6 +213,7 @@ macro_rules! delegate_layer {
             ) {
                 self.inner.on_enter(id, ctx)
             }
+            #[inline]
             fn on_exit(
                 &self,
                 id: &tracing_core::span::Id,
@@ -208,6 +221,7 @@ macro_rules! delegate_layer {
             ) {
                 self.inner.on_exit(id, ctx)
             }
+            #[inline]
             fn on_close(
                 &self,
                 id: tracing_core::span::Id,
@@ -215,6 +229,7 @@ macro_rules! delegate_layer {
             ) {
                 self.inner.on_close(id, ctx)
             }
+            #[inline]
             fn on_id_change(
                 &self,
                 old: &tracing_core::span::Id,
