@@ -327,6 +327,74 @@ fn offline_report_matches_the_live_one() {
     assert_eq!(offline[3]["coverage"].as_array().unwrap().len(), 1);
 }
 
+/// An audited span's record (written when it closes) counts live as it does
+/// in a replay of the trail: its kind, its own outcome (never an enclosing
+/// span's), its actor from the span scope.
+#[test]
+fn audited_spans_count_live_as_in_the_trail() {
+    let dir = common::tempdir();
+    let (audit, guard) = AuditLayer::builder().file(dir.path()).build().unwrap();
+    let failed_exports = Policy::new("failed_exports")
+        .require(["data_export"])
+        .outcome(Outcome::Failure)
+        .threshold(2)
+        .window(Duration::from_secs(3600));
+    let (layer, compliance) = PolicyLayer::builder()
+        .policy(failed_exports)
+        .emit_records(false)
+        .build();
+    tracing::subscriber::with_default(
+        tracing_subscriber::registry().with(audit).with(layer),
+        || {
+            let outer = tracing::info_span!("req", audit.actor = "bob", audit.outcome = "failure");
+            let _o = outer.enter();
+            for outcome in ["failure", "failure", "success"] {
+                let export = tracing::info_span!(
+                    "export",
+                    audit.event = "data_export",
+                    audit.outcome = tracing::field::Empty
+                );
+                export.record("audit.outcome", outcome);
+                drop(export);
+            }
+            // No outcome of its own: "unknown", not the enclosing "failure".
+            drop(tracing::info_span!("export", audit.event = "data_export"));
+            // Context only: no record, nothing counted.
+            drop(tracing::info_span!("ctx", audit.actor = "eve"));
+        },
+    );
+    drop(guard);
+    let live = compliance.report("failed_exports").unwrap();
+    assert_eq!(live.total_events, 2, "{live:?}");
+    assert_eq!(live.events_by_type.get("data_export"), Some(&2));
+    assert_eq!(live.status, Status::Violation);
+    let policies = dir.path().join("policies.toml");
+    std::fs::write(
+        &policies,
+        "[[policy]]\nname = \"failed_exports\"\nrequire = [\"data_export\"]\noutcome = \"failure\"\nthreshold = 2\nwindow = \"1h\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
+        .args(["report", dir.path().to_str().unwrap(), "--policies"])
+        .arg(&policies)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let offline: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(offline.len(), 1);
+    assert_eq!(offline[0]["total_events"], live.total_events);
+    assert_eq!(
+        offline[0]["events_by_type"],
+        serde_json::to_value(&live.events_by_type).unwrap()
+    );
+    assert_eq!(offline[0]["status"], "violation");
+    assert_eq!(
+        offline[0]["crossings"].as_array().unwrap().len(),
+        live.crossings.len()
+    );
+}
+
 /// A clock the test sets to any reading, backwards included.
 #[derive(Clone)]
 struct SetClock(Arc<std::sync::Mutex<SystemTime>>);

@@ -503,6 +503,41 @@ where
         }
     }
 
+    /// An audited span (one with `audit.event`) that closes is the record
+    /// `AuditLayer` writes then: it is counted the same way, so the live
+    /// counts and a replay of the trail agree. Its outcome is the span's
+    /// own or `unknown`, never an enclosing span's, as in the record.
+    /// (`<event>_started` records, written with `record_span_start`, are
+    /// not counted here: this layer cannot see that setting.)
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        let (event, outcome) = {
+            let ext = span.extensions();
+            let Some(sc) = ext.get::<SpanContext>() else {
+                return;
+            };
+            let Some(event) = sc.event.clone() else {
+                return;
+            };
+            (event, sc.own(ContextField::Outcome).map(str::to_owned))
+        };
+        let run = |c: &mut Draft| {
+            c.reset(POLICY_VALUE_LIMIT);
+            c.set_event_type(&event);
+            c.set_context_if_absent(
+                ContextField::Outcome,
+                outcome.as_deref().unwrap_or("unknown"),
+            );
+            for sp in span.scope() {
+                merge_span(c, &sp);
+            }
+            self.shared.observe(c, span.metadata().level());
+        };
+        if !with_reused(&CAPTURE, Draft::audit_only, run) {
+            self.shared.callback_errors.fetch_add(1, Relaxed);
+        }
+    }
+
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let run = |c: &mut Draft| {
             c.reset(POLICY_VALUE_LIMIT);
