@@ -261,6 +261,25 @@ fn alert_records_do_not_feed_policies_that_do_not_name_them() {
     assert_eq!((b.total_events, b.alerts), (2, 1));
 }
 
+/// Runs `tracing-audit report <dir> [--defaults] --policies <file> --json`
+/// with `policies_toml` written into `dir`.
+#[cfg(feature = "cli")]
+fn report_offline(
+    dir: &std::path::Path,
+    policies_toml: &str,
+    defaults: bool,
+) -> std::process::Output {
+    let policies = dir.join("policies.toml");
+    std::fs::write(&policies, policies_toml).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tracing-audit"));
+    cmd.arg("report").arg(dir);
+    if defaults {
+        cmd.arg("--defaults");
+    }
+    cmd.arg("--policies").arg(&policies).arg("--json");
+    cmd.output().unwrap()
+}
+
 #[cfg(feature = "cli")]
 #[test]
 fn offline_report_matches_the_live_one() {
@@ -281,23 +300,11 @@ fn offline_report_matches_the_live_one() {
         },
     );
     drop(guard);
-    let policies = dir.path().join("policies.toml");
-    std::fs::write(
-        &policies,
+    let out = report_offline(
+        dir.path(),
         "[[policy]]\nname = \"exports\"\nrequire = [\"data_export\"]\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
-        .args([
-            "report",
-            dir.path().to_str().unwrap(),
-            "--defaults",
-            "--policies",
-        ])
-        .arg(&policies)
-        .arg("--json")
-        .output()
-        .unwrap();
+        true,
+    );
     // 7 data_access events cross data_access_tracking's threshold of 5:
     // `report` exits 1 so CI and cron can gate on it.
     assert_eq!(
@@ -372,18 +379,11 @@ fn audited_spans_count_live_as_in_the_trail() {
     // the `cli` feature) gives the same report.
     #[cfg(feature = "cli")]
     {
-        let policies = dir.path().join("policies.toml");
-        std::fs::write(
-            &policies,
+        let out = report_offline(
+            dir.path(),
             "[[policy]]\nname = \"failed_exports\"\nrequire = [\"data_export\"]\noutcome = \"failure\"\nthreshold = 2\nwindow = \"1h\"\n",
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracing-audit"))
-            .args(["report", dir.path().to_str().unwrap(), "--policies"])
-            .arg(&policies)
-            .arg("--json")
-            .output()
-            .unwrap();
+            false,
+        );
         let offline: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
         assert_eq!(offline.len(), 1);
