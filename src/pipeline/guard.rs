@@ -2,7 +2,6 @@
 //! the counters they report.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::pipeline::{self, Counters, Msg, Waker};
+use crate::queue::ring::Sender;
 use crate::sink::forward::ForwardCounters;
 use crate::sink::LastError;
 
@@ -158,7 +158,7 @@ pub struct AuditHandle {
     counters: Arc<Counters>,
     syslog: Arc<ForwardCounters>,
     otlp: Arc<ForwardCounters>,
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     waker: Waker,
 }
 
@@ -167,7 +167,7 @@ impl AuditHandle {
         counters: Arc<Counters>,
         syslog: Arc<ForwardCounters>,
         otlp: Arc<ForwardCounters>,
-        tx: SyncSender<Msg>,
+        tx: Sender<Msg>,
         waker: Waker,
     ) -> Self {
         AuditHandle {

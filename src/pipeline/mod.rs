@@ -43,11 +43,12 @@ pub(crate) mod worker;
 pub use guard::{AuditGuard, AuditHandle, AuditStats, Health};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
+use crate::queue::ring::{self, Receiver, Sender};
 use crate::queue::{offer, Offered, Room};
 pub(crate) use crate::queue::{wait, QueueMode};
 use crate::record::fields::Risk;
@@ -273,7 +274,7 @@ pub(crate) fn forked_since(built: u64) -> bool {
 /// The handle the layer submits through.
 #[derive(Debug)]
 pub(crate) struct Submitter {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     mode: QueueMode,
     durable_at: Risk,
     /// The fork generation the pipeline was built in.
@@ -336,7 +337,7 @@ impl Submitter {
         durable_at: Risk,
         counters: Arc<Counters>,
     ) -> (Self, Receiver<Msg>) {
-        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let (tx, rx) = ring::channel(capacity);
         (
             Submitter {
                 tx,
@@ -351,7 +352,7 @@ impl Submitter {
         )
     }
 
-    pub(crate) fn sender(&self) -> SyncSender<Msg> {
+    pub(crate) fn sender(&self) -> Sender<Msg> {
         self.tx.clone()
     }
 
@@ -401,8 +402,9 @@ impl Submitter {
             return false;
         }
         let lossy = self.mode == QueueMode::Lossy && !durable;
-        let sent = match offer(&self.tx, msg, lossy, Some(&self.counters.room), || {
-            self.waker.wake()
+        let room = &self.counters.room;
+        let sent = match offer(&self.tx, msg, lossy, |m| {
+            room.send(&self.tx, m, || self.waker.wake())
         }) {
             Offered::Queued => true,
             Offered::Closed => false,
@@ -420,13 +422,14 @@ impl Submitter {
 
 /// Sends a flush and waits up to `timeout` for it.
 pub(crate) fn flush(
-    tx: &SyncSender<Msg>,
+    tx: &Sender<Msg>,
     room: &Room,
     waker: &Waker,
     timeout: Option<Duration>,
 ) -> bool {
     let (done_tx, done_rx) = mpsc::sync_channel(1);
-    if offer(tx, Msg::Flush(done_tx), false, Some(room), || waker.wake()) != Offered::Queued {
+    let wait_for_room = |m| room.send(tx, m, || waker.wake());
+    if offer(tx, Msg::Flush(done_tx), false, wait_for_room) != Offered::Queued {
         return false;
     }
     waker.wake();

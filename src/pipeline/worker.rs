@@ -41,13 +41,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing_core::Level;
 
 use crate::pipeline::{Counters, DropCause, Msg, Pending, BODY_BUNDLE, BODY_KEEP};
+use crate::queue::ring::Receiver;
 use crate::record::chain::Chain;
 use crate::record::checkpoint::CheckpointKey;
 use crate::record::draft::Draft;

@@ -63,7 +63,7 @@ impl LineSink for Forwarder {
         }
         let Some(tx) = &self.tx else { return };
         let lossy = self.mode == QueueMode::Lossy;
-        if offer(tx, OwnedLine::new(line), lossy, None, || {}) != Offered::Queued {
+        if offer(tx, OwnedLine::new(line), lossy, |l| tx.send(l).is_ok()) != Offered::Queued {
             self.counters.dropped.fetch_add(1, Relaxed);
         }
     }

@@ -2,7 +2,12 @@
 //! this crate offers a message to one (the layer's queue to the worker and
 //! each syslog forwarder's queue use it alike).
 //!
+//! [`ring`] is the pipeline's queue; the syslog forwarders' queues are
+//! `std::sync::mpsc` channels.
+//!
 //! A leaf: imports nothing from the crate.
+
+pub(crate) mod ring;
 
 use std::sync::atomic::{fence, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -38,31 +43,39 @@ pub(crate) enum Offered {
     Closed,
 }
 
+/// The sending half of a bounded queue.
+pub(crate) trait TrySend<T> {
+    /// Queues `msg` unless the queue is full or its receiver is gone.
+    fn try_send(&self, msg: T) -> Result<(), TrySendError<T>>;
+}
+
+impl<T> TrySend<T> for SyncSender<T> {
+    fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        SyncSender::try_send(self, msg)
+    }
+}
+
+impl<T> TrySend<T> for ring::Sender<T> {
+    fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        ring::Sender::try_send(self, msg)
+    }
+}
+
 /// Offers `msg` to `tx`. A full queue drops it when `lossy`; otherwise
-/// `on_full` runs (to wake the consumer) and the caller waits for room,
-/// in a way that cannot freeze an async runtime ([`wait`]): in `room` when
-/// the consumer has one, else in the channel.
-pub(crate) fn offer<T>(
-    tx: &SyncSender<T>,
+/// the caller waits for room in `wait_for_room` (which returns whether it
+/// sent it), in a way that cannot freeze an async runtime ([`wait`]).
+pub(crate) fn offer<T, S: TrySend<T>>(
+    tx: &S,
     msg: T,
     lossy: bool,
-    room: Option<&Room>,
-    on_full: impl FnMut(),
+    wait_for_room: impl FnOnce(T) -> bool,
 ) -> Offered {
     match tx.try_send(msg) {
         Ok(()) => Offered::Queued,
         Err(TrySendError::Disconnected(_)) => Offered::Closed,
         Err(TrySendError::Full(_)) if lossy => Offered::Full,
         Err(TrySendError::Full(msg)) => {
-            let sent = match room {
-                Some(room) => wait(|| room.send(tx, msg, on_full)),
-                None => {
-                    let mut on_full = on_full;
-                    on_full();
-                    wait(|| tx.send(msg).is_ok())
-                }
-            };
-            if sent {
+            if wait(|| wait_for_room(msg)) {
                 Offered::Queued
             } else {
                 Offered::Closed
@@ -130,7 +143,12 @@ impl Room {
 
     /// Sends `msg`, sleeping while the queue is full (`on_full` before each
     /// sleep). `false`: the receiver is gone.
-    fn send<T>(&self, tx: &SyncSender<T>, mut msg: T, mut on_full: impl FnMut()) -> bool {
+    pub(crate) fn send<T>(
+        &self,
+        tx: &impl TrySend<T>,
+        mut msg: T,
+        mut on_full: impl FnMut(),
+    ) -> bool {
         let mut held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         self.waiting.fetch_add(1, SeqCst);
         fence(SeqCst);
@@ -175,29 +193,45 @@ mod tests {
     use std::sync::mpsc;
 
     #[test]
-    fn offer_modes() {
-        for room in [None, Some(Room::default())] {
-            let room = room.as_ref();
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            assert_eq!(offer(&tx, 1, true, room, || {}), Offered::Queued);
-            assert_eq!(offer(&tx, 2, true, room, || {}), Offered::Full);
-            std::thread::scope(|s| {
-                let t = s.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(20));
-                    let first = rx.recv().unwrap();
-                    if let Some(r) = room {
-                        r.made();
-                    }
-                    (first, rx.recv().unwrap())
-                });
-                let mut woke = false;
-                assert_eq!(offer(&tx, 3, false, room, || woke = true), Offered::Queued);
-                assert!(woke);
-                assert_eq!(t.join().unwrap(), (1, 3));
+    fn offer_modes_std_channel() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let block = |m| tx.send(m).is_ok();
+        assert_eq!(offer(&tx, 1, true, block), Offered::Queued);
+        assert_eq!(offer(&tx, 2, true, block), Offered::Full);
+        std::thread::scope(|s| {
+            let t = s.spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                (rx.recv().unwrap(), rx.recv().unwrap())
             });
-            // The consumer is gone.
-            assert_eq!(offer(&tx, 4, false, room, || {}), Offered::Closed);
-        }
+            assert_eq!(offer(&tx, 3, false, block), Offered::Queued);
+            assert_eq!(t.join().unwrap(), (1, 3));
+        });
+        // The consumer is gone.
+        assert_eq!(offer(&tx, 4, false, block), Offered::Closed);
+    }
+
+    #[test]
+    fn offer_modes_ring_with_room() {
+        let room = &Room::default();
+        let (tx, rx) = ring::channel(1);
+        assert_eq!(offer(&tx, 1, true, |_| unreachable!()), Offered::Queued);
+        assert_eq!(offer(&tx, 2, true, |_| unreachable!()), Offered::Full);
+        std::thread::scope(|s| {
+            let t = s.spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+                room.made();
+                (first, rx.recv_timeout(Duration::from_secs(5)).unwrap())
+            });
+            let mut woke = false;
+            let sent = offer(&tx, 3, false, |m| room.send(&tx, m, || woke = true));
+            assert_eq!(sent, Offered::Queued);
+            assert!(woke);
+            assert_eq!(t.join().unwrap(), (1, 3));
+        });
+        // The consumer is gone.
+        let sent = offer(&tx, 4, false, |m| room.send(&tx, m, || {}));
+        assert_eq!(sent, Offered::Closed);
     }
 
     /// Producers outrun a consumer that takes in batches and wakes them only
@@ -208,7 +242,7 @@ mod tests {
     #[test]
     fn room_loses_no_wake_up_and_no_message() {
         let room = &Room::with_recheck(Duration::from_secs(10));
-        let (tx, rx) = mpsc::sync_channel::<(usize, u32)>(4);
+        let (tx, rx) = ring::channel::<(usize, u32)>(4);
         let producers = 3;
         let each = 20_000u32;
         std::thread::scope(move |s| {
@@ -216,7 +250,8 @@ mod tests {
                 let tx = tx.clone();
                 s.spawn(move || {
                     for i in 0..each {
-                        if offer(&tx, (p, i), false, Some(room), || {}) != Offered::Queued {
+                        let sent = offer(&tx, (p, i), false, |m| room.send(&tx, m, || {}));
+                        if sent != Offered::Queued {
                             return;
                         }
                     }
@@ -253,14 +288,15 @@ mod tests {
     #[test]
     fn a_waiting_producer_sees_the_consumer_go() {
         let room = Room::default();
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        assert_eq!(offer(&tx, 1, false, Some(&room), || {}), Offered::Queued);
+        let (tx, rx) = ring::channel(1);
+        let wait_for_room = |m| room.send(&tx, m, || {});
+        assert_eq!(offer(&tx, 1, false, wait_for_room), Offered::Queued);
         std::thread::scope(|s| {
             s.spawn(move || {
                 std::thread::sleep(Duration::from_millis(30));
                 drop(rx);
             });
-            assert_eq!(offer(&tx, 2, false, Some(&room), || {}), Offered::Closed);
+            assert_eq!(offer(&tx, 2, false, wait_for_room), Offered::Closed);
         });
     }
 }
