@@ -85,11 +85,12 @@ pub(crate) fn classify(name: &str) -> Option<AuditName> {
 /// Whether a callsite is an audit callsite.
 ///
 /// Events qualify when they have an `audit.event` field; spans when they have
-/// any `audit.*` field. This runs once per callsite in `callsite_enabled` and
-/// once per event in the per-layer filter's `enabled`, so it is a plain scan
-/// of the (few) static field names, inlined into the filter (which is
-/// generic, so it is compiled in the user's crate: without `#[inline]` this
-/// would be a call into this one).
+/// any `audit.*` field. This runs once per callsite in `callsite_enabled`,
+/// and in the per-layer filter's `enabled` whenever the thread's table of
+/// recent callsites lacks the event's, so it is a plain scan of the (few)
+/// static field names, inlined into the filter (which is generic, so it is
+/// compiled in the user's crate: without `#[inline]` this would be a call
+/// into this one).
 #[inline]
 pub(crate) fn is_audit_callsite(meta: &Metadata<'_>) -> bool {
     let fields = meta.fields();
