@@ -49,7 +49,7 @@ use tracing_core::Level;
 
 use crate::pipeline::{Counters, DropCause, Msg, Pending, BODY_BUNDLE, BODY_KEEP};
 use crate::queue::ring::Receiver;
-use crate::record::chain::Chain;
+use crate::record::chain::{Chain, Sealed};
 use crate::record::checkpoint::CheckpointKey;
 use crate::record::draft::Draft;
 use crate::record::encode;
@@ -468,7 +468,9 @@ impl Worker {
     /// A message is received only while the batch, with what is ahead
     /// counted at its sealed size at most ([`SEAL_MAX_EXTRA`]), is under
     /// `max_bytes`: a batch passes it by at most one record, as without the
-    /// look-ahead.
+    /// look-ahead. A record followed by another is sealed together with it
+    /// ([`Chain::seal_pair`]: their hashing interleaved), which the
+    /// look-ahead had already received.
     fn drain(&mut self, state: &mut State, max_bytes: usize) -> usize {
         let mut n = 0;
         state.queue_empty = false;
@@ -497,7 +499,25 @@ impl Worker {
             let Some(m) = ahead.pop_front() else { break };
             ahead_bytes -= planned_len(&m);
             n += 1;
-            self.take(state, m);
+            // Two records in a row are sealed together, their hashing
+            // interleaved.
+            let next = match (&m, ahead.front()) {
+                (Msg::Record(_), Some(Msg::Record(_))) => ahead.pop_front(),
+                _ => None,
+            };
+            if let Some(next) = &next {
+                ahead_bytes -= planned_len(next);
+                n += 1;
+            }
+            match (m, next) {
+                (Msg::Record(a), Some(Msg::Record(b))) => self.seal_pair(state, a, b),
+                (m, next) => {
+                    self.take(state, m);
+                    if let Some(next) = next {
+                        self.take(state, next);
+                    }
+                }
+            }
         }
         state.ahead = ahead;
         if n > 0 {
@@ -525,6 +545,29 @@ impl Worker {
     /// Seals `p` into the batch. With `OnError::Drop`, `keep` marks a
     /// record that a failed write must not drop (durable, or the trail's own).
     fn seal(&mut self, state: &mut State, p: Pending, keep: bool) {
+        self.before_seal(state, &p, keep);
+        let sealed = self.chain.seal(&mut state.batch, &p.id, &p.body);
+        self.after_seal(state, p, sealed);
+    }
+
+    /// Seals two records from the queue, as two [`Worker::seal`] calls
+    /// would (see [`Chain::seal_pair`]).
+    fn seal_pair(&mut self, state: &mut State, a: Pending, b: Pending) {
+        for p in [&a, &b] {
+            state.want_sync |= p.done.is_some();
+        }
+        self.before_seal(state, &a, a.done.is_some());
+        self.before_seal(state, &b, b.done.is_some());
+        let (sa, sb) = self
+            .chain
+            .seal_pair(&mut state.batch, (&a.id, &a.body), (&b.id, &b.body));
+        self.after_seal(state, a, sa);
+        self.after_seal(state, b, sb);
+    }
+
+    /// Before sealing `p`: with `OnError::Drop`, the chain as it was before
+    /// the batch's first record, and the records a failed write must keep.
+    fn before_seal(&mut self, state: &mut State, p: &Pending, keep: bool) {
         if self.drop_on_error {
             if state.records_in_batch == 0 {
                 state.batch_chain = Some(self.chain.clone());
@@ -533,7 +576,11 @@ impl Worker {
                 state.kept.push((p.id, p.body.clone(), p.keys));
             }
         }
-        let sealed = self.chain.seal(&mut state.batch, &p.id, &p.body);
+    }
+
+    /// After sealing `p`: its body buffer back to the pool, the counts, and
+    /// its line's place for the forwarders.
+    fn after_seal(&mut self, state: &mut State, p: Pending, sealed: Sealed) {
         let mut body = p.body;
         if body.capacity() <= BODY_KEEP {
             body.clear();
@@ -547,7 +594,7 @@ impl Worker {
         }
         if !self.forwards.is_empty() {
             state.lines.push(LineEnd {
-                end: state.batch.len(),
+                end: sealed.end,
                 seq: sealed.seq,
                 body_at: sealed.body_at,
                 keys: p.keys,

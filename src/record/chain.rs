@@ -149,8 +149,57 @@ impl Chain {
 
     /// Appends a complete line (with `\n`) to `out` and returns its seq.
     pub(crate) fn seal(&mut self, out: &mut Vec<u8>, audit_id: &uuid::Uuid, body: &[u8]) -> Sealed {
+        let line = self.write_line(out, self.next_seq, audit_id, body);
+        out[line.prev_at..][..64].copy_from_slice(&self.prev_hex);
+        let digest = self.hasher.digest(&out[line.start..line.hashed_end()]);
+        self.link(out, &line, &digest)
+    }
+
+    /// Seals two records, as two calls of [`Chain::seal`] would, byte for
+    /// byte, in about two thirds of the hashing time (plain SHA-256; a
+    /// keyed chain seals them one after the other).
+    ///
+    /// A line's hashed bytes are its prefix (up to `"prev_hash":"`), which
+    /// does not depend on the record before, then the previous hash and
+    /// `",`. Both lines are written first (with their `seq`, their positions
+    /// fixed: a line's hash has a fixed length); the two prefixes are hashed
+    /// block by block in turn, so the CPU overlaps the two independent
+    /// dependency chains of SHA-256 (one block of one stream alone takes 33
+    /// ns here, one of two interleaved 21 ns); then each line's last two or
+    /// three blocks, which hold the previous hash, in order.
+    pub(crate) fn seal_pair(
+        &mut self,
+        out: &mut Vec<u8>,
+        a: (&uuid::Uuid, &[u8]),
+        b: (&uuid::Uuid, &[u8]),
+    ) -> (Sealed, Sealed) {
+        if !matches!(self.hasher, Hasher::Plain) {
+            return (self.seal(out, a.0, a.1), self.seal(out, b.0, b.1));
+        }
+        let la = self.write_line(out, self.next_seq, a.0, a.1);
+        let lb = self.write_line(out, self.next_seq + 1, b.0, b.1);
+        let (pa, pb) = (la.prefix(out), lb.prefix(out));
+        let (mut sa, mut sb) = (sha256::IV, sha256::IV);
+        let (ka, kb) = (pa.len() / 64, pb.len() / 64);
+        for i in 0..ka.max(kb) {
+            if i < ka {
+                sha256::block(&mut sa, &pa[i * 64..][..64]);
+            }
+            if i < kb {
+                sha256::block(&mut sb, &pb[i * 64..][..64]);
+            }
+        }
+        let da = sha256::finish(sa, &pa[ka * 64..], &self.prev_hex, la.hashed_len());
+        let first = self.link(out, &la, &da);
+        let pb = lb.prefix(out);
+        let db = sha256::finish(sb, &pb[kb * 64..], &self.prev_hex, lb.hashed_len());
+        (first, self.link(out, &lb, &db))
+    }
+
+    /// Appends record `seq`'s line to `out`, its previous hash and its hash
+    /// left as zeros ([`Chain::link`] fills them).
+    fn write_line(&self, out: &mut Vec<u8>, seq: u64, audit_id: &uuid::Uuid, body: &[u8]) -> Line {
         let start = out.len();
-        let seq = self.next_seq;
         out.extend_from_slice(HEAD);
         let mut idbuf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         out.extend_from_slice(audit_id.hyphenated().encode_lower(&mut idbuf).as_bytes());
@@ -162,27 +211,130 @@ impl Chain {
         let body_at = out.len() - start;
         out.extend_from_slice(body);
         out.extend_from_slice(PREV_KEY);
-        out.extend_from_slice(&self.prev_hex);
+        let prev_at = out.len();
+        out.extend_from_slice(&[0; 64]);
         out.extend_from_slice(b"\",");
-        let digest = self.hasher.digest(&out[start..]);
-        let mut hex = [0u8; 64];
-        encode::hex_into(&mut hex, &digest);
         out.extend_from_slice(HASH_KEY);
-        out.extend_from_slice(&hex);
+        out.extend_from_slice(&[0; 64]);
         out.extend_from_slice(END);
         out.push(b'\n');
-        self.prev_hex.copy_from_slice(&hex);
-        self.next_seq += 1;
-        Sealed { seq, body_at }
+        Line {
+            start,
+            seq,
+            body_at,
+            prev_at,
+            end: out.len(),
+        }
+    }
+
+    /// Writes the previous hash and `digest` into `line`, whose hash it is,
+    /// and moves the chain past it.
+    fn link(&mut self, out: &mut [u8], line: &Line, digest: &[u8; 32]) -> Sealed {
+        out[line.prev_at..][..64].copy_from_slice(&self.prev_hex);
+        let mut hex = [0u8; 64];
+        encode::hex_into(&mut hex, digest);
+        out[line.hash_at()..][..64].copy_from_slice(&hex);
+        self.prev_hex = hex;
+        self.next_seq = line.seq + 1;
+        Sealed {
+            seq: line.seq,
+            body_at: line.body_at,
+            end: line.end,
+        }
     }
 }
 
-/// What [`Chain::seal`] wrote: the record's sequence number, and where
-/// its body starts in the line.
+/// Where [`Chain::write_line`] put a line's parts in the buffer.
+struct Line {
+    start: usize,
+    seq: u64,
+    body_at: usize,
+    /// Where the previous hash goes.
+    prev_at: usize,
+    /// Just past its `\n`.
+    end: usize,
+}
+
+impl Line {
+    /// The end of the hashed bytes: the previous hash and `",`.
+    fn hashed_end(&self) -> usize {
+        self.prev_at + 64 + 2
+    }
+
+    fn hashed_len(&self) -> usize {
+        self.hashed_end() - self.start
+    }
+
+    fn hash_at(&self) -> usize {
+        self.hashed_end() + HASH_KEY.len()
+    }
+
+    /// The hashed bytes before the previous hash.
+    fn prefix<'a>(&self, out: &'a [u8]) -> &'a [u8] {
+        &out[self.start..self.prev_at]
+    }
+}
+
+/// SHA-256 by its compression function, for hashing a message whose end
+/// (the previous hash) is known later than the rest.
+mod sha256 {
+    use sha2::digest::generic_array::GenericArray;
+
+    /// The initial hash value (FIPS 180-4, 5.3.3).
+    pub(super) const IV: [u32; 8] = [
+        0x6a09_e667,
+        0xbb67_ae85,
+        0x3c6e_f372,
+        0xa54f_f53a,
+        0x510e_527f,
+        0x9b05_688c,
+        0x1f83_d9ab,
+        0x5be0_cd19,
+    ];
+
+    /// Absorbs one 64-byte block.
+    #[inline]
+    pub(super) fn block(state: &mut [u32; 8], block: &[u8]) {
+        sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
+    }
+
+    /// The digest of a message of `total` bytes whose whole blocks went
+    /// into `state` and whose remaining bytes are `rest` (under 64), then
+    /// `prev` and `",`: those, the padding and the length (5.1.1).
+    pub(super) fn finish(
+        mut state: [u32; 8],
+        rest: &[u8],
+        prev: &[u8; 64],
+        total: usize,
+    ) -> [u8; 32] {
+        let mut buf = [0u8; 192];
+        let mut n = 0;
+        for part in [rest, &prev[..], b"\","] {
+            buf[n..n + part.len()].copy_from_slice(part);
+            n += part.len();
+        }
+        buf[n] = 0x80;
+        let blocks = (n + 1 + 8).div_ceil(64);
+        let bits = (total as u64) * 8;
+        buf[blocks * 64 - 8..blocks * 64].copy_from_slice(&bits.to_be_bytes());
+        for b in buf[..blocks * 64].chunks_exact(64) {
+            block(&mut state, b);
+        }
+        let mut digest = [0u8; 32];
+        for (d, w) in digest.chunks_exact_mut(4).zip(state) {
+            d.copy_from_slice(&w.to_be_bytes());
+        }
+        digest
+    }
+}
+
+/// What [`Chain::seal`] wrote: the record's sequence number, where its
+/// body starts in the line, and where the line ends in the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sealed {
     pub(crate) seq: u64,
     pub(crate) body_at: usize,
+    pub(crate) end: usize,
 }
 
 /// The chain fields of one line, read without parsing JSON.
@@ -373,6 +525,49 @@ mod tests {
         let mut out = Vec::new();
         chain.seal(&mut out, &uuid::Uuid::now_v7(), body.as_bytes());
         out
+    }
+
+    /// Sealing two records at once writes what sealing them one by one
+    /// writes, byte for byte, for bodies of every length modulo a block
+    /// (so every split of the hashed bytes between prefix and last blocks),
+    /// across `seq`s that gain a digit, and leaves the chain in the same
+    /// state; a keyed chain too (which seals them one by one).
+    #[test]
+    fn sealing_a_pair_writes_what_sealing_each_writes() {
+        let key = Hasher::new(Some(b"k"));
+        for hasher in [Hasher::Plain, key] {
+            let id = uuid::Uuid::now_v7();
+            for (last, step) in [
+                (None, 1),
+                (Some(7), 1),
+                (Some(97), 3),
+                (Some(u64::MAX - 1000), 1),
+            ] {
+                let fresh = || match last {
+                    None => Chain::new(hasher.clone(), &id),
+                    Some(s) => Chain::resume(hasher.clone(), &id, s, GENESIS),
+                };
+                let (mut one, mut two) = (fresh(), fresh());
+                let (mut lines_one, mut lines_two) = (Vec::new(), Vec::new());
+                let mut len = 0;
+                while len < 200 {
+                    let a = format!(r#","a":"{}""#, "x".repeat(len));
+                    let b = format!(r#","b":"{}""#, "y".repeat(len * 7 % 150));
+                    let (ia, ib) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+                    let sa = one.seal(&mut lines_one, &ia, a.as_bytes());
+                    let sb = one.seal(&mut lines_one, &ib, b.as_bytes());
+                    let pair =
+                        two.seal_pair(&mut lines_two, (&ia, a.as_bytes()), (&ib, b.as_bytes()));
+                    assert_eq!((sa, sb), pair, "{last:?} {len}");
+                    assert_eq!(lines_one, lines_two, "{last:?} {len}");
+                    len += step;
+                }
+                assert_eq!(one.last(), two.last());
+                for line in lines_two.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+                    check_line(&hasher, line).unwrap();
+                }
+            }
+        }
     }
 
     /// `SEAL_MAX_EXTRA` is what sealing adds with a 20-digit `seq`, and one
