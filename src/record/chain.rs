@@ -32,7 +32,51 @@ use crate::record::layout::{
 #[derive(Clone)]
 pub(crate) enum Hasher {
     Plain,
-    Keyed(Hmac<Sha256>),
+    Keyed(Box<Keyed>),
+}
+
+/// HMAC-SHA-256 under one key: the MAC, and its two padded-key states for
+/// [`Chain::seal_pair`] (RFC 2104: the states after the key XOR `ipad`
+/// and XOR `opad` blocks). Both are as secret as the key, and zeroed when
+/// dropped.
+#[derive(Clone)]
+pub(crate) struct Keyed {
+    mac: Hmac<Sha256>,
+    inner: [u32; 8],
+    outer: [u32; 8],
+}
+
+impl Keyed {
+    fn new(mac: Hmac<Sha256>, key: &[u8]) -> Self {
+        let mut k = zeroize::Zeroizing::new([0u8; 64]);
+        if key.len() > 64 {
+            k[..32].copy_from_slice(&Sha256::digest(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let pad = |x: u8| {
+            let mut block = zeroize::Zeroizing::new([0u8; 64]);
+            for (b, k) in block.iter_mut().zip(k.iter()) {
+                *b = k ^ x;
+            }
+            let mut state = sha256::IV;
+            sha256::block(&mut state, &block[..]);
+            state
+        };
+        Keyed {
+            mac,
+            inner: pad(0x36),
+            outer: pad(0x5c),
+        }
+    }
+}
+
+impl Drop for Keyed {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.inner.zeroize();
+        self.outer.zeroize();
+    }
 }
 
 impl std::fmt::Debug for Hasher {
@@ -51,14 +95,16 @@ impl Hasher {
     pub(crate) fn mac(&self) -> Option<Hmac<Sha256>> {
         match self {
             Hasher::Plain => None,
-            Hasher::Keyed(m) => Some(m.clone()),
+            Hasher::Keyed(k) => Some(k.mac.clone()),
         }
     }
 
     pub(crate) fn new(key: Option<&[u8]>) -> Self {
         match key {
             // HMAC accepts keys of any length; this cannot fail.
-            Some(k) => Hmac::<Sha256>::new_from_slice(k).map_or(Hasher::Plain, Hasher::Keyed),
+            Some(k) => Hmac::<Sha256>::new_from_slice(k).map_or(Hasher::Plain, |mac| {
+                Hasher::Keyed(Box::new(Keyed::new(mac, k)))
+            }),
             None => Hasher::Plain,
         }
     }
@@ -78,8 +124,8 @@ impl Hasher {
                 h.update(hashed);
                 h.finalize().into()
             }
-            Hasher::Keyed(mac) => {
-                let mut m = mac.clone();
+            Hasher::Keyed(k) => {
+                let mut m = k.mac.clone();
                 m.update(hashed);
                 m.finalize().into_bytes().into()
             }
@@ -156,8 +202,8 @@ impl Chain {
     }
 
     /// Seals two records, as two calls of [`Chain::seal`] would, byte for
-    /// byte, in about two thirds of the hashing time (plain SHA-256; a
-    /// keyed chain seals them one after the other).
+    /// byte, in about two thirds of the hashing time (SHA-256, or HMAC's
+    /// inner SHA-256 from the key's padded state).
     ///
     /// A line's hashed bytes are its prefix (up to `"prev_hash":"`), which
     /// does not depend on the record before, then the previous hash and
@@ -173,13 +219,15 @@ impl Chain {
         a: (&uuid::Uuid, &[u8]),
         b: (&uuid::Uuid, &[u8]),
     ) -> (Sealed, Sealed) {
-        if !matches!(self.hasher, Hasher::Plain) {
-            return (self.seal(out, a.0, a.1), self.seal(out, b.0, b.1));
-        }
+        // With a key, the message follows the key's inner block.
+        let (start, before) = match &self.hasher {
+            Hasher::Plain => (sha256::IV, 0),
+            Hasher::Keyed(k) => (k.inner, 64),
+        };
         let la = self.write_line(out, self.next_seq, a.0, a.1);
         let lb = self.write_line(out, self.next_seq + 1, b.0, b.1);
         let (pa, pb) = (la.prefix(out), lb.prefix(out));
-        let (mut sa, mut sb) = (sha256::IV, sha256::IV);
+        let (mut sa, mut sb) = (start, start);
         let (ka, kb) = (pa.len() / 64, pb.len() / 64);
         for i in 0..ka.max(kb) {
             if i < ka {
@@ -189,11 +237,29 @@ impl Chain {
                 sha256::block(&mut sb, &pb[i * 64..][..64]);
             }
         }
-        let da = sha256::finish(sa, &pa[ka * 64..], &self.prev_hex, la.hashed_len());
+        let da = sha256::finish(
+            sa,
+            &[&pa[ka * 64..], &self.prev_hex, b"\","],
+            before + la.hashed_len(),
+        );
+        let da = self.outer(da);
         let first = self.link(out, &la, &da);
         let pb = lb.prefix(out);
-        let db = sha256::finish(sb, &pb[kb * 64..], &self.prev_hex, lb.hashed_len());
+        let db = sha256::finish(
+            sb,
+            &[&pb[kb * 64..], &self.prev_hex, b"\","],
+            before + lb.hashed_len(),
+        );
+        let db = self.outer(db);
         (first, self.link(out, &lb, &db))
+    }
+
+    /// With a key, HMAC's outer hash of the `inner` one; without, `inner`.
+    fn outer(&self, inner: [u8; 32]) -> [u8; 32] {
+        match &self.hasher {
+            Hasher::Plain => inner,
+            Hasher::Keyed(k) => sha256::finish(k.outer, &[&inner], 64 + 32),
+        }
     }
 
     /// Appends record `seq`'s line to `out`, its previous hash and its hash
@@ -299,17 +365,12 @@ mod sha256 {
     }
 
     /// The digest of a message of `total` bytes whose whole blocks went
-    /// into `state` and whose remaining bytes are `rest` (under 64), then
-    /// `prev` and `",`: those, the padding and the length (5.1.1).
-    pub(super) fn finish(
-        mut state: [u32; 8],
-        rest: &[u8],
-        prev: &[u8; 64],
-        total: usize,
-    ) -> [u8; 32] {
+    /// into `state` and whose remaining bytes are `parts` (at most 130 in
+    /// all): those, the padding and the length (5.1.1).
+    pub(super) fn finish(mut state: [u32; 8], parts: &[&[u8]], total: usize) -> [u8; 32] {
         let mut buf = [0u8; 192];
         let mut n = 0;
-        for part in [rest, &prev[..], b"\","] {
+        for part in parts {
             buf[n..n + part.len()].copy_from_slice(part);
             n += part.len();
         }
@@ -531,11 +592,16 @@ mod tests {
     /// writes, byte for byte, for bodies of every length modulo a block
     /// (so every split of the hashed bytes between prefix and last blocks),
     /// across `seq`s that gain a digit, and leaves the chain in the same
-    /// state; a keyed chain too (which seals them one by one).
+    /// state; keyed chains too, with a short key and one longer than a
+    /// block (which HMAC hashes first).
     #[test]
     fn sealing_a_pair_writes_what_sealing_each_writes() {
-        let key = Hasher::new(Some(b"k"));
-        for hasher in [Hasher::Plain, key] {
+        let long = [7u8; 100];
+        for hasher in [
+            Hasher::Plain,
+            Hasher::new(Some(b"k")),
+            Hasher::new(Some(&long)),
+        ] {
             let id = uuid::Uuid::now_v7();
             for (last, step) in [
                 (None, 1),
