@@ -17,7 +17,8 @@
 //! `BENCH_QUICK=1` runs smaller sizes (for a smoke run). `-- --only X` runs
 //! one part: `policy`, `verify`, `collected`, `syslog`, `relp`, `plain` (non-audit overhead), `split` (caller
 //! cost without backpressure vs worker rate), `e2e` (part 1 alone), `e2e-plain` (this crate
-//! alone, plain event, two threads: for A/B runs),
+//! alone, plain event, two threads: for A/B runs), `e2e-plain-keyed` (the same, the chain
+//! keyed),
 //! `latency` (caller cost at a steady rate), `durable` (32 threads of
 //! durable records), `e2e1` (one small end-to-end
 //! run, for profiling under callgrind).
@@ -167,12 +168,17 @@ fn audit_run(threads: u64, per_thread: u64) -> f64 {
 }
 
 fn audit_workload(w: Workload, threads: u64, per_thread: u64) -> Run {
+    audit_workload_keyed(w, threads, per_thread, None)
+}
+
+/// [`audit_workload`], the chain keyed (HMAC-SHA-256) when `key` is given.
+fn audit_workload_keyed(w: Workload, threads: u64, per_thread: u64, key: Option<&[u8]>) -> Run {
     let dir = private_tempdir();
-    let (audit, guard) = AuditLayer::builder()
-        .service("bench")
-        .file(dir.path())
-        .build()
-        .unwrap();
+    let mut builder = AuditLayer::builder().service("bench").file(dir.path());
+    if let Some(k) = key {
+        builder = builder.chain_key(k);
+    }
+    let (audit, guard) = builder.build().unwrap();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
     let cpu = cpu_time();
     let start = Instant::now();
@@ -582,6 +588,18 @@ fn main() {
             // This crate alone, plain event, 2 threads: for A/B runs.
             let r = best_run(5, || audit_workload(Workload::Plain, 2, 200_000));
             println!("{:.0}/s, {:.2} µs CPU/record", r.per_sec, r.cpu_us);
+            return;
+        }
+        Some("e2e-plain-keyed") => {
+            // The same with a keyed chain (HMAC-SHA-256).
+            let key = [0x5a; 32];
+            let r = best_run(5, || {
+                audit_workload_keyed(Workload::Plain, 2, 200_000, Some(&key))
+            });
+            println!(
+                "{:.0}/s, {:.2} µs CPU/record (keyed chain)",
+                r.per_sec, r.cpu_us
+            );
             return;
         }
         Some("latency") => return caller_latency_bench(),
