@@ -117,6 +117,54 @@ impl Hasher {
         }
     }
 
+    /// The digests of `a` and `b`, as [`Hasher::digest`] gives them, in
+    /// about two thirds of the time: their blocks hashed in turn, so the
+    /// CPU overlaps the two independent chains of SHA-256 rounds.
+    pub(crate) fn digest_pair(&self, a: &[u8], b: &[u8]) -> ([u8; 32], [u8; 32]) {
+        let ((sa, ka), (sb, kb)) = self.blocks_pair(a, b);
+        let before = self.before();
+        let da = sha256::finish(sa, &[&a[ka * 64..]], before + a.len());
+        let db = sha256::finish(sb, &[&b[kb * 64..]], before + b.len());
+        (self.outer(da), self.outer(db))
+    }
+
+    /// The states after the whole blocks of `a` and of `b` (hashed in
+    /// turn), each with how many blocks that was.
+    fn blocks_pair(&self, a: &[u8], b: &[u8]) -> (([u32; 8], usize), ([u32; 8], usize)) {
+        // With a key, a message follows the key's inner block.
+        let start = match self {
+            Hasher::Plain => sha256::IV,
+            Hasher::Keyed(k) => k.inner,
+        };
+        let (mut sa, mut sb) = (start, start);
+        let (ka, kb) = (a.len() / 64, b.len() / 64);
+        for i in 0..ka.max(kb) {
+            if i < ka {
+                sha256::block(&mut sa, &a[i * 64..][..64]);
+            }
+            if i < kb {
+                sha256::block(&mut sb, &b[i * 64..][..64]);
+            }
+        }
+        ((sa, ka), (sb, kb))
+    }
+
+    /// Bytes hashed before the message: HMAC's inner key block.
+    fn before(&self) -> usize {
+        match self {
+            Hasher::Plain => 0,
+            Hasher::Keyed(_) => 64,
+        }
+    }
+
+    /// With a key, HMAC's outer hash of the `inner` one; without, `inner`.
+    fn outer(&self, inner: [u8; 32]) -> [u8; 32] {
+        match self {
+            Hasher::Plain => inner,
+            Hasher::Keyed(k) => sha256::finish(k.outer, &[&inner], 64 + 32),
+        }
+    }
+
     pub(crate) fn digest(&self, hashed: &[u8]) -> [u8; 32] {
         match self {
             Hasher::Plain => {
@@ -219,30 +267,17 @@ impl Chain {
         a: (&uuid::Uuid, &[u8]),
         b: (&uuid::Uuid, &[u8]),
     ) -> (Sealed, Sealed) {
-        // With a key, the message follows the key's inner block.
-        let (start, before) = match &self.hasher {
-            Hasher::Plain => (sha256::IV, 0),
-            Hasher::Keyed(k) => (k.inner, 64),
-        };
         let la = self.write_line(out, self.next_seq, a.0, a.1);
         let lb = self.write_line(out, self.next_seq + 1, b.0, b.1);
         let (pa, pb) = (la.prefix(out), lb.prefix(out));
-        let (mut sa, mut sb) = (start, start);
-        let (ka, kb) = (pa.len() / 64, pb.len() / 64);
-        for i in 0..ka.max(kb) {
-            if i < ka {
-                sha256::block(&mut sa, &pa[i * 64..][..64]);
-            }
-            if i < kb {
-                sha256::block(&mut sb, &pb[i * 64..][..64]);
-            }
-        }
+        let ((sa, ka), (sb, kb)) = self.hasher.blocks_pair(pa, pb);
+        let before = self.hasher.before();
         let da = sha256::finish(
             sa,
             &[&pa[ka * 64..], &self.prev_hex, b"\","],
             before + la.hashed_len(),
         );
-        let da = self.outer(da);
+        let da = self.hasher.outer(da);
         let first = self.link(out, &la, &da);
         let pb = lb.prefix(out);
         let db = sha256::finish(
@@ -250,16 +285,8 @@ impl Chain {
             &[&pb[kb * 64..], &self.prev_hex, b"\","],
             before + lb.hashed_len(),
         );
-        let db = self.outer(db);
+        let db = self.hasher.outer(db);
         (first, self.link(out, &lb, &db))
-    }
-
-    /// With a key, HMAC's outer hash of the `inner` one; without, `inner`.
-    fn outer(&self, inner: [u8; 32]) -> [u8; 32] {
-        match &self.hasher {
-            Hasher::Plain => inner,
-            Hasher::Keyed(k) => sha256::finish(k.outer, &[&inner], 64 + 32),
-        }
     }
 
     /// Appends record `seq`'s line to `out`, its previous hash and its hash
@@ -474,11 +501,30 @@ fn link_if(link: Link<'_>, hash_ok: bool) -> Result<Link<'_>, LinkError> {
 /// Whether the stored hash of a line whose layout [`read_link`] accepted
 /// is the hash of its bytes.
 pub(crate) fn hash_matches(hasher: &Hasher, line: &[u8]) -> bool {
-    let n = line.len();
-    let digest = hasher.digest(&line[..n - HASH_SUFFIX_LEN]);
+    stored_hash_is(line, &hasher.digest(hashed_part(line)))
+}
+
+/// [`hash_checks`] of two lines, their hashing interleaved
+/// ([`Hasher::digest_pair`]).
+pub(crate) fn hash_checks_pair(hasher: &Hasher, a: &[u8], b: &[u8]) -> (bool, bool) {
+    if a.len() < MIN_SEALED || b.len() < MIN_SEALED {
+        return (hash_checks(hasher, a), hash_checks(hasher, b));
+    }
+    let (da, db) = hasher.digest_pair(hashed_part(a), hashed_part(b));
+    (stored_hash_is(a, &da), stored_hash_is(b, &db))
+}
+
+/// The bytes a line's hash covers (the line is at least [`MIN_SEALED`]).
+fn hashed_part(line: &[u8]) -> &[u8] {
+    &line[..line.len() - HASH_SUFFIX_LEN]
+}
+
+/// Whether `line` (at least [`MIN_SEALED`]) stores `digest` as its hash.
+fn stored_hash_is(line: &[u8], digest: &[u8; 32]) -> bool {
     let mut hex = [0u8; 64];
-    encode::hex_into(&mut hex, &digest);
-    line[n - HASH_SUFFIX_LEN + HASH_KEY.len()..n - HASH_SUFFIX_LEN + HASH_KEY.len() + 64] == hex
+    encode::hex_into(&mut hex, digest);
+    let at = line.len() - HASH_SUFFIX_LEN + HASH_KEY.len();
+    line[at..at + 64] == hex
 }
 
 /// No sealed line is shorter.
@@ -633,6 +679,46 @@ mod tests {
                     check_line(&hasher, line).unwrap();
                 }
             }
+        }
+    }
+
+    /// Two messages hashed in turn get the digests each gets alone, for
+    /// every pair of lengths around the block and padding boundaries,
+    /// plain and keyed; and the lines' checks agree with single checks,
+    /// tampered lines included.
+    #[test]
+    fn digesting_a_pair_gives_what_digesting_each_gives() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+        let long = [9u8; 70];
+        for hasher in [
+            Hasher::Plain,
+            Hasher::new(Some(b"key")),
+            Hasher::new(Some(&long)),
+        ] {
+            for la in (0..200).step_by(5).chain([55, 56, 63, 64, 119, 120, 128]) {
+                for lb in [0, 1, 55, 56, 57, 63, 64, 65, 127, 128, 190, 300] {
+                    let (a, b) = (&data[..la], &data[300 - lb..]);
+                    let pair = hasher.digest_pair(a, b);
+                    assert_eq!(pair, (hasher.digest(a), hasher.digest(b)), "{la} {lb}");
+                }
+            }
+            let mut c = Chain::new(hasher.clone(), &uuid::Uuid::now_v7());
+            let good = sealed(&mut c, r#","x":1"#);
+            let good = &good[..good.len() - 1];
+            let mut bad = good.to_vec();
+            bad[40] ^= 1;
+            for (a, b) in [
+                (good, good),
+                (good, &bad[..]),
+                (&bad[..], good),
+                (b"{}", good),
+            ] {
+                assert_eq!(
+                    hash_checks_pair(&hasher, a, b),
+                    (hash_checks(&hasher, a), hash_checks(&hasher, b))
+                );
+            }
+            assert_eq!(hash_checks_pair(&hasher, good, &bad), (true, false));
         }
     }
 

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::record::chain::{
-    check_line, check_line_hashed, hash_checks, Hasher, Link, LinkError, GENESIS,
+    check_line, check_line_hashed, hash_checks, hash_checks_pair, Hasher, Link, LinkError, GENESIS,
 };
 use crate::record::checkpoint::{check_checkpoint, CheckpointPublicKey};
 use crate::record::{AuditRecord, CheckedRecord};
@@ -937,7 +937,8 @@ struct AheadLine {
 /// about [`BATCH_BYTES`], each with whether its hash checks under `hasher`
 /// (the one pure, costly part of checking a line), except one ordinary line
 /// in [`CHECKER_HASHES_ONE_IN`], which the checker hashes itself so the two
-/// threads are about equally busy. Stops at the end of the
+/// threads are about equally busy. The reader hashes its lines two at a
+/// time ([`hash_pending`]). Stops at the end of the
 /// file, at a read error (sent on), or when the checker stops listening.
 ///
 /// Memory stays what reading one line at a time needs: at most
@@ -967,6 +968,8 @@ fn read_ahead(
     };
     // A batch back from the checker, kept for the next fill.
     let mut kept: Option<Batch> = None;
+    // Lines of the batch the reader hashes, not hashed yet.
+    let mut todo: Vec<usize> = Vec::new();
     let mut lines = 0u64;
     loop {
         let mut batch = match kept.take() {
@@ -999,14 +1002,19 @@ fn read_ahead(
                 Some(false)
             } else if lines.is_multiple_of(CHECKER_HASHES_ONE_IN) && buf.len() <= BATCH_BYTES {
                 None
-            } else {
+            } else if buf.len() > BATCH_BYTES {
                 Some(hash_checks(hasher, &buf))
+            } else {
+                // Hashed with the next such line before the batch goes.
+                todo.push(batch.lines.len());
+                None
             };
             if buf.len() > BATCH_BYTES {
                 // A long line: what is batched goes first, then the line
                 // alone once nothing else is held, and it comes back
                 // before the next line is read.
                 if !batch.lines.is_empty() {
+                    hash_pending(hasher, &mut batch, &mut todo);
                     if tx.send(Ok(std::mem::take(&mut batch))).is_err() {
                         return;
                     }
@@ -1044,6 +1052,7 @@ fn read_ahead(
             });
         }
         if !batch.lines.is_empty() {
+            hash_pending(hasher, &mut batch, &mut todo);
             if tx.send(Ok(batch)).is_err() {
                 return;
             }
@@ -1064,6 +1073,28 @@ fn read_ahead(
             }
         }
     }
+}
+
+/// Fills in [`hash_checks`] for the lines of `batch` listed in `todo`,
+/// two at a time ([`hash_checks_pair`]: their hashing interleaved).
+fn hash_pending(hasher: &Hasher, batch: &mut Batch, todo: &mut Vec<usize>) {
+    let mut pairs = todo.chunks_exact(2);
+    for p in &mut pairs {
+        let (a, b) = (&batch.lines[p[0]], &batch.lines[p[1]]);
+        let (ha, hb) = hash_checks_pair(
+            hasher,
+            &batch.data[a.start..a.end],
+            &batch.data[b.start..b.end],
+        );
+        batch.lines[p[0]].hash_checks = Some(ha);
+        batch.lines[p[1]].hash_checks = Some(hb);
+    }
+    if let [i] = *pairs.remainder() {
+        let l = &batch.lines[i];
+        let h = hash_checks(hasher, &batch.data[l.start..l.end]);
+        batch.lines[i].hash_checks = Some(h);
+    }
+    todo.clear();
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
