@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::record::chain::{hash_matches, read_link, Hasher, Link, GENESIS};
+use crate::record::chain::{hash_checks_pair, hash_matches, read_link, Hasher, Link, GENESIS};
 use crate::record::checkpoint::{check_checkpoint, CheckpointPublicKey};
 use crate::record::CheckedRecord;
 use crate::trail::TrailError;
@@ -251,26 +251,36 @@ impl Collector {
         }
     }
 
-    /// One input line.
-    fn line(&mut self, bytes: &[u8], file: u32, line: u64) {
+    /// Two input lines, in order: their hashes are checked together
+    /// ([`hash_checks_pair`]: the hashing interleaved) when both hold a
+    /// record.
+    fn line_pair(&mut self, a: (&[u8], u64), b: (&[u8], u64), file: u32) {
+        let (ra, rb) = (record_part(a.0), record_part(b.0));
+        let (ha, hb) = match (ra, rb) {
+            (Some(ra), Some(rb)) => {
+                let (ha, hb) = hash_checks_pair(&self.hasher, ra, rb);
+                (Some(ha), Some(hb))
+            }
+            _ => (None, None),
+        };
+        self.line(a.0, file, a.1, ha);
+        self.line(b.0, file, b.1, hb);
+    }
+
+    /// One input line; `hashed`, whether the hash of its record checks,
+    /// when already known.
+    fn line(&mut self, bytes: &[u8], file: u32, line: u64, hashed: Option<bool>) {
         self.report.lines += 1;
-        let Some(start) = memchr::memmem::find(bytes, b"{\"schema\":") else {
+        let Some(rec) = record_part(bytes) else {
             return self.not_a_record(file, line);
         };
-        let mut rec = &bytes[start..];
-        while let Some((&last, rest)) = rec.split_last() {
-            if last == b'\n' || last == b'\r' || last == b' ' {
-                rec = rest;
-            } else {
-                break;
-            }
-        }
         let Ok(link) = read_link(rec) else {
             return self.not_a_record(file, line);
         };
         // Only sealed records are records: a line whose hash checks must
         // also parse strictly under the schema, as `verify` requires.
-        let wrong = if !hash_matches(&self.hasher, rec) {
+        let hash_ok = hashed.unwrap_or_else(|| hash_matches(&self.hasher, rec));
+        let wrong = if !hash_ok {
             Some("the record's bytes do not match its hash: it was edited (or sealed under another key)".to_owned())
         } else {
             CheckedRecord::check(rec)
@@ -507,10 +517,39 @@ pub fn verify_collected(
             let f = std::fs::File::open(path).map_err(|e| TrailError::io("open", path, e))?;
             Box::new(std::io::BufReader::with_capacity(1 << 16, f))
         };
-        read_lines(reader, |bytes, line| c.line(bytes, file, line))
-            .map_err(|e| TrailError::io("read", path, e))?;
+        // Lines go to the collector two at a time (see `line_pair`): the
+        // first of each two is held until the second is read.
+        let mut held = Vec::new();
+        let mut held_at: Option<u64> = None;
+        read_lines(reader, |bytes, line| match held_at.take() {
+            None => {
+                held.clear();
+                held.extend_from_slice(bytes);
+                held_at = Some(line);
+            }
+            Some(at) => c.line_pair((&held, at), (bytes, line), file),
+        })
+        .map_err(|e| TrailError::io("read", path, e))?;
+        if let Some(at) = held_at {
+            c.line(&held, file, at, None);
+        }
     }
     Ok(c.finish())
+}
+
+/// The record in a collected line: from `{"schema":` (a collector may put
+/// a prefix before it) to its end, trailing blanks left out.
+fn record_part(bytes: &[u8]) -> Option<&[u8]> {
+    let start = memchr::memmem::find(bytes, b"{\"schema\":")?;
+    let mut rec = &bytes[start..];
+    while let Some((&last, rest)) = rec.split_last() {
+        if last == b'\n' || last == b'\r' || last == b' ' {
+            rec = rest;
+        } else {
+            break;
+        }
+    }
+    Some(rec)
 }
 
 /// Calls `each` with every line (without its newline) and its number; a
