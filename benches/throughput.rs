@@ -14,12 +14,17 @@
 //! 5. `PolicyLayer` per-event cost with 3 default + 5 custom policies, at
 //!    10 k and 10 M events.
 //!
+//! 6. SHA-256 on this CPU (`sha`): a 64-byte block's cost for one stream and
+//!    for two streams whose blocks alternate, as the worker's pair sealing
+//!    and `verify` hash them. Which of the two this machine is fast at
+//!    decides what pair sealing is worth, so every run prints it first.
+//!
 //! `BENCH_QUICK=1` runs smaller sizes (for a smoke run). `-- --only X` runs
 //! one part: `policy`, `verify`, `collected`, `syslog`, `relp`, `plain` (non-audit overhead), `split` (caller
 //! cost without backpressure vs worker rate), `e2e` (part 1 alone), `e2e-plain` (this crate
 //! alone, plain event, two threads: for A/B runs), `e2e-plain-keyed` (the same, the chain
 //! keyed),
-//! `latency` (caller cost at a steady rate), `durable` (32 threads of
+//! `sha` (part 6), `latency` (caller cost at a steady rate), `durable` (32 threads of
 //! durable records), `e2e1` (one small end-to-end
 //! run, for profiling under callgrind).
 
@@ -576,6 +581,7 @@ fn main() {
         .map(|i| args[i + 1].clone());
     match only.as_deref() {
         Some("policy") => return policy_bench(),
+        Some("sha") => return sha_bench(),
         Some("verify") => return verify_bench(),
         Some("collected") => return collected_bench(),
         Some("plain") => return non_audit_overhead(),
@@ -641,6 +647,7 @@ fn main() {
         }
         _ => {}
     }
+    sha_bench();
     e2e_bench();
     caller_latency_bench();
     durable_bench();
@@ -652,6 +659,81 @@ fn main() {
     verify_bench();
     collected_bench();
     policy_bench();
+}
+
+/// SHA-256's compression function on this CPU (SHA instructions when it has
+/// them, as `sha2` picks): ns per 64-byte block for one message, for two
+/// messages whose blocks alternate (what `Chain::seal_pair` and `verify`'s
+/// reader do), and for one message given to one call whole. The best of
+/// many short trials, so a VM's stolen time does not count.
+///
+/// Hosts differ: where one stream is latency-bound the CPU overlaps two
+/// alternating ones and pairs pay; where it is throughput-bound they do not,
+/// and the per-call cost shows instead.
+fn sha_bench() {
+    use sha2::digest::generic_array::{typenum::U64, GenericArray};
+    const BLOCKS: usize = 10;
+    let a: Vec<u8> = (0..64 * BLOCKS as u32).map(|i| (i * 7 + 3) as u8).collect();
+    let b: Vec<u8> = (0..64 * BLOCKS as u32)
+        .map(|i| (i * 13 + 1) as u8)
+        .collect();
+    let block = |m: &[u8], i: usize| -> GenericArray<u8, U64> {
+        GenericArray::clone_from_slice(&m[i * 64..][..64])
+    };
+    let (ba, bb): (Vec<_>, Vec<_>) = (0..BLOCKS).map(|i| (block(&a, i), block(&b, i))).unzip();
+    let iv = [
+        0x6a09_e667u32,
+        0xbb67_ae85,
+        0x3c6e_f372,
+        0xa54f_f53a,
+        0x510e_527f,
+        0x9b05_688c,
+        0x1f83_d9ab,
+        0x5be0_cd19,
+    ];
+    let trials = if quick() { 200 } else { 3000 };
+    // ns per block: the best of `trials` runs of 100 calls of `f`, which
+    // hashes `blocks` blocks.
+    let best = |blocks: usize, f: &mut dyn FnMut() -> u32| {
+        let mut best = f64::MAX;
+        let mut sink = 0u32;
+        for _ in 0..trials {
+            let t = Instant::now();
+            for _ in 0..100 {
+                sink ^= f();
+            }
+            best = best.min(t.elapsed().as_nanos() as f64 / (100 * blocks) as f64);
+        }
+        black_box(sink);
+        best
+    };
+    let one = best(BLOCKS, &mut || {
+        let mut s = iv;
+        for blk in black_box(&ba) {
+            sha2::compress256(&mut s, std::slice::from_ref(blk));
+        }
+        s[0]
+    });
+    let two = best(2 * BLOCKS, &mut || {
+        let (mut sa, mut sb) = (iv, iv);
+        for (x, y) in black_box(&ba).iter().zip(black_box(&bb)) {
+            sha2::compress256(&mut sa, std::slice::from_ref(x));
+            sha2::compress256(&mut sb, std::slice::from_ref(y));
+        }
+        sa[0] ^ sb[0]
+    });
+    let whole = best(BLOCKS, &mut || {
+        let mut s = iv;
+        sha2::compress256(&mut s, black_box(&ba));
+        s[0]
+    });
+    println!("SHA-256 on this CPU (best of {trials} trials, ns per 64-byte block):");
+    println!("  one stream, a call per block        {one:>6.1}");
+    println!(
+        "  two streams alternating (pairs)     {two:>6.1}  ({:.2}x one stream)",
+        two / one
+    );
+    println!("  one stream, one call for all blocks {whole:>6.1}");
 }
 
 /// A free port on loopback (nothing listens there once this returns).
