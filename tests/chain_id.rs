@@ -1,7 +1,8 @@
-//! Chain identity (schema 2): every record carries the `chain_id` its
+//! Chain identity (schema 2 on): every record carries the `chain_id` its
 //! directory's chain got when it started, kept across restarts and
-//! rotation; schema 1 trails (no id) are still read, verified and
-//! continued; a record of another chain is caught even when it links.
+//! rotation; schema 1 trails (no id) and schema 2 trails (`seq` and
+//! `chain_id` before the body) are still read, verified and continued; a
+//! record of another chain is caught even when it links.
 
 mod common;
 
@@ -70,12 +71,34 @@ fn one_chain_id_across_restarts_and_rotation_and_another_per_directory() {
     let first: AuditRecord = trail.records().next().unwrap().unwrap();
     assert_eq!(
         (first.schema, first.chain_id.as_deref()),
-        (2, Some(ids[0].as_str()))
+        (3, Some(ids[0].as_str()))
     );
 }
 
-/// Rewrites a schema 2 trail as the schema 1 trail an older version would
-/// have written: no `chain_id`, `"schema":1`, resealed (unkeyed).
+/// `line` (schema 3, as written now) in the layout an older version wrote:
+/// schema 2 (`seq` and `chain_id` right after the id) or schema 1 (`seq`
+/// there, no `chain_id`). Not resealed.
+fn in_older_layout(line: &str, schema: u32) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let (id, seq, chain) = (
+        v["audit_id"].as_str().unwrap(),
+        v["seq"].as_u64().unwrap(),
+        v["chain_id"].as_str().unwrap(),
+    );
+    let tail = format!(",\"seq\":{seq},\"chain_id\":\"{chain}\",\"prev_hash\":");
+    let at = line.rfind(&tail).unwrap();
+    let body_at = "{\"schema\":3,\"audit_id\":\"".len() + 36 + 1;
+    assert!(line.starts_with("{\"schema\":3,"), "{line}");
+    let head = match schema {
+        2 => format!("{{\"schema\":2,\"audit_id\":\"{id}\",\"seq\":{seq},\"chain_id\":\"{chain}\""),
+        _ => format!("{{\"schema\":1,\"audit_id\":\"{id}\",\"seq\":{seq}"),
+    };
+    let rest = &line[at + tail.len() - ",\"prev_hash\":".len()..];
+    format!("{head}{}{rest}", &line[body_at..at])
+}
+
+/// Rewrites a trail as the schema 1 trail an older version would have
+/// written: no `chain_id`, `"schema":1`, resealed (unkeyed).
 fn downgrade_to_schema_1(dir: &Path) {
     let files = audit_files(dir);
     let mut prev: Option<String> = None;
@@ -83,9 +106,7 @@ fn downgrade_to_schema_1(dir: &Path) {
         let text = std::fs::read_to_string(&f).unwrap();
         let mut out = String::new();
         for line in text.lines() {
-            let v1 = line.replacen("{\"schema\":2,", "{\"schema\":1,", 1);
-            let at = v1.find(",\"chain_id\":\"").unwrap();
-            let v1 = format!("{}{}", &v1[..at], &v1[at + 13 + 36 + 1..]);
+            let v1 = in_older_layout(line, 1);
             let sealed = match &prev {
                 Some(p) => reseal(&v1, p),
                 None => reseal(
@@ -195,16 +216,13 @@ fn a_record_of_another_chain_is_caught_even_when_it_links() {
     assert_eq!(f.kind, FailureKind::OtherChain, "{f:?}");
     assert!(f.detail.contains(&other), "{}", f.detail);
 
-    // A schema 1 record after schema 2 records is caught the same way.
+    // A schema 1 record after schema 3 records is caught the same way.
     let d = common::tempdir();
     run(FileSink::new(d.path()), 2);
     let file = audit_files(d.path()).pop().unwrap();
     let lines = raw_lines(d.path());
     let stop = lines.last().unwrap();
-    let v1 = stop.replacen("{\"schema\":2,", "{\"schema\":1,", 1);
-    let at = v1.find(",\"chain_id\":\"").unwrap();
-    let v1 = format!("{}{}", &v1[..at], &v1[at + 13 + 36 + 1..]);
-    let v1 = reseal(&v1, &lines[lines.len() - 2]);
+    let v1 = reseal(&in_older_layout(stop, 1), &lines[lines.len() - 2]);
     let mut text: String = lines[..lines.len() - 1]
         .iter()
         .map(|l| format!("{l}\n"))
@@ -222,18 +240,84 @@ fn the_reader_refuses_a_schema_that_does_not_match_its_chain_id() {
     run(FileSink::new(d.path()), 1);
     let line = raw_lines(d.path())[0].clone();
     assert!(AuditRecord::parse(line.as_bytes()).is_ok());
-    // Schema 1 with a chain id, schema 2 without, a chain id that is not a
-    // UUID, an unknown schema: not records.
-    let v1_with_id = line.replacen("{\"schema\":2,", "{\"schema\":1,", 1);
+    let v2 = in_older_layout(&line, 2);
+    assert_eq!(AuditRecord::parse(v2.as_bytes()).unwrap().schema, 2);
+    // Schema 1 with a chain id, schemas 2 and 3 without, a chain id that
+    // is not a UUID, an unknown schema: not records.
+    let v1_with_id = line.replacen("{\"schema\":3,", "{\"schema\":1,", 1);
     let at = line.find(",\"chain_id\":\"").unwrap();
-    let v2_without = format!("{}{}", &line[..at], &line[at + 13 + 36 + 1..]);
+    let v3_without = format!("{}{}", &line[..at], &line[at + 13 + 36 + 1..]);
+    let v2_without = v3_without.replacen("{\"schema\":3,", "{\"schema\":2,", 1);
     let bad_id = format!(
         "{}not-a-uuid-but-36-characters-long!!{}",
         &line[..at + 13],
         &line[at + 13 + 36..]
     );
-    let v3 = line.replacen("{\"schema\":2,", "{\"schema\":3,", 1);
-    for bad in [v1_with_id, v2_without, bad_id, v3] {
+    let v4 = line.replacen("{\"schema\":3,", "{\"schema\":4,", 1);
+    for bad in [v1_with_id, v3_without, v2_without, bad_id, v4] {
         assert!(AuditRecord::parse(bad.as_bytes()).is_err(), "{bad}");
+    }
+}
+
+/// The schema 2 trails in `tests/fixtures/schema2` were written by this
+/// crate before schema 3 (two runs each, one unkeyed, one under
+/// [`FIXTURE_KEY`]). They verify as they are, and this version continues
+/// each chain in schema 3: the old lines untouched, one chain id, `seq`
+/// contiguous across the change, the whole trail verifying (the keyed one
+/// under its key only). The new lines put `seq` and `chain_id` after the
+/// body.
+#[test]
+fn a_schema_2_trail_written_before_is_verified_and_continued_in_schema_3() {
+    const FIXTURE_KEY: &[u8] = b"schema-2-fixture-key-0123456789ab";
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema2");
+    for (name, key) in [("plain", None), ("keyed", Some(FIXTURE_KEY))] {
+        let d = common::tempdir();
+        let src = fixtures.join(name).join("audit.2026-12-06.jsonl");
+        let old_text = std::fs::read_to_string(&src).unwrap();
+        let dst = d.path().join("audit.2026-12-06.jsonl");
+        std::fs::write(&dst, &old_text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let old: Vec<&str> = old_text.lines().collect();
+        let r = verify(d.path(), key).unwrap();
+        assert!(r.is_ok(), "{name}: the fixture verifies: {r:?}");
+        assert_eq!(r.records, old.len() as u64, "{name}");
+
+        let mut b = AuditLayer::builder().file(FileSink::new(d.path()));
+        if let Some(k) = key {
+            b = b.chain_key(k.to_vec());
+        }
+        let (audit, guard) = b.build().unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+            for i in 0..40 {
+                tracing::info!(audit.event = "data_access", audit.actor = "bob", i, "read");
+            }
+        });
+        drop(guard);
+
+        let lines = raw_lines(d.path());
+        assert_eq!(&lines[..old.len()], &old[..], "{name}: old lines untouched");
+        let all = read_trail(d.path());
+        let chain = all[0]["chain_id"].as_str().unwrap().to_owned();
+        for (i, r) in all.iter().enumerate() {
+            let want = if i < old.len() { 2 } else { 3 };
+            assert_eq!(r["schema"], want, "{name} {i}");
+            assert_eq!(r["seq"], i as u64, "{name} {i}");
+            assert_eq!(r["chain_id"].as_str(), Some(chain.as_str()), "{name} {i}");
+        }
+        assert!(all.len() >= old.len() + 40 + 2, "{name}: {}", all.len());
+        for line in &lines[old.len()..] {
+            let seq_at = line.rfind(",\"seq\":").unwrap();
+            assert!(line[..seq_at].ends_with("\"span\":null}"), "{name}: {line}");
+            assert!(line.starts_with("{\"schema\":3,\"audit_id\":\""), "{line}");
+        }
+        let r = verify(d.path(), key).unwrap();
+        assert!(r.is_ok(), "{name}: schema 2 then 3 verifies: {r:?}");
+        assert_eq!(r.records, all.len() as u64, "{name}");
+        assert_eq!(r.chain_id.as_deref(), Some(chain.as_str()), "{name}");
+        if key.is_some() {
+            let wrong = verify(d.path(), Some(b"another key")).unwrap();
+            assert!(!wrong.is_ok(), "{name}: another key must fail: {wrong:?}");
+        }
     }
 }

@@ -17,8 +17,6 @@ use tracing_subscriber::Layer;
 const KEYS: [&str; 23] = [
     "schema",
     "audit_id",
-    "seq",
-    "chain_id",
     "timestamp",
     "event_type",
     "actor",
@@ -35,6 +33,8 @@ const KEYS: [&str; 23] = [
     "environment",
     "host",
     "source",
+    "seq",
+    "chain_id",
     "prev_hash",
     "hash",
     "",
@@ -106,7 +106,7 @@ fn records_follow_the_schema_and_other_layers_see_everything() {
             at += pos;
         }
         assert_eq!(rec.as_object().unwrap().len(), 22);
-        assert_eq!(rec["schema"], 2);
+        assert_eq!(rec["schema"], 3);
         let id = uuid::Uuid::parse_str(rec["audit_id"].as_str().unwrap()).unwrap();
         assert_eq!(id.get_version_num(), 7);
         // One chain id in every record of the directory.

@@ -480,6 +480,7 @@ impl AuditLayerBuilder {
             self.queue_mode,
             self.durable_at,
             counters.clone(),
+            chain.hasher().prehasher(),
         );
         let handle = AuditHandle::new(
             counters.clone(),

@@ -32,6 +32,11 @@ use crate::sink::LastError;
 pub struct AuditStats {
     /// Records written to the trail (including the crate's own records).
     pub records_written: u64,
+    /// Of the records written, those whose line the emitting thread began
+    /// hashing (SHA-256 of everything before `seq`) because the pipeline
+    /// worker was behind; the worker hashed the others whole. The trail's
+    /// bytes are the same either way: this shows where the work went.
+    pub records_prehashed: u64,
     /// Records lost, all causes: the sum of the `dropped_*` counts.
     pub records_dropped: u64,
     /// Dropped because the queue was full (lossy mode only).
@@ -155,7 +160,7 @@ pub struct Health {
 #[derive(Clone, Debug)]
 pub struct AuditHandle {
     generation: u64,
-    counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
     syslog: Arc<ForwardCounters>,
     otlp: Arc<ForwardCounters>,
     tx: Sender<Msg>,
@@ -198,6 +203,7 @@ impl AuditHandle {
         );
         AuditStats {
             records_written: c.records_written.load(Relaxed),
+            records_prehashed: c.records_prehashed.load(Relaxed),
             records_dropped: c.records_dropped.load(Relaxed),
             dropped_queue_full: c.dropped_queue_full.load(Relaxed),
             dropped_after_shutdown: c.dropped_closed.load(Relaxed),

@@ -51,6 +51,7 @@ use std::time::{Duration, SystemTime};
 use crate::queue::ring::{self, Receiver, Sender};
 use crate::queue::{offer, Offered, Room};
 pub(crate) use crate::queue::{wait, QueueMode};
+use crate::record::chain::{Midstate, Prehasher};
 use crate::record::fields::Risk;
 use crate::record::layout::KeyFields;
 use crate::sink::LastError;
@@ -83,6 +84,9 @@ pub(crate) struct Pending {
     pub(crate) keys: KeyFields,
     /// Answered once the record is synced (`true`) or given up (`false`).
     pub(crate) done: Option<SyncSender<bool>>,
+    /// The start of its line, hashed by the thread that made it (`None`
+    /// for the worker's own records, which it hashes whole).
+    pub(crate) mid: Option<Midstate>,
 }
 
 /// What the worker receives.
@@ -117,6 +121,8 @@ pub(crate) enum DropCause {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) records_written: AtomicU64,
+    /// Records written whose line start the caller hashed ([`CallersHash`]).
+    pub(crate) records_prehashed: AtomicU64,
     /// Records retention deleted before a syslog sink reading the trail
     /// delivered them.
     pub(crate) forward_gap_records: AtomicU64,
@@ -152,6 +158,67 @@ pub(crate) struct Counters {
     /// Where callers that found the queue full wait; the worker wakes them
     /// after each batch it takes.
     pub(crate) room: Room,
+    /// Whether callers hash the start of their records' lines.
+    pub(crate) callers_hash: CallersHash,
+}
+
+/// Whether the submitting threads hash the start of each record's line
+/// ([`crate::record::chain::Midstate`]) or leave all of it to the worker.
+///
+/// Hashing on the caller's thread takes most of the SHA-256 off the worker,
+/// which every record passes through: it pays when the worker is the limit
+/// (a backlog) and costs each caller the digest, about 0.3-0.5 µs, when it
+/// is not. So the worker sets it when it finds a backlog (a drain that took
+/// [`HELP_FROM`] messages or more, or stopped at the batch limit) and clears
+/// it when it keeps up again (a drain that emptied the queue with at most
+/// [`HELP_UNTIL`]); it stores only on a change, so callers read a line that
+/// stays in their caches. Either way the line's bytes and hash are the same.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CallersHash {
+    on: AtomicBool,
+    /// Tests hold it at one value.
+    #[cfg(test)]
+    pinned: AtomicBool,
+}
+
+/// Messages in one drain from which callers are asked to hash.
+pub(crate) const HELP_FROM: usize = 64;
+/// Messages in one drain (that emptied the queue) up to which they stop.
+pub(crate) const HELP_UNTIL: usize = 16;
+
+impl CallersHash {
+    /// Whether callers hash now.
+    #[inline]
+    pub(crate) fn get(&self) -> bool {
+        self.on.load(Relaxed)
+    }
+
+    /// Holds it at `on` whatever the worker finds (tests).
+    #[cfg(test)]
+    pub(crate) fn pin(&self, on: bool) {
+        self.pinned.store(true, Relaxed);
+        self.on.store(on, Relaxed);
+    }
+
+    /// After a drain that took `n` messages (`emptied`: until the queue
+    /// was empty).
+    pub(crate) fn after_drain(&self, n: usize, emptied: bool) {
+        #[cfg(test)]
+        if self.pinned.load(Relaxed) {
+            return;
+        }
+        let want = if n >= HELP_FROM || !emptied {
+            true
+        } else if n <= HELP_UNTIL {
+            false
+        } else {
+            return;
+        };
+        if self.on.load(Relaxed) != want {
+            self.on.store(want, Relaxed);
+        }
+    }
 }
 
 /// Record body buffers on their way back from the worker to the callers.
@@ -283,6 +350,8 @@ pub(crate) struct Submitter {
     said_forked: AtomicBool,
     pub(crate) counters: Arc<Counters>,
     pub(crate) waker: Waker,
+    /// Hashes the start of each record's line on the submitting thread.
+    prehasher: Prehasher,
 }
 
 /// Submissions under way, counted in per-thread shards on cache lines of
@@ -336,6 +405,7 @@ impl Submitter {
         mode: QueueMode,
         durable_at: Risk,
         counters: Arc<Counters>,
+        prehasher: Prehasher,
     ) -> (Self, Receiver<Msg>) {
         let (tx, rx) = ring::channel(capacity);
         (
@@ -347,6 +417,7 @@ impl Submitter {
                 said_forked: AtomicBool::new(false),
                 counters,
                 waker: Waker::default(),
+                prehasher,
             },
             rx,
         )
@@ -367,6 +438,14 @@ impl Submitter {
             return;
         }
         let durable = risk >= self.durable_at;
+        // Most of the line's hashing here rather than on the worker, which
+        // every record passes through, while the worker is the limit
+        // ([`CallersHash`]).
+        let mid = self
+            .counters
+            .callers_hash
+            .get()
+            .then(|| self.prehasher.midstate(&id, &body));
         let (done, done_rx) = if durable {
             let (t, r) = mpsc::sync_channel(1);
             (Some(t), Some(r))
@@ -379,6 +458,7 @@ impl Submitter {
                 body,
                 keys,
                 done,
+                mid,
             }),
             durable,
         ) {
@@ -461,5 +541,81 @@ mod tests {
         let mut none = Vec::new();
         empty.take_bundle(&mut none);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn callers_hash_from_a_backlog_until_the_worker_keeps_up() {
+        let h = CallersHash::default();
+        assert!(!h.get(), "off at the start");
+        h.after_drain(HELP_FROM - 1, true);
+        assert!(!h.get());
+        h.after_drain(HELP_FROM, true);
+        assert!(h.get(), "a drain of HELP_FROM messages is a backlog");
+        h.after_drain(HELP_UNTIL + 1, true);
+        assert!(h.get(), "between the two: unchanged");
+        h.after_drain(HELP_UNTIL, true);
+        assert!(!h.get(), "kept up");
+        h.after_drain(1, false);
+        assert!(h.get(), "stopped at the batch limit: a backlog");
+        h.after_drain(0, true);
+        assert!(!h.get());
+    }
+
+    /// Records whose callers began hashing their lines (here held so;
+    /// bodies of every length modulo a block) are written as the worker
+    /// writes the others: every line checks and links, unkeyed and keyed
+    /// (and not under another key), and the stats count them.
+    #[test]
+    fn records_the_callers_began_hashing_verify_as_the_others() {
+        use tracing_subscriber::layer::SubscriberExt;
+        for key in [None, Some(b"a chain key".to_vec())] {
+            let dir = tempfile::tempdir().unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o700);
+            std::fs::set_permissions(dir.path(), private).unwrap();
+            let mut b = crate::AuditLayer::builder().file(dir.path());
+            if let Some(k) = &key {
+                b = b.chain_key(k.clone());
+            }
+            let (layer, guard) = b.build().unwrap();
+            let handle = guard.handle();
+            handle.counters.callers_hash.pin(true);
+            let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+            tracing::dispatcher::with_default(&dispatch, || {
+                for i in 0..200usize {
+                    tracing::info!(audit.event = "data_access", pad = "x".repeat(i), "m");
+                }
+            });
+            drop(dispatch);
+            drop(guard);
+            let st = handle.stats();
+            assert_eq!(st.records_prehashed, 200, "{st:?}");
+            assert_eq!(
+                st.records_written, 202,
+                "with audit_started and audit_stopped"
+            );
+            // Every line's hash is its bytes' and links to the one before.
+            let hasher = crate::record::chain::Hasher::new(key.as_deref());
+            let other = crate::record::chain::Hasher::new(Some(b"another key"));
+            let mut prev = crate::record::GENESIS.to_owned();
+            let mut n = 0;
+            for f in std::fs::read_dir(dir.path()).unwrap() {
+                let f = f.unwrap().path();
+                if f.extension().is_none_or(|e| e != "jsonl") {
+                    continue;
+                }
+                let text = std::fs::read(&f).unwrap();
+                for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    let link = crate::record::chain::check_line(&hasher, line).unwrap();
+                    assert_eq!((link.seq, link.prev_hash), (n, prev.as_str()));
+                    if key.is_some() {
+                        assert!(crate::record::chain::check_line(&other, line).is_err());
+                    }
+                    prev = link.hash.to_owned();
+                    n += 1;
+                }
+            }
+            assert_eq!(n, 202);
+        }
     }
 }

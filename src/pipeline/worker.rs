@@ -203,6 +203,8 @@ struct State {
     /// forwarders).
     lines: Vec<LineEnd>,
     records_in_batch: u64,
+    /// Of those, records whose line start the caller hashed.
+    prehashed_in_batch: u64,
     /// Waiters of what is in `batch`.
     batch_waiters: Vec<SyncSender<bool>>,
     /// Waiters whose records are written and wait for a sync.
@@ -243,6 +245,7 @@ impl Worker {
             queue_empty: false,
             lines: Vec::new(),
             records_in_batch: 0,
+            prehashed_in_batch: 0,
             batch_waiters: Vec::new(),
             sync_waiters: Vec::new(),
             unsynced_since: None,
@@ -410,6 +413,7 @@ impl Worker {
         };
         let limit = self.batch_limit();
         let mut n = self.drain(state, limit);
+        self.counters.callers_hash.after_drain(n, state.queue_empty);
         if n == 0 {
             if state.last_busy.elapsed() < POLL_FOR {
                 // Recently busy: poll, so senders never pay for a wake-up.
@@ -546,7 +550,10 @@ impl Worker {
     /// record that a failed write must not drop (durable, or the trail's own).
     fn seal(&mut self, state: &mut State, p: Pending, keep: bool) {
         self.before_seal(state, &p, keep);
-        let sealed = self.chain.seal(&mut state.batch, &p.id, &p.body);
+        state.prehashed_in_batch += u64::from(p.mid.is_some());
+        let sealed = self
+            .chain
+            .seal(&mut state.batch, &p.id, &p.body, p.mid.as_ref());
         self.after_seal(state, p, sealed);
     }
 
@@ -558,9 +565,12 @@ impl Worker {
         }
         self.before_seal(state, &a, a.done.is_some());
         self.before_seal(state, &b, b.done.is_some());
-        let (sa, sb) = self
-            .chain
-            .seal_pair(&mut state.batch, (&a.id, &a.body), (&b.id, &b.body));
+        state.prehashed_in_batch += u64::from(a.mid.is_some()) + u64::from(b.mid.is_some());
+        let (sa, sb) = self.chain.seal_pair(
+            &mut state.batch,
+            (&a.id, &a.body, a.mid.as_ref()),
+            (&b.id, &b.body, b.mid.as_ref()),
+        );
         self.after_seal(state, a, sa);
         self.after_seal(state, b, sb);
     }
@@ -671,10 +681,14 @@ impl Worker {
             self.counters
                 .records_written
                 .fetch_add(state.records_in_batch, Relaxed);
+            self.counters
+                .records_prehashed
+                .fetch_add(state.prehashed_in_batch, Relaxed);
             self.counters.bytes_written.fetch_add(bytes, Relaxed);
             state.unsynced_since.get_or_insert_with(Instant::now);
             state.lines.clear();
             state.records_in_batch = 0;
+            state.prehashed_in_batch = 0;
             state.batch_chain = None;
             state.kept.clear();
         }
@@ -839,6 +853,7 @@ impl Worker {
                 body,
                 keys,
                 done: None,
+                mid: None,
             },
             keep,
         );
@@ -858,12 +873,14 @@ impl Worker {
         state.batch.clear();
         state.lines.clear();
         state.records_in_batch = 0;
+        state.prehashed_in_batch = 0;
         for (id, body, keys) in kept {
             let p = Pending {
                 id,
                 body,
                 keys,
                 done: None,
+                mid: None,
             };
             self.seal(state, p, true);
         }

@@ -1,5 +1,6 @@
 //! The verifier's fast path: a strict check of a line in exactly the form
-//! this crate writes (schema 2, keys in the written order, no whitespace),
+//! this crate writes (schema 3, or 2 as it wrote before; keys in the
+//! written order, no whitespace),
 //! without serde.
 //!
 //! It owns one promise: it accepts a *subset* of what [`CheckedRecord`]'s
@@ -38,12 +39,23 @@ pub(super) fn check(line: &[u8]) -> Option<CheckedRecord<'_>> {
         s: std::str::from_utf8(line).ok()?,
         i: 0,
     };
-    c.lit(b"{\"schema\":2")?;
-    let record = CheckedRecord {
-        schema: 2,
+    // Schema 3 has `seq` and `chain_id` after the body, schema 2 before:
+    // read there and filled in after the body.
+    let v2 = !line.starts_with(b"{\"schema\":3,");
+    c.lit(if v2 {
+        b"{\"schema\":2"
+    } else {
+        b"{\"schema\":3"
+    })?;
+    let mut record = CheckedRecord {
+        schema: if v2 { 2 } else { 3 },
         _audit_id: c.str_at(b",\"audit_id\":")?,
-        _seq: c.at(b",\"seq\":")?.u64()?,
-        chain_id: Some(c.chain_id_at(b",\"chain_id\":")?),
+        _seq: if v2 { c.at(b",\"seq\":")?.u64()? } else { 0 },
+        chain_id: if v2 {
+            Some(c.chain_id_at(b",\"chain_id\":")?)
+        } else {
+            None
+        },
         _timestamp: c.at(b",\"timestamp\":")?.timestamp()?,
         event_type: c.opt_plain_at(b",\"event_type\":")?,
         _actor: c.opt_at(b",\"actor\":")?,
@@ -75,9 +87,16 @@ pub(super) fn check(line: &[u8]) -> Option<CheckedRecord<'_>> {
             _level: c.str_at(b",\"level\":")?,
             _span: c.opt_at(b",\"span\":")?,
         },
-        _prev_hash: c.str_at(b"},\"prev_hash\":")?,
-        _hash: c.str_at(b",\"hash\":")?,
+        _prev_hash: CheckedStr,
+        _hash: CheckedStr,
     };
+    c.lit(b"}")?;
+    if !v2 {
+        record._seq = c.at(b",\"seq\":")?.u64()?;
+        record.chain_id = Some(c.chain_id_at(b",\"chain_id\":")?);
+    }
+    record._prev_hash = c.str_at(b",\"prev_hash\":")?;
+    record._hash = c.str_at(b",\"hash\":")?;
     c.lit(b"}")?;
     (c.i == line.len()).then_some(record)
 }

@@ -9,6 +9,13 @@
 //! range is a fixed offset from the end of the line. The first record of a
 //! chain links to [`GENESIS`]. Sealing and checking share [`Hasher`], so
 //! writer and verifier cannot drift apart.
+//!
+//! A schema 3 line has everything the worker adds (`seq`, `chain_id`, the
+//! previous hash) after the body (`record::layout`), so the thread that
+//! made the record hashes the line's first whole blocks before queueing it
+//! ([`Prehasher::midstate`]) and the worker continues from that
+//! [`Midstate`]: the same digest, with most of its blocks off the one
+//! thread every record passes through.
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -25,8 +32,64 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 pub(crate) use crate::record::layout::HASH_SUFFIX_LEN;
 use crate::record::layout::{
-    CHAIN_END, CHAIN_KEY, END, HASH_KEY, HEAD, HEAD_V1, ID_LEN, PREV_KEY, PREV_LEN, SEQ_KEY,
+    CHAIN_END, CHAIN_KEY, END, HASH_KEY, HEAD, HEAD_V1, HEAD_V2, ID_END, ID_LEN, PREV_KEY,
+    PREV_LEN, SEQ_KEY, SEQ_KEY_V2,
 };
+
+/// The SHA-256 state after the first `covered` bytes (whole blocks) of a
+/// schema 3 line, hashed by the thread that made the record
+/// ([`Prehasher::midstate`]); with a key, HMAC's inner hash from the key's
+/// padded block on. Its `Debug` leaves the state out.
+#[derive(Clone, Copy)]
+pub(crate) struct Midstate {
+    state: [u32; 8],
+    covered: u32,
+}
+
+impl std::fmt::Debug for Midstate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Midstate")
+            .field("covered", &self.covered)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a record's thread needs to hash the start of its line: the state a
+/// line's hash starts from (SHA-256's initial value, or HMAC's inner
+/// padded-key state: as secret as the key, zeroed when dropped).
+#[derive(Clone)]
+pub(crate) struct Prehasher {
+    start: [u32; 8],
+}
+
+impl Drop for Prehasher {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.start.zeroize();
+    }
+}
+
+impl std::fmt::Debug for Prehasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prehasher")
+    }
+}
+
+impl Prehasher {
+    /// The state after the whole blocks of the line's head, `audit_id` and
+    /// `body`: the bytes [`Chain::seal`] writes first.
+    pub(crate) fn midstate(&self, audit_id: &uuid::Uuid, body: &[u8]) -> Midstate {
+        let mut id = [0u8; ID_LEN];
+        audit_id.hyphenated().encode_lower(&mut id);
+        let mut state = self.start;
+        let covered = sha256::blocks_of(&mut state, &[HEAD, &id, ID_END, body]);
+        Midstate {
+            state,
+            // A body is at most a few MiB (the value limits).
+            covered: u32::try_from(covered).unwrap_or(0),
+        }
+    }
+}
 
 /// SHA-256, or HMAC-SHA-256 with a key.
 #[derive(Clone)]
@@ -109,6 +172,45 @@ impl Hasher {
         }
     }
 
+    /// What a record's thread hashes its line's start with.
+    pub(crate) fn prehasher(&self) -> Prehasher {
+        Prehasher {
+            start: self.start(),
+        }
+    }
+
+    /// The state a line's hash starts from.
+    fn start(&self) -> [u32; 8] {
+        match self {
+            Hasher::Plain => sha256::IV,
+            Hasher::Keyed(k) => k.inner,
+        }
+    }
+
+    /// Where hashing `prefix` (a line's hashed bytes before the previous
+    /// hash) starts: `mid`'s state and the bytes it covers when it covers
+    /// part of `prefix`, else the start. In debug builds, checks that `mid`
+    /// is the state of those bytes (a record's thread and the worker must
+    /// agree on them byte for byte).
+    fn resume_at(&self, prefix: &[u8], mid: Option<&Midstate>) -> ([u32; 8], usize) {
+        match mid {
+            Some(m) if (m.covered as usize) <= prefix.len() => {
+                let covered = m.covered as usize;
+                debug_assert_eq!(
+                    {
+                        let mut s = self.start();
+                        sha256::blocks_of(&mut s, &[&prefix[..covered]]);
+                        s
+                    },
+                    m.state,
+                    "the midstate is not the state of the line's first {covered} bytes"
+                );
+                (m.state, covered)
+            }
+            _ => (self.start(), 0),
+        }
+    }
+
     /// The algorithm's name as written in `audit_started` records.
     pub(crate) fn algorithm(&self) -> &'static str {
         match self {
@@ -121,32 +223,33 @@ impl Hasher {
     /// about two thirds of the time: their blocks hashed in turn, so the
     /// CPU overlaps the two independent chains of SHA-256 rounds.
     pub(crate) fn digest_pair(&self, a: &[u8], b: &[u8]) -> ([u8; 32], [u8; 32]) {
-        let ((sa, ka), (sb, kb)) = self.blocks_pair(a, b);
+        let ((sa, ca), (sb, cb)) = self.blocks_pair((a, None), (b, None));
         let before = self.before();
-        let da = sha256::finish(sa, &[&a[ka * 64..]], before + a.len());
-        let db = sha256::finish(sb, &[&b[kb * 64..]], before + b.len());
+        let da = sha256::finish(sa, &[&a[ca..]], before + a.len());
+        let db = sha256::finish(sb, &[&b[cb..]], before + b.len());
         (self.outer(da), self.outer(db))
     }
 
     /// The states after the whole blocks of `a` and of `b` (hashed in
-    /// turn), each with how many blocks that was.
-    fn blocks_pair(&self, a: &[u8], b: &[u8]) -> (([u32; 8], usize), ([u32; 8], usize)) {
-        // With a key, a message follows the key's inner block.
-        let start = match self {
-            Hasher::Plain => sha256::IV,
-            Hasher::Keyed(k) => k.inner,
-        };
-        let (mut sa, mut sb) = (start, start);
-        let (ka, kb) = (a.len() / 64, b.len() / 64);
+    /// turn), each from where `ma`/`mb` left it (or the start), with how
+    /// many bytes each state covers.
+    fn blocks_pair(
+        &self,
+        (a, ma): (&[u8], Option<&Midstate>),
+        (b, mb): (&[u8], Option<&Midstate>),
+    ) -> (([u32; 8], usize), ([u32; 8], usize)) {
+        let (mut sa, fa) = self.resume_at(a, ma);
+        let (mut sb, fb) = self.resume_at(b, mb);
+        let (ka, kb) = ((a.len() - fa) / 64, (b.len() - fb) / 64);
         for i in 0..ka.max(kb) {
             if i < ka {
-                sha256::block(&mut sa, &a[i * 64..][..64]);
+                sha256::block(&mut sa, &a[fa + i * 64..][..64]);
             }
             if i < kb {
-                sha256::block(&mut sb, &b[i * 64..][..64]);
+                sha256::block(&mut sb, &b[fb + i * 64..][..64]);
             }
         }
-        ((sa, ka), (sb, kb))
+        ((sa, fa + ka * 64), (sb, fb + kb * 64))
     }
 
     /// Bytes hashed before the message: HMAC's inner key block.
@@ -241,11 +344,26 @@ impl Chain {
         &self.hasher
     }
 
-    /// Appends a complete line (with `\n`) to `out` and returns its seq.
-    pub(crate) fn seal(&mut self, out: &mut Vec<u8>, audit_id: &uuid::Uuid, body: &[u8]) -> Sealed {
+    /// Appends a complete line (with `\n`) to `out` and returns its seq;
+    /// `mid`, the record's thread's hash of the line's start, if it made one.
+    pub(crate) fn seal(
+        &mut self,
+        out: &mut Vec<u8>,
+        audit_id: &uuid::Uuid,
+        body: &[u8],
+        mid: Option<&Midstate>,
+    ) -> Sealed {
         let line = self.write_line(out, self.next_seq, audit_id, body);
-        out[line.prev_at..][..64].copy_from_slice(&self.prev_hex);
-        let digest = self.hasher.digest(&out[line.start..line.hashed_end()]);
+        let prefix = line.prefix(out);
+        let (mut state, covered) = self.hasher.resume_at(prefix, mid);
+        let whole = (prefix.len() - covered) / 64 * 64;
+        sha256::blocks_of(&mut state, &[&prefix[covered..covered + whole]]);
+        let digest = sha256::finish(
+            state,
+            &[&prefix[covered + whole..], &self.prev_hex, b"\","],
+            self.hasher.before() + line.hashed_len(),
+        );
+        let digest = self.hasher.outer(digest);
         self.link(out, &line, &digest)
     }
 
@@ -264,17 +382,17 @@ impl Chain {
     pub(crate) fn seal_pair(
         &mut self,
         out: &mut Vec<u8>,
-        a: (&uuid::Uuid, &[u8]),
-        b: (&uuid::Uuid, &[u8]),
+        a: (&uuid::Uuid, &[u8], Option<&Midstate>),
+        b: (&uuid::Uuid, &[u8], Option<&Midstate>),
     ) -> (Sealed, Sealed) {
         let la = self.write_line(out, self.next_seq, a.0, a.1);
         let lb = self.write_line(out, self.next_seq + 1, b.0, b.1);
         let (pa, pb) = (la.prefix(out), lb.prefix(out));
-        let ((sa, ka), (sb, kb)) = self.hasher.blocks_pair(pa, pb);
+        let ((sa, ka), (sb, kb)) = self.hasher.blocks_pair((pa, a.2), (pb, b.2));
         let before = self.hasher.before();
         let da = sha256::finish(
             sa,
-            &[&pa[ka * 64..], &self.prev_hex, b"\","],
+            &[&pa[ka..], &self.prev_hex, b"\","],
             before + la.hashed_len(),
         );
         let da = self.hasher.outer(da);
@@ -282,7 +400,7 @@ impl Chain {
         let pb = lb.prefix(out);
         let db = sha256::finish(
             sb,
-            &[&pb[kb * 64..], &self.prev_hex, b"\","],
+            &[&pb[kb..], &self.prev_hex, b"\","],
             before + lb.hashed_len(),
         );
         let db = self.hasher.outer(db);
@@ -296,13 +414,14 @@ impl Chain {
         out.extend_from_slice(HEAD);
         let mut idbuf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         out.extend_from_slice(audit_id.hyphenated().encode_lower(&mut idbuf).as_bytes());
+        out.extend_from_slice(ID_END);
+        let body_at = out.len() - start;
+        out.extend_from_slice(body);
         out.extend_from_slice(SEQ_KEY);
         encode::write_u64(out, seq);
         out.extend_from_slice(CHAIN_KEY);
         out.extend_from_slice(&self.chain_id);
         out.extend_from_slice(CHAIN_END);
-        let body_at = out.len() - start;
-        out.extend_from_slice(body);
         out.extend_from_slice(PREV_KEY);
         let prev_at = out.len();
         out.extend_from_slice(&[0; 64]);
@@ -371,7 +490,7 @@ impl Line {
 /// SHA-256 by its compression function, for hashing a message whose end
 /// (the previous hash) is known later than the rest.
 mod sha256 {
-    use sha2::digest::generic_array::GenericArray;
+    use sha2::digest::generic_array::{typenum::U64, GenericArray};
 
     /// The initial hash value (FIPS 180-4, 5.3.3).
     pub(super) const IV: [u32; 8] = [
@@ -389,6 +508,44 @@ mod sha256 {
     #[inline]
     pub(super) fn block(state: &mut [u32; 8], block: &[u8]) {
         sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
+    }
+
+    /// Absorbs the whole 64-byte blocks of `parts` joined, and returns how
+    /// many bytes that was (the rest, under a block, is left out).
+    pub(super) fn blocks_of(state: &mut [u32; 8], parts: &[&[u8]]) -> usize {
+        let mut carry = [0u8; 64];
+        let (mut held, mut total) = (0, 0);
+        for part in parts {
+            let mut p = *part;
+            if held > 0 {
+                let take = (64 - held).min(p.len());
+                carry[held..held + take].copy_from_slice(&p[..take]);
+                held += take;
+                p = &p[take..];
+                if held < 64 {
+                    continue;
+                }
+                block(state, &carry);
+                total += 64;
+            }
+            let whole = p.len() / 64 * 64;
+            let n = whole / 64;
+            if n > 0 {
+                // One call for all of them (the CPU features are checked
+                // and the state moved in and out once a call).
+                // SAFETY: `GenericArray<u8, U64>` is `repr(transparent)`
+                // over `[u8; 64]` (alignment 1), and the `n` blocks lie
+                // within `p`.
+                let blocks: &[GenericArray<u8, U64>] =
+                    unsafe { std::slice::from_raw_parts(p.as_ptr().cast(), n) };
+                sha2::compress256(state, blocks);
+            }
+            total += whole;
+            let rest = &p[whole..];
+            carry[..rest.len()].copy_from_slice(rest);
+            held = rest.len();
+        }
+        total
     }
 
     /// The digest of a message of `total` bytes whose whole blocks went
@@ -527,21 +684,30 @@ fn stored_hash_is(line: &[u8], digest: &[u8; 32]) -> bool {
     line[at..at + 64] == hex
 }
 
-/// No sealed line is shorter.
-const MIN_SEALED: usize = HEAD.len() + ID_LEN + SEQ_KEY.len() + HASH_SUFFIX_LEN + PREV_LEN;
+/// No sealed line is shorter (a schema 3 line has `"` and `,"seq":` where
+/// older ones have `","seq":`: the same bytes).
+const MIN_SEALED: usize = HEAD.len() + ID_LEN + SEQ_KEY_V2.len() + HASH_SUFFIX_LEN + PREV_LEN;
 
 /// Reads one line's chain fields from their fixed places, without
 /// checking its hash (`Malformed` if they are not where a sealed line has
 /// them).
 pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
     let n = line.len();
-    let v2 = line.starts_with(HEAD);
-    if n < MIN_SEALED || !(v2 || line.starts_with(HEAD_V1)) {
+    let version = if line.starts_with(HEAD) {
+        3
+    } else if line.starts_with(HEAD_V2) {
+        2
+    } else if line.starts_with(HEAD_V1) {
+        1
+    } else {
+        return Err(LinkError::Malformed);
+    };
+    if n < MIN_SEALED {
         return Err(LinkError::Malformed);
     }
     // `prev_hash` and `hash`, together at the end: one UTF-8 check for both.
-    let tail = std::str::from_utf8(&line[n - HASH_SUFFIX_LEN - PREV_LEN..])
-        .map_err(|_| LinkError::Malformed)?;
+    let prev_at = n - HASH_SUFFIX_LEN - PREV_LEN;
+    let tail = std::str::from_utf8(&line[prev_at..]).map_err(|_| LinkError::Malformed)?;
     let (prev, suffix) = tail.split_at(PREV_LEN);
     if !suffix.as_bytes().starts_with(HASH_KEY)
         || !suffix.as_bytes().ends_with(END)
@@ -560,31 +726,59 @@ pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
         return Err(LinkError::Malformed);
     };
     let after_id = HEAD.len() + ID_LEN;
-    let seq_part = line[after_id..]
-        .strip_prefix(SEQ_KEY)
-        .ok_or(LinkError::Malformed)?;
-    let digits = seq_part.iter().take_while(|b| b.is_ascii_digit()).count();
-    // As `str::parse` reads them (leading zeros too), without the copy.
-    let seq = (digits > 0)
-        .then(|| {
-            seq_part[..digits].iter().try_fold(0u64, |v, d| {
-                v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-            })
-        })
-        .flatten()
-        .ok_or(LinkError::Malformed)?;
-    let chain_id = if v2 {
-        let id = seq_part[digits..]
-            .strip_prefix(CHAIN_KEY)
-            .and_then(|rest| rest.get(..ID_LEN + CHAIN_END.len()))
-            .filter(|id| id.ends_with(CHAIN_END))
-            .map(|id| &id[..ID_LEN])
-            .filter(|id| is_uuid(id))
-            .and_then(|id| std::str::from_utf8(id).ok())
+    let (seq, chain_id) = if version == 3 {
+        // `"` after the id; `,"seq":<n>,"chain_id":"<36>"` just before
+        // `,"prev_hash"`, read from the end.
+        if line.get(after_id..after_id + ID_END.len()) != Some(ID_END) {
+            return Err(LinkError::Malformed);
+        }
+        let id_end = prev_at
+            .checked_sub(1 + CHAIN_END.len())
             .ok_or(LinkError::Malformed)?;
-        Some(id)
+        if line.get(id_end..prev_at) != Some(b"\",") {
+            return Err(LinkError::Malformed);
+        }
+        let id_at = id_end.checked_sub(ID_LEN).ok_or(LinkError::Malformed)?;
+        let key_at = id_at
+            .checked_sub(CHAIN_KEY.len())
+            .filter(|&k| k >= after_id + ID_END.len() + SEQ_KEY.len())
+            .ok_or(LinkError::Malformed)?;
+        let id = &line[id_at..id_end];
+        if &line[key_at..id_at] != CHAIN_KEY || !is_uuid(id) {
+            return Err(LinkError::Malformed);
+        }
+        let digits = line[..key_at]
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let seq_at = key_at - digits;
+        if !line[..seq_at].ends_with(SEQ_KEY) {
+            return Err(LinkError::Malformed);
+        }
+        let seq = parse_seq(&line[seq_at..key_at])?;
+        let id = std::str::from_utf8(id).map_err(|_| LinkError::Malformed)?;
+        (seq, Some(id))
     } else {
-        None
+        let seq_part = line[after_id..]
+            .strip_prefix(SEQ_KEY_V2)
+            .ok_or(LinkError::Malformed)?;
+        let digits = seq_part.iter().take_while(|b| b.is_ascii_digit()).count();
+        let seq = parse_seq(&seq_part[..digits])?;
+        let chain_id = if version == 2 {
+            let id = seq_part[digits..]
+                .strip_prefix(CHAIN_KEY)
+                .and_then(|rest| rest.get(..ID_LEN + CHAIN_END.len()))
+                .filter(|id| id.ends_with(CHAIN_END))
+                .map(|id| &id[..ID_LEN])
+                .filter(|id| is_uuid(id))
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .ok_or(LinkError::Malformed)?;
+            Some(id)
+        } else {
+            None
+        };
+        (seq, chain_id)
     };
     Ok(Link {
         chain_id,
@@ -592,6 +786,19 @@ pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
         prev_hash,
         hash,
     })
+}
+
+/// A `seq`'s digits as `str::parse` reads them (leading zeros too), without
+/// the copy; none, or more than a `u64` holds, is `Malformed`.
+fn parse_seq(digits: &[u8]) -> Result<u64, LinkError> {
+    (!digits.is_empty())
+        .then(|| {
+            digits.iter().try_fold(0u64, |v, d| {
+                v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+        })
+        .flatten()
+        .ok_or(LinkError::Malformed)
 }
 
 #[cfg(test)]
@@ -630,7 +837,7 @@ mod tests {
 
     fn sealed(chain: &mut Chain, body: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        chain.seal(&mut out, &uuid::Uuid::now_v7(), body.as_bytes());
+        chain.seal(&mut out, &uuid::Uuid::now_v7(), body.as_bytes(), None);
         out
     }
 
@@ -639,7 +846,8 @@ mod tests {
     /// (so every split of the hashed bytes between prefix and last blocks),
     /// across `seq`s that gain a digit, and leaves the chain in the same
     /// state; keyed chains too, with a short key and one longer than a
-    /// block (which HMAC hashes first).
+    /// block (which HMAC hashes first). With or without the midstates a
+    /// record's thread makes, alone or in pairs: the same bytes.
     #[test]
     fn sealing_a_pair_writes_what_sealing_each_writes() {
         let long = [7u8; 100];
@@ -659,22 +867,37 @@ mod tests {
                     None => Chain::new(hasher.clone(), &id),
                     Some(s) => Chain::resume(hasher.clone(), &id, s, GENESIS),
                 };
-                let (mut one, mut two) = (fresh(), fresh());
-                let (mut lines_one, mut lines_two) = (Vec::new(), Vec::new());
+                let pre = hasher.prehasher();
+                let (mut one, mut two, mut three, mut four) = (fresh(), fresh(), fresh(), fresh());
+                let mut lines = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
                 let mut len = 0;
                 while len < 200 {
                     let a = format!(r#","a":"{}""#, "x".repeat(len));
                     let b = format!(r#","b":"{}""#, "y".repeat(len * 7 % 150));
+                    let (a, b) = (a.as_bytes(), b.as_bytes());
                     let (ia, ib) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-                    let sa = one.seal(&mut lines_one, &ia, a.as_bytes());
-                    let sb = one.seal(&mut lines_one, &ib, b.as_bytes());
-                    let pair =
-                        two.seal_pair(&mut lines_two, (&ia, a.as_bytes()), (&ib, b.as_bytes()));
+                    let (ma, mb) = (pre.midstate(&ia, a), pre.midstate(&ib, b));
+                    let sa = one.seal(&mut lines[0], &ia, a, None);
+                    let sb = one.seal(&mut lines[0], &ib, b, None);
+                    let pair = two.seal_pair(&mut lines[1], (&ia, a, None), (&ib, b, None));
                     assert_eq!((sa, sb), pair, "{last:?} {len}");
-                    assert_eq!(lines_one, lines_two, "{last:?} {len}");
+                    let mid =
+                        three.seal_pair(&mut lines[2], (&ia, a, Some(&ma)), (&ib, b, Some(&mb)));
+                    assert_eq!((sa, sb), mid, "{last:?} {len}");
+                    let each = (
+                        four.seal(&mut lines[3], &ia, a, Some(&ma)),
+                        four.seal(&mut lines[3], &ib, b, Some(&mb)),
+                    );
+                    assert_eq!((sa, sb), each, "{last:?} {len}");
+                    for other in &lines[1..] {
+                        assert_eq!(&lines[0], other, "{last:?} {len}");
+                    }
                     len += step;
                 }
                 assert_eq!(one.last(), two.last());
+                assert_eq!(one.last(), three.last());
+                assert_eq!(one.last(), four.last());
+                let lines_two = &lines[2];
                 for line in lines_two.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
                     check_line(&hasher, line).unwrap();
                 }
@@ -782,8 +1005,8 @@ mod tests {
         let mut plain = Chain::new(Hasher::Plain, &uuid::Uuid::now_v7());
         let id = uuid::Uuid::now_v7();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        keyed.seal(&mut a, &id, b",\"x\":1");
-        plain.seal(&mut b, &id, b",\"x\":1");
+        keyed.seal(&mut a, &id, b",\"x\":1", None);
+        plain.seal(&mut b, &id, b",\"x\":1", None);
         assert!(check_line(&key, &a[..a.len() - 1]).is_ok());
         assert_eq!(
             check_line(&key, &b[..b.len() - 1]),

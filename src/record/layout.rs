@@ -3,14 +3,23 @@
 //! without parsing JSON.
 //!
 //! ```text
-//! {"schema":2,"audit_id":"<36>","seq":<n>,"chain_id":"<36>"  BODY  ,"prev_hash":"<64>","hash":"<64>"}\n
-//! └────────── HEAD ─────────┘    └ SEQ_KEY └ CHAIN_KEY ──┘      CHAIN_END
-//!                                                                └─── PREV_KEY ──┘  └── HASH_KEY ─┘ END
+//! {"schema":3,"audit_id":"<36>"  BODY  ,"seq":<n>,"chain_id":"<36>","prev_hash":"<64>","hash":"<64>"}\n
+//! └────────── HEAD ─────────┘    │      └ SEQ_KEY └ CHAIN_KEY ──┘   └─── PREV_KEY ──┘  └── HASH_KEY ─┘ END
+//!                             ID_END                            CHAIN_END
 //! ```
 //!
-//! Schema 1 lines (written before chain identity) have no `chain_id` and
-//! start with [`HEAD_V1`]; everything else is the same, and they are still
-//! read and verified.
+//! Schema 3 puts `seq` and `chain_id` after the body, so everything before
+//! them (head, id, body: nearly the whole line) is known when the record is
+//! queued, and the emitting thread hashes it (a SHA-256 midstate,
+//! [`crate::record::chain::Midstate`]); the worker, which alone knows the
+//! `seq`, hashes only the last few blocks. The hash is still SHA-256 (or
+//! HMAC-SHA-256) of the line's bytes up to the previous hash, as before.
+//!
+//! Schema 2 lines put them before the body:
+//! `{"schema":2,"audit_id":"<36>","seq":<n>,"chain_id":"<36>"  BODY  ,"prev_hash":…`
+//! ([`HEAD_V2`], [`SEQ_KEY_V2`]), and schema 1 lines, written before chain
+//! identity, the same without `chain_id` ([`HEAD_V1`]). Both are still read
+//! and verified, and a chain continues from them.
 //!
 //! The body (`,"timestamp":…` to the end of `"source":{…}`) is encoded by
 //! `record::encode_body`, which notes where each key value starts and ends
@@ -25,17 +34,24 @@ use crate::record::fields::{Outcome, Risk};
 
 /// Every line written now starts with these bytes (the schema version is
 /// [`crate::record::SCHEMA_VERSION`]; a test keeps the two in step).
-pub(crate) const HEAD: &[u8] = b"{\"schema\":2,\"audit_id\":\"";
+pub(crate) const HEAD: &[u8] = b"{\"schema\":3,\"audit_id\":\"";
+/// The start of a schema 2 line (`seq` and `chain_id` before the body);
+/// same length as [`HEAD`].
+pub(crate) const HEAD_V2: &[u8] = b"{\"schema\":2,\"audit_id\":\"";
 /// The start of a schema 1 line (no `chain_id`); same length as [`HEAD`].
 pub(crate) const HEAD_V1: &[u8] = b"{\"schema\":1,\"audit_id\":\"";
-/// After the sequence number of a schema 2 line: the chain id follows.
+/// After the id of a schema 3 line: the body follows.
+pub(crate) const ID_END: &[u8] = b"\"";
+/// Before the sequence number of a schema 3 line (after the body).
+pub(crate) const SEQ_KEY: &[u8] = b",\"seq\":";
+/// After the sequence number: the chain id follows.
 pub(crate) const CHAIN_KEY: &[u8] = b",\"chain_id\":\"";
 /// After the chain id.
 pub(crate) const CHAIN_END: &[u8] = b"\"";
 /// Bytes of a hyphenated UUID.
 pub(crate) const ID_LEN: usize = 36;
-/// Between the id and the sequence number.
-pub(crate) const SEQ_KEY: &[u8] = b"\",\"seq\":";
+/// Between the id and the sequence number of a schema 1 or 2 line.
+pub(crate) const SEQ_KEY_V2: &[u8] = b"\",\"seq\":";
 /// Before the previous record's hash.
 pub(crate) const PREV_KEY: &[u8] = b",\"prev_hash\":\"";
 /// Before this record's hash.
@@ -50,6 +66,7 @@ pub(crate) const PREV_LEN: usize = PREV_KEY.len() - 1 + 64 + 2;
 /// `seq`), everything after it, and the newline.
 pub(crate) const SEAL_MAX_EXTRA: usize = HEAD.len()
     + ID_LEN
+    + ID_END.len()
     + SEQ_KEY.len()
     + 20
     + CHAIN_KEY.len()
@@ -60,6 +77,8 @@ pub(crate) const SEAL_MAX_EXTRA: usize = HEAD.len()
     + 2
     + HASH_SUFFIX_LEN
     + 1;
+/// Where the body starts in a schema 3 line.
+pub(crate) const BODY_AT: usize = HEAD.len() + ID_LEN + ID_END.len();
 
 /// A key field of the body whose value a sink may want.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,12 +164,16 @@ impl<'a> SealedLine<'a> {
     }
 
     /// The record's `chain_id`: the 36 bytes before the closing quote that
-    /// ends the head (a schema 2 line, as every line sealed now is).
+    /// ends it, just before `,"prev_hash"` (a schema 3 line, as every line
+    /// sealed now is).
     pub(crate) fn chain_id(&self) -> Option<&'a str> {
-        let end = self.body_at.checked_sub(CHAIN_END.len())?;
+        let end = self
+            .bytes
+            .len()
+            .checked_sub(HASH_SUFFIX_LEN + PREV_LEN + 1 + CHAIN_END.len())?;
         let start = end.checked_sub(ID_LEN)?;
         let key_at = start.checked_sub(CHAIN_KEY.len())?;
-        if self.bytes.get(key_at..start)? != CHAIN_KEY {
+        if !self.bytes.starts_with(HEAD) || self.bytes.get(key_at..start)? != CHAIN_KEY {
             return None;
         }
         std::str::from_utf8(self.bytes.get(start..end)?).ok()

@@ -1,5 +1,6 @@
-//! The audit record, as it is written and read back: schema version 2
-//! (schema 1, the same record without `chain_id`, is still read).
+//! The audit record, as it is written and read back: schema version 3
+//! (schema 2, the same keys with `seq` and `chain_id` before the body, and
+//! schema 1, without `chain_id`, are still read).
 //!
 //! [`AuditRecord`] is one parsed line; [`Risk`] and [`Outcome`] (also at
 //! the crate root) are the vocabulary of its `risk_level` and `outcome`;
@@ -20,13 +21,14 @@
 //!
 //! # How it works
 //!
-//! The audit record: schema version 2, its key order, and its encoding.
+//! The audit record: schema version 3, its key order, and its encoding.
 //!
 //! A line is built in two halves. The caller's thread encodes the *body*
 //! (everything from `timestamp` to `source`), which is where nearly all the
-//! work is. The pipeline worker, which alone knows the order of records,
-//! wraps it: `{"schema":2,"audit_id":…,"seq":N,"chain_id":…` + body +
-//! `,"prev_hash":…,"hash":…}` (see the private `chain` and `layout` modules).
+//! work is, and hashes `{"schema":3,"audit_id":…` + body as far as whole
+//! SHA-256 blocks go. The pipeline worker, which alone knows the order of
+//! records, finishes the line: `,"seq":N,"chain_id":…,"prev_hash":…,"hash":…}`
+//! (see the private `chain` and `layout` modules).
 //!
 //! [`AuditRecord`] is the owned, parsed form used by the reader, the
 //! verifier and the command-line tool.
@@ -55,32 +57,34 @@ use crate::record::layout::{Key, KeyFields};
 
 /// The schema version written in every record's `schema` key.
 ///
-/// Version 2 added `chain_id`; readers and the verifier also read version
-/// 1 records (which have none).
+/// Version 2 added `chain_id`; version 3 has the same keys, with `seq` and
+/// `chain_id` written after the body (so that the thread that made a
+/// record hashes nearly all of its line). Readers and the verifier read all
+/// three, and a trail continues from any of them.
 ///
 /// ```
-/// assert_eq!(tracing_audit::record::SCHEMA_VERSION, 2);
+/// assert_eq!(tracing_audit::record::SCHEMA_VERSION, 3);
 /// ```
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
-/// Whether `schema` and `chain_id` go together: version 2 has a chain id
-/// (a UUID), version 1 none.
+/// Whether `schema` and `chain_id` go together: versions 2 and 3 have a
+/// chain id (a UUID), version 1 none.
 fn check_schema(schema: u32, chain_id: Option<&str>) -> Result<(), serde_json::Error> {
     use serde::de::Error as _;
     match (schema, chain_id) {
         (1, None) => Ok(()),
-        (2, Some(id)) if uuid::Uuid::try_parse(id).is_ok() => Ok(()),
-        (2, Some(id)) => Err(serde_json::Error::custom(format!(
+        (2 | 3, Some(id)) if uuid::Uuid::try_parse(id).is_ok() => Ok(()),
+        (2 | 3, Some(id)) => Err(serde_json::Error::custom(format!(
             "chain_id {id:?} is not a UUID"
         ))),
-        (2, None) => Err(serde_json::Error::custom(
-            "a schema 2 record without chain_id",
-        )),
+        (2 | 3, None) => Err(serde_json::Error::custom(format!(
+            "a schema {schema} record without chain_id"
+        ))),
         (1, Some(_)) => Err(serde_json::Error::custom(
             "a schema 1 record with a chain_id",
         )),
         (v, _) => Err(serde_json::Error::custom(format!(
-            "schema version {v} (this reader knows 1 and {SCHEMA_VERSION})"
+            "schema version {v} (this reader knows 1 to {SCHEMA_VERSION})"
         ))),
     }
 }
@@ -404,7 +408,7 @@ impl AuditRecord {
     /// schema version [`SCHEMA_VERSION`] (or 1).
     ///
     /// ```
-    /// let line = r#"{"schema":3}"#;
+    /// let line = r#"{"schema":4}"#;
     /// assert!(tracing_audit::record::AuditRecord::parse(line.as_bytes()).is_err());
     /// ```
     pub fn parse(line: &[u8]) -> Result<AuditRecord, serde_json::Error> {
@@ -483,7 +487,8 @@ impl<'a> CheckedRecord<'a> {
     pub(crate) fn check(line: &'a [u8]) -> Result<Self, serde_json::Error> {
         // A line in the written form is checked in one pass; anything else
         // (and every failure, with its explanation) by serde.
-        // The fast path reads only schema 2 with a UUID for `chain_id`.
+        // The fast path reads only schemas 2 and 3 with a UUID for
+        // `chain_id`.
         if let Some(r) = canonical::check(line) {
             return Ok(r);
         }

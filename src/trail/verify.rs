@@ -1151,22 +1151,28 @@ fn count_lines(path: &Path, upto: u64) -> Option<u64> {
     }
 }
 
-/// The `timestamp` value, at its fixed place right after `seq`'s digits
-/// (and, in schema 2, the chain id after them).
+/// The `timestamp` value, at its fixed place: first in the body, which
+/// starts right after the id in schema 3, after `seq`'s digits (and, in
+/// schema 2, the chain id after them) in older lines.
 fn timestamp(line: &[u8]) -> Option<&[u8]> {
-    use crate::record::layout::{CHAIN_END, CHAIN_KEY, HEAD, ID_LEN, SEQ_KEY};
+    use crate::record::layout::{BODY_AT, CHAIN_END, CHAIN_KEY, HEAD, ID_LEN, SEQ_KEY_V2};
     const KEY: &[u8] = b",\"timestamp\":\"";
-    // `{"schema":N,"audit_id":"<36>","seq":`
-    let seq_at = HEAD.len() + ID_LEN + SEQ_KEY.len();
-    let digits = line
-        .get(seq_at..)?
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    let mut start = seq_at + digits;
-    if line.get(start..start + CHAIN_KEY.len()) == Some(CHAIN_KEY) {
-        start += CHAIN_KEY.len() + ID_LEN + CHAIN_END.len();
-    }
+    let start = if line.starts_with(HEAD) {
+        BODY_AT
+    } else {
+        // `{"schema":N,"audit_id":"<36>","seq":`
+        let seq_at = HEAD.len() + ID_LEN + SEQ_KEY_V2.len();
+        let digits = line
+            .get(seq_at..)?
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let mut start = seq_at + digits;
+        if line.get(start..start + CHAIN_KEY.len()) == Some(CHAIN_KEY) {
+            start += CHAIN_KEY.len() + ID_LEN + CHAIN_END.len();
+        }
+        start
+    };
     if line.get(start..start + KEY.len())? != KEY {
         return None;
     }

@@ -273,7 +273,7 @@ mod tests {
         let mut out = Vec::new();
         for e in events {
             let body = format!(",\"timestamp\":\"x\",\"event_type\":\"{e}\"");
-            c.seal(&mut out, &uuid::Uuid::now_v7(), body.as_bytes());
+            c.seal(&mut out, &uuid::Uuid::now_v7(), body.as_bytes(), None);
         }
         std::fs::write(dir.join("audit.2026-01-01.jsonl"), &out).unwrap();
         out

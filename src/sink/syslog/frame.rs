@@ -453,7 +453,7 @@ mod tests {
         };
         let mut bytes = Vec::new();
         let id = uuid::Uuid::parse_str("0190c0de-0000-7000-8000-000000000000").unwrap();
-        let s = chain.seal(&mut bytes, &id, &body);
+        let s = chain.seal(&mut bytes, &id, &body, None);
         bytes.pop(); // the newline
         OwnedLine {
             bytes,
