@@ -445,7 +445,8 @@ impl Submitter {
             .counters
             .callers_hash
             .get()
-            .then(|| self.prehasher.midstate(&id, &body));
+            .then(|| self.prehasher.midstate(&id, &body))
+            .flatten();
         let (done, done_rx) = if durable {
             let (t, r) = mpsc::sync_channel(1);
             (Some(t), Some(r))

@@ -77,17 +77,17 @@ impl std::fmt::Debug for Prehasher {
 
 impl Prehasher {
     /// The state after the whole blocks of the line's head, `audit_id` and
-    /// `body`: the bytes [`Chain::seal`] writes first.
-    pub(crate) fn midstate(&self, audit_id: &uuid::Uuid, body: &[u8]) -> Midstate {
+    /// `body`: the bytes [`Chain::seal`] writes first (`None` past 4 GiB,
+    /// which the value limits rule out: the worker then hashes it whole).
+    pub(crate) fn midstate(&self, audit_id: &uuid::Uuid, body: &[u8]) -> Option<Midstate> {
         let mut id = [0u8; ID_LEN];
         audit_id.hyphenated().encode_lower(&mut id);
         let mut state = self.start;
         let covered = sha256::blocks_of(&mut state, &[HEAD, &id, ID_END, body]);
-        Midstate {
+        Some(Midstate {
             state,
-            // A body is at most a few MiB (the value limits).
-            covered: u32::try_from(covered).unwrap_or(0),
-        }
+            covered: u32::try_from(covered).ok()?,
+        })
     }
 }
 
@@ -876,7 +876,7 @@ mod tests {
                     let b = format!(r#","b":"{}""#, "y".repeat(len * 7 % 150));
                     let (a, b) = (a.as_bytes(), b.as_bytes());
                     let (ia, ib) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-                    let (ma, mb) = (pre.midstate(&ia, a), pre.midstate(&ib, b));
+                    let (ma, mb) = (pre.midstate(&ia, a).unwrap(), pre.midstate(&ib, b).unwrap());
                     let sa = one.seal(&mut lines[0], &ia, a, None);
                     let sb = one.seal(&mut lines[0], &ib, b, None);
                     let pair = two.seal_pair(&mut lines[1], (&ia, a, None), (&ib, b, None));
