@@ -81,7 +81,7 @@ impl Prehasher {
     /// which the value limits rule out: the worker then hashes it whole).
     pub(crate) fn midstate(&self, audit_id: &uuid::Uuid, body: &[u8]) -> Option<Midstate> {
         let mut id = [0u8; ID_LEN];
-        audit_id.hyphenated().encode_lower(&mut id);
+        encode::uuid_into(&mut id, audit_id);
         let mut state = self.start;
         let covered = sha256::blocks_of(&mut state, &[HEAD, &id, ID_END, body]);
         Some(Midstate {
@@ -412,8 +412,9 @@ impl Chain {
     fn write_line(&self, out: &mut Vec<u8>, seq: u64, audit_id: &uuid::Uuid, body: &[u8]) -> Line {
         let start = out.len();
         out.extend_from_slice(HEAD);
-        let mut idbuf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        out.extend_from_slice(audit_id.hyphenated().encode_lower(&mut idbuf).as_bytes());
+        let mut id = [0u8; ID_LEN];
+        encode::uuid_into(&mut id, audit_id);
+        out.extend_from_slice(&id);
         out.extend_from_slice(ID_END);
         let body_at = out.len() - start;
         out.extend_from_slice(body);

@@ -277,12 +277,74 @@ pub(crate) fn write_f64(buf: &mut Vec<u8>, f: f64) -> bool {
     }
 }
 
-/// Lowercase hex of a digest into a fixed buffer.
-pub(crate) fn hex_into(out: &mut [u8; 64], digest: &[u8; 32]) {
-    for (i, b) in digest.iter().enumerate() {
+/// Lowercase hex of sixteen bytes.
+///
+/// On x86-64 with SSE2 (every x86-64 CPU): the nibbles split and
+/// interleaved in two registers, made digits by one compare (about 15
+/// instructions, where a digit at a time is about 120).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+fn hex16(out: &mut [u8; 32], bytes: &[u8; 16]) {
+    use std::arch::x86_64::{
+        _mm_add_epi8, _mm_and_si128, _mm_cmpgt_epi8, _mm_loadu_si128, _mm_set1_epi8,
+        _mm_srli_epi16, _mm_storeu_si128, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
+    };
+    // SAFETY: SSE2 is enabled at compile time (the cfg); the loads and
+    // stores are unaligned ones of exactly 16 bytes within `bytes` and
+    // `out`.
+    unsafe {
+        let v = _mm_loadu_si128(bytes.as_ptr().cast());
+        let low = _mm_set1_epi8(0x0f);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), low);
+        let lo = _mm_and_si128(v, low);
+        let digits = |n| {
+            let letter = _mm_and_si128(
+                _mm_cmpgt_epi8(n, _mm_set1_epi8(9)),
+                _mm_set1_epi8((b'a' - b'0' - 10) as i8),
+            );
+            _mm_add_epi8(_mm_add_epi8(n, _mm_set1_epi8(b'0' as i8)), letter)
+        };
+        let first = digits(_mm_unpacklo_epi8(hi, lo));
+        let second = digits(_mm_unpackhi_epi8(hi, lo));
+        _mm_storeu_si128(out.as_mut_ptr().cast(), first);
+        _mm_storeu_si128(out.as_mut_ptr().add(16).cast(), second);
+    }
+}
+
+/// Lowercase hex of sixteen bytes, elsewhere.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+#[inline(always)]
+fn hex16(out: &mut [u8; 32], bytes: &[u8; 16]) {
+    for (i, b) in bytes.iter().enumerate() {
         out[2 * i] = HEX[(b >> 4) as usize];
         out[2 * i + 1] = HEX[(b & 0xf) as usize];
     }
+}
+
+/// Lowercase hex of a digest into a fixed buffer.
+pub(crate) fn hex_into(out: &mut [u8; 64], digest: &[u8; 32]) {
+    let (outs, _) = out.as_chunks_mut::<32>();
+    let (halves, _) = digest.as_chunks::<16>();
+    for (o, half) in outs.iter_mut().zip(halves) {
+        hex16(o, half);
+    }
+}
+
+/// A UUID's hyphenated lowercase form (8-4-4-4-12 digits), as
+/// `uuid::fmt::Hyphenated` writes it, without its per-digit loop: an audit
+/// id is written twice a record (the caller's midstate, the worker's line).
+pub(crate) fn uuid_into(out: &mut [u8; 36], id: &uuid::Uuid) {
+    let mut hex = [0u8; 32];
+    hex16(&mut hex, id.as_bytes());
+    out[..8].copy_from_slice(&hex[..8]);
+    out[8] = b'-';
+    out[9..13].copy_from_slice(&hex[8..12]);
+    out[13] = b'-';
+    out[14..18].copy_from_slice(&hex[12..16]);
+    out[18] = b'-';
+    out[19..23].copy_from_slice(&hex[16..20]);
+    out[23] = b'-';
+    out[24..].copy_from_slice(&hex[20..]);
 }
 
 /// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian;
@@ -535,6 +597,43 @@ mod tests {
                     .to_string();
                 assert_eq!(String::from_utf8(b).unwrap(), expect);
             }
+        }
+    }
+
+    /// Every byte value in every position of a digest, and random UUIDs,
+    /// against the table-driven forms.
+    #[test]
+    fn hex_and_uuid_match_the_reference_forms() {
+        for v in 0..=255u8 {
+            for at in 0..32 {
+                let mut d = [0x5au8; 32];
+                d[at] = v;
+                let mut out = [0u8; 64];
+                hex_into(&mut out, &d);
+                let expect: String = d.iter().map(|b| format!("{b:02x}")).collect();
+                assert_eq!(std::str::from_utf8(&out).unwrap(), expect);
+            }
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = uuid::Uuid::from_u64_pair(x, x.rotate_left(29) ^ 0xdead_beef);
+            let mut out = [0u8; 36];
+            uuid_into(&mut out, &id);
+            assert_eq!(
+                std::str::from_utf8(&out).unwrap(),
+                id.hyphenated().to_string()
+            );
+        }
+        for id in [uuid::Uuid::nil(), uuid::Uuid::max()] {
+            let mut out = [0u8; 36];
+            uuid_into(&mut out, &id);
+            assert_eq!(
+                std::str::from_utf8(&out).unwrap(),
+                id.hyphenated().to_string()
+            );
         }
     }
 
