@@ -371,7 +371,8 @@ impl Draft {
 
     fn push_arena(&mut self, s: &str) -> Range<usize> {
         let start = self.arena.len();
-        self.arena.push_str(s);
+        // SAFETY: a whole `str` appended to a `String` keeps it UTF-8.
+        encode::put(unsafe { self.arena.as_mut_vec() }, s.as_bytes());
         start..self.arena.len()
     }
 
@@ -442,10 +443,11 @@ impl Draft {
             }
         });
         let key = renamed.as_deref().unwrap_or(name);
-        self.keys.push_str(key);
+        // SAFETY: a whole `str` appended to a `String` keeps it UTF-8.
+        encode::put(unsafe { self.keys.as_mut_vec() }, key.as_bytes());
         self.key_ends.push(self.keys.len());
         match (renamed.is_some(), key_slot) {
-            (false, Some(i)) => self.details.extend_from_slice(&self.names[i].key),
+            (false, Some(i)) => encode::put(&mut self.details, &self.names[i].key),
             _ => encode::write_plain_str(&mut self.details, key),
         }
         self.details.push(b':');

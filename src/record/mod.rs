@@ -173,20 +173,18 @@ pub(crate) fn encode_body(
     keys
 }
 
-/// Writes `,"key":value` for an optional string, noting where the value
-/// starts; returns whether it was cut to the limit.
+/// Writes `name` (`,"key":`, whole) and the value of an optional string,
+/// noting where the value starts; returns whether it was cut to the limit.
 #[inline(always)]
 fn key_field(
     out: &mut Vec<u8>,
     base: usize,
-    name: &str,
+    name: &[u8],
     value: Option<&str>,
     (limit, dropped): (usize, usize),
     located: (&mut KeyFields, Key),
 ) -> bool {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
+    encode::put(out, name);
     let start = out.len();
     let cut = opt_str_dropped(out, value, limit, dropped);
     let (keys, key) = located;
@@ -214,7 +212,7 @@ fn encode_key_fields(
     if key_field(
         out,
         base,
-        "event_type",
+        b",\"event_type\":",
         c.event_type(),
         event,
         (keys, Key::EventType),
@@ -223,9 +221,9 @@ fn encode_key_fields(
     }
     let context = |f: ContextField| (c.context(f), (limit, c.context_dropped(f)));
     for (name, f, k) in [
-        ("actor", ContextField::Actor, Key::Actor),
-        ("resource", ContextField::Resource, Key::Resource),
-        ("action", ContextField::Action, Key::Action),
+        (&b",\"actor\":"[..], ContextField::Actor, Key::Actor),
+        (b",\"resource\":", ContextField::Resource, Key::Resource),
+        (b",\"action\":", ContextField::Action, Key::Action),
     ] {
         let (v, bounds) = context(f);
         if key_field(out, base, name, v, bounds, (keys, k)) {
@@ -233,13 +231,17 @@ fn encode_key_fields(
         }
     }
     out.extend_from_slice(b",\"outcome\":\"");
-    out.extend_from_slice(keys.outcome.as_str().as_bytes());
+    encode::put(out, keys.outcome.as_str().as_bytes());
     out.extend_from_slice(b"\",\"risk_level\":\"");
-    out.extend_from_slice(keys.risk.as_str().as_bytes());
+    encode::put(out, keys.risk.as_str().as_bytes());
     out.push(b'"');
     for (name, f, k) in [
-        ("session_id", ContextField::Session, Key::Session),
-        ("ip_address", ContextField::Ip, Key::Ip),
+        (
+            &b",\"session_id\":"[..],
+            ContextField::Session,
+            Key::Session,
+        ),
+        (b",\"ip_address\":", ContextField::Ip, Key::Ip),
     ] {
         let (v, bounds) = context(f);
         if key_field(out, base, name, v, bounds, (keys, k)) {
@@ -298,7 +300,7 @@ fn encode_source(out: &mut Vec<u8>, source: Source<'_>, limit: usize) {
     out.extend_from_slice(b",\"source\":{\"target\":");
     encode::write_str(out, source.target, limit);
     out.extend_from_slice(b",\"level\":\"");
-    out.extend_from_slice(source.level.as_str().as_bytes());
+    encode::put(out, source.level.as_str().as_bytes());
     out.extend_from_slice(b"\",\"span\":");
     if source.spans.is_empty() {
         out.extend_from_slice(b"null");
