@@ -47,7 +47,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing_core::Level;
 
-use crate::pipeline::{Counters, DropCause, Msg, Pending, BODY_BUNDLE, BODY_KEEP};
+use crate::pipeline::{Counters, DropCause, Msg, Pending, BODY_BUNDLE, BODY_KEEP, BODY_POOL_IDLE};
 use crate::queue::ring::Receiver;
 use crate::record::chain::{Chain, Sealed};
 use crate::record::checkpoint::CheckpointKey;
@@ -419,6 +419,8 @@ impl Worker {
                 // Recently busy: poll, so senders never pay for a wake-up.
                 std::thread::park_timeout(POLL_EVERY.min(timeout));
             } else {
+                // Idle: what a burst left in the body pool goes back.
+                self.counters.bodies.trim(BODY_POOL_IDLE);
                 match self.rx.recv_timeout(timeout) {
                     Ok(m) => {
                         n += 1;
