@@ -83,11 +83,20 @@ pub(crate) struct Pending {
     /// Where its key fields sit in `body`, with its risk and outcome.
     pub(crate) keys: KeyFields,
     /// Answered once the record is synced (`true`) or given up (`false`).
-    pub(crate) done: Option<SyncSender<bool>>,
+    /// Boxed: durable records are few, and the eight bytes saved keep a
+    /// queue slot at two cache lines (below).
+    pub(crate) done: Option<Box<SyncSender<bool>>>,
     /// The start of its line, hashed by the thread that made it (`None`
     /// for the worker's own records, which it hashes whole).
     pub(crate) mid: Option<Midstate>,
 }
+
+/// A queue slot is the message and its 8-byte `ready` stamp, on 64-byte
+/// lines: at 128 bytes or less a record's slot is two lines that the
+/// caller's core writes and the worker's reads, where 136 bytes made it
+/// three (`Pending` grew by the caller's midstate).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Msg>() + 8 <= 128);
 
 /// What the worker receives.
 #[derive(Debug)]
@@ -470,7 +479,7 @@ impl Submitter {
             .flatten();
         let (done, done_rx) = if durable {
             let (t, r) = mpsc::sync_channel(1);
-            (Some(t), Some(r))
+            (Some(Box::new(t)), Some(r))
         } else {
             (None, None)
         };

@@ -614,7 +614,7 @@ impl Worker {
         }
         state.records_in_batch += 1;
         if let Some(w) = p.done {
-            state.batch_waiters.push(w);
+            state.batch_waiters.push(*w);
         }
     }
 
