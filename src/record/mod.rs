@@ -261,6 +261,11 @@ fn encode_key_fields(
 fn encode_details(out: &mut Vec<u8>, c: &Draft, cut: &[&str]) {
     out.extend_from_slice(b",\"details\":{");
     out.extend_from_slice(&c.details);
+    if cut.is_empty() && c.truncated.is_empty() && c.invalid.is_empty() && c.redacted.is_empty() {
+        // Nothing flagged, as in most records: no lists to gather.
+        out.push(b'}');
+        return;
+    }
     let mut sep = !c.details.is_empty();
     let truncated: Vec<&str> = cut
         .iter()
