@@ -275,17 +275,36 @@ pub(crate) fn write_plain_str(buf: &mut Vec<u8>, s: &str) {
     write_str(buf, s, usize::MAX);
 }
 
-/// Writes an unsigned integer in decimal.
+/// "00" to "99", two bytes each.
+static PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Writes an unsigned integer in decimal, two digits per step (every
+/// record's `seq`, and most numbers in details).
 pub(crate) fn write_u64(buf: &mut Vec<u8>, mut n: u64) {
     let mut tmp = [0u8; 20];
     let mut i = tmp.len();
-    loop {
+    while n >= 100 {
+        let r = (n % 100) as usize;
+        n /= 100;
+        i -= 2;
+        tmp[i..i + 2].copy_from_slice(&PAIRS[2 * r..2 * r + 2]);
+    }
+    if n >= 10 {
+        i -= 2;
+        let r = n as usize;
+        tmp[i..i + 2].copy_from_slice(&PAIRS[2 * r..2 * r + 2]);
+    } else {
         i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        tmp[i] = b'0' + n as u8;
     }
     put(buf, &tmp[i..]);
 }
@@ -689,6 +708,30 @@ mod tests {
                 std::str::from_utf8(&out).unwrap(),
                 id.hyphenated().to_string()
             );
+        }
+    }
+
+    /// Every power of ten and its neighbours, and random numbers of every
+    /// width, as `to_string` writes them.
+    #[test]
+    fn unsigned_numbers_match_to_string() {
+        let mut samples = vec![0u64, 1, 9, 10, 11, 99, 100, 101, u64::MAX];
+        let mut p = 1u64;
+        while let Some(q) = p.checked_mul(10) {
+            samples.extend([q - 1, q, q + 1]);
+            p = q;
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push(x >> (x % 64));
+        }
+        for n in samples {
+            let mut b = b"x".to_vec();
+            write_u64(&mut b, n);
+            assert_eq!(&b[1..], n.to_string().as_bytes());
         }
     }
 
