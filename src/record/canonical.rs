@@ -36,7 +36,7 @@ const NEAR_KEYS: usize = 8;
 /// here is the order of the line.
 pub(super) fn check(line: &[u8]) -> Option<CheckedRecord<'_>> {
     let mut c = Cursor {
-        s: std::str::from_utf8(line).ok()?,
+        s: utf8(line)?,
         i: 0,
     };
     // Schema 3 has `seq` and `chain_id` after the body, schema 2 before:
@@ -99,6 +99,42 @@ pub(super) fn check(line: &[u8]) -> Option<CheckedRecord<'_>> {
     record._hash = c.str_at(b",\"hash\":")?;
     c.lit(b"}")?;
     (c.i == line.len()).then_some(record)
+}
+
+/// `line` as text if it is UTF-8. A line of ASCII alone (most are: the
+/// crate escapes nothing above it, but writes it raw) is told by the high
+/// bits of 64 bytes at a time where the target has SSE2, about a tenth of
+/// what `std::str::from_utf8` spends on it (callgrind: 695 instructions of
+/// the checking thread's 5 338 a record); any other goes to `from_utf8`.
+#[inline]
+pub(crate) fn utf8(line: &[u8]) -> Option<&str> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        use std::arch::x86_64::{_mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128};
+        let mut high = 0i32;
+        let mut blocks = line.chunks_exact(64);
+        for b in &mut blocks {
+            // SAFETY: SSE2 is enabled at compile time (the cfg); the four
+            // unaligned loads read the 64 bytes of `b`.
+            high |= unsafe {
+                let p = b.as_ptr();
+                let x = _mm_or_si128(
+                    _mm_or_si128(_mm_loadu_si128(p.cast()), _mm_loadu_si128(p.add(16).cast())),
+                    _mm_or_si128(
+                        _mm_loadu_si128(p.add(32).cast()),
+                        _mm_loadu_si128(p.add(48).cast()),
+                    ),
+                );
+                _mm_movemask_epi8(x)
+            };
+        }
+        if high == 0 && blocks.remainder().is_ascii() {
+            // SAFETY: every byte is below 0x80, so the bytes are ASCII and
+            // therefore UTF-8.
+            return Some(unsafe { std::str::from_utf8_unchecked(line) });
+        }
+    }
+    std::str::from_utf8(line).ok()
 }
 
 /// The index of the first byte at or after `i` that ends a run of plain
@@ -472,6 +508,26 @@ mod tests {
             r.event_type.as_deref().map(str::to_owned),
             r.service.as_deref().map(str::to_owned),
         )
+    }
+
+    /// ASCII of every length 0-200 with, in turn, a valid two-byte
+    /// character, a stray continuation byte and a truncated sequence at
+    /// every position (in the 64-byte blocks and in the rest): the same
+    /// answer as `std::str::from_utf8`.
+    #[test]
+    fn utf8_agrees_with_std_at_every_length_and_position() {
+        for n in 0..=200usize {
+            let ascii: Vec<u8> = (0..n).map(|i| b' ' + (i % 90) as u8).collect();
+            assert_eq!(utf8(&ascii), std::str::from_utf8(&ascii).ok());
+            for at in 0..n {
+                for bad in [&[0xc3u8, 0xa9][..], &[0x80], &[0xe2, 0x80]] {
+                    let mut b = ascii.clone();
+                    let end = (at + bad.len()).min(n);
+                    b[at..end].copy_from_slice(&bad[..end - at]);
+                    assert_eq!(utf8(&b), std::str::from_utf8(&b).ok(), "{n} {at} {bad:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::record::encode;
+use crate::record::{canonical, encode};
 
 /// `prev_hash` of the first record of a chain: 64 zeros.
 ///
@@ -708,7 +708,7 @@ pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
     }
     // `prev_hash` and `hash`, together at the end: one UTF-8 check for both.
     let prev_at = n - HASH_SUFFIX_LEN - PREV_LEN;
-    let tail = std::str::from_utf8(&line[prev_at..]).map_err(|_| LinkError::Malformed)?;
+    let tail = canonical::utf8(&line[prev_at..]).ok_or(LinkError::Malformed)?;
     let (prev, suffix) = tail.split_at(PREV_LEN);
     if !suffix.as_bytes().starts_with(HASH_KEY)
         || !suffix.as_bytes().ends_with(END)
@@ -758,7 +758,7 @@ pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
             return Err(LinkError::Malformed);
         }
         let seq = parse_seq(&line[seq_at..key_at])?;
-        let id = std::str::from_utf8(id).map_err(|_| LinkError::Malformed)?;
+        let id = canonical::utf8(id).ok_or(LinkError::Malformed)?;
         (seq, Some(id))
     } else {
         let seq_part = line[after_id..]
