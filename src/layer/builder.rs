@@ -119,7 +119,7 @@ impl Default for AuditLayerBuilder {
             otlp: Vec::new(),
             durable_at: Risk::High,
             sync_interval: Duration::from_secs(1),
-            queue_capacity: 16 * 1024,
+            queue_capacity: crate::pipeline::DEFAULT_QUEUE_CAPACITY,
             queue_mode: QueueMode::Lossless,
             max_value_len: 8 * 1024,
             redact: crate::record::DEFAULT_REDACTED_NAMES

@@ -253,8 +253,10 @@ impl CallersHash {
 #[derive(Debug, Default)]
 pub(crate) struct BodyPool(Mutex<Vec<Vec<u8>>>);
 
-/// Most buffers the pool keeps (the default queue capacity).
-const BODY_POOL_MAX: usize = 16 * 1024;
+/// The queue's capacity unless the builder is told otherwise.
+pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 16 * 1024;
+/// Most buffers the pool keeps: as many as a default queue holds.
+const BODY_POOL_MAX: usize = DEFAULT_QUEUE_CAPACITY;
 /// Most buffers the pool keeps once the worker is idle.
 pub(crate) const BODY_POOL_IDLE: usize = 1024;
 /// Buffers moved per lock, each way.
