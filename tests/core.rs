@@ -402,13 +402,30 @@ fn durable_records_are_synced_with_group_commit() {
     assert!(handle.stats().syncs >= 1);
 
     let before = handle.stats().syncs;
-    let threads: Vec<_> = (0..8)
+    // Eight callers at once: a sync answers several waiters, which the
+    // worker hands to its acknowledgement thread. Each answer must still
+    // come after a sync that began after the record was queued, with the
+    // record in the file.
+    let threads: Vec<_> = (0..8u64)
         .map(|t| {
             let d = dispatch.clone();
+            let h = handle.clone();
+            let dir = dir.path().to_path_buf();
             std::thread::spawn(move || {
                 tracing::dispatcher::with_default(&d, || {
-                    for i in 0..40 {
+                    for i in 0..40u64 {
+                        let synced_before = h.stats().syncs;
                         tracing::info!(audit.event = "export", audit.risk = "critical", t, i);
+                        assert!(
+                            h.stats().syncs > synced_before,
+                            "acknowledged before a sync that covers it"
+                        );
+                        assert!(
+                            app_records(&dir)
+                                .iter()
+                                .any(|r| r["details"]["t"] == t && r["details"]["i"] == i),
+                            "acknowledged and not in the file: thread {t}, record {i}"
+                        );
                     }
                 })
             })

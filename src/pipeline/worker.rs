@@ -16,6 +16,10 @@
 //!    `sync_interval` after the first unsynced write. A waiter is answered
 //!    only by a sync that succeeded after its record was written; while
 //!    syncs fail, durable callers wait.
+//!    The waiters of a sync are answered by an [`Acker`] thread when there
+//!    are several: each answer wakes a sleeping caller (a system call, and
+//!    on a VM often an interrupt to the other CPU), and the worker goes on
+//!    to the next batch's write and sync meanwhile.
 //! 4. **Failure** of a write or sync starts an episode: said once on
 //!    stderr, counted, `storage_failing` set; retries back off from 10 ms to
 //!    1 s; intake stops while a batch is unwritten, so the queue pushes back.
@@ -199,6 +203,8 @@ struct State {
     held: Vec<Pending>,
     /// The last drain stopped because the queue was empty.
     queue_empty: bool,
+    /// Answers the waiters of a successful sync.
+    acker: Acker,
     /// Where each line of `batch` ends, and its key fields (for the
     /// forwarders).
     lines: Vec<LineEnd>,
@@ -243,6 +249,7 @@ impl Worker {
             kept: Vec::new(),
             held: Vec::new(),
             queue_empty: false,
+            acker: Acker::default(),
             lines: Vec::new(),
             records_in_batch: 0,
             prehashed_in_batch: 0,
@@ -650,9 +657,7 @@ impl Worker {
                 self.report_storage_loss(state);
                 state.unsynced_since = None;
                 state.want_sync = false;
-                for w in state.sync_waiters.drain(..) {
-                    let _ = w.try_send(true);
-                }
+                state.acker.synced(&mut state.sync_waiters);
             }
             Err(e) => {
                 self.take_writer_warning();
@@ -1208,6 +1213,93 @@ impl Worker {
     }
 }
 
+/// Waiters of one sync from which they are answered on the acker thread.
+const ACK_AWAY_FROM: usize = 2;
+
+/// Answers the waiters of a successful sync with `true`.
+///
+/// With one waiter the worker answers it itself: handing it over would cost
+/// the same wake-up. With more, the list goes to a thread of its own
+/// (started the first time), and the worker writes and syncs the next batch
+/// while the callers are woken one by one: measured on the durable bench,
+/// the worker spent more time in those wake-ups than in `fdatasync`. An
+/// answer is never sent before the sync that covers its record succeeded,
+/// and every list handed over is answered before the acker is dropped (the
+/// worker's end joins the thread), so a caller never waits past shutdown.
+#[derive(Default)]
+struct Acker {
+    tx: Option<std::sync::mpsc::Sender<Vec<SyncSender<bool>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The thread could not be started (or is gone): answer inline.
+    inline: bool,
+}
+
+impl Acker {
+    /// Answers every waiter in `waiters` (leaving it empty).
+    fn synced(&mut self, waiters: &mut Vec<SyncSender<bool>>) {
+        if waiters.len() >= ACK_AWAY_FROM && !self.inline {
+            if self.tx.is_none() {
+                self.start();
+            }
+            if let Some(tx) = &self.tx {
+                match tx.send(std::mem::take(waiters)) {
+                    Ok(()) => return,
+                    // Gone (it cannot panic, but if it were): answer here.
+                    Err(std::sync::mpsc::SendError(back)) => {
+                        *waiters = back;
+                        self.tx = None;
+                        self.inline = true;
+                    }
+                }
+            }
+        }
+        for w in waiters.drain(..) {
+            let _ = w.try_send(true);
+        }
+    }
+
+    fn start(&mut self) {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<SyncSender<bool>>>();
+        match std::thread::Builder::new()
+            .name("tracing-audit-ack".into())
+            .spawn(move || {
+                for list in rx {
+                    for w in list {
+                        let _ = w.try_send(true);
+                    }
+                }
+            }) {
+            Ok(h) => {
+                self.tx = Some(tx);
+                self.thread = Some(h);
+            }
+            Err(e) => {
+                self.inline = true;
+                eprintln!("tracing-audit: cannot start the durable acknowledgement thread ({e}); the worker answers its waiters itself");
+            }
+        }
+    }
+}
+
+impl Drop for Acker {
+    /// Every list handed over is answered before this returns.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acker")
+            .field("started", &self.thread.is_some())
+            .field("inline", &self.inline)
+            .finish()
+    }
+}
+
 /// Hands complete lines of `bytes` (those ending within it) to the
 /// forwarders, each with its key fields.
 fn forward(forwards: &mut [Box<dyn LineSink>], bytes: &[u8], lines: &[LineEnd]) {
@@ -1229,5 +1321,44 @@ fn forward(forwards: &mut [Box<dyn LineSink>], bytes: &[u8], lines: &[LineEnd]) 
             f.send_line(&line);
         }
         start = l.end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{sync_channel, Receiver as Rx};
+
+    fn waiters(n: usize) -> (Vec<SyncSender<bool>>, Vec<Rx<bool>>) {
+        (0..n).map(|_| sync_channel(1)).unzip()
+    }
+
+    #[test]
+    fn one_waiter_is_answered_by_the_worker_itself() {
+        let mut acker = Acker::default();
+        let (mut tx, rx) = waiters(1);
+        acker.synced(&mut tx);
+        assert!(tx.is_empty());
+        assert_eq!(rx[0].try_recv(), Ok(true));
+        assert!(acker.thread.is_none(), "no thread for a single waiter");
+    }
+
+    /// Many lists handed over: every waiter is answered `true`, and all of
+    /// them by the time the acker is dropped (the worker's end), never later.
+    #[test]
+    fn every_waiter_handed_over_is_answered_before_the_acker_is_dropped() {
+        let mut acker = Acker::default();
+        let mut all = Vec::new();
+        for _ in 0..500 {
+            let (mut tx, rx) = waiters(ACK_AWAY_FROM + 8);
+            acker.synced(&mut tx);
+            assert!(tx.is_empty());
+            all.extend(rx);
+        }
+        assert!(acker.thread.is_some(), "several waiters go to the thread");
+        drop(acker);
+        for (i, rx) in all.iter().enumerate() {
+            assert_eq!(rx.try_recv(), Ok(true), "waiter {i}");
+        }
     }
 }
