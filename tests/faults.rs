@@ -94,8 +94,17 @@ impl Drop for Reap {
 
 const CHILD_ENV: &str = "TRACING_AUDIT_FAULT_CHILD_DIR";
 
+/// Threads of `durable_child` that write at once.
+const CHILD_THREADS_ENV: &str = "TRACING_AUDIT_FAULT_CHILD_THREADS";
+
+/// Record numbers of `durable_child`'s thread `t` start at `t * THREAD_BASE`.
+const THREAD_BASE: u64 = 1_000_000_000;
+
 /// The child: writes durable records and prints `acked N` after each one
-/// returned; stops cleanly after `TRACING_AUDIT_FAULT_CHILD_SECS`.
+/// returned; stops cleanly after `TRACING_AUDIT_FAULT_CHILD_SECS`. With
+/// `TRACING_AUDIT_FAULT_CHILD_THREADS` > 1, that many threads write at once
+/// (a sync then answers several waiters, through the worker's
+/// acknowledgement thread).
 #[test]
 fn durable_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
@@ -105,28 +114,44 @@ fn durable_child() {
         .unwrap()
         .parse()
         .unwrap();
+    let threads: u64 = std::env::var(CHILD_THREADS_ENV)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
     let (audit, guard) = AuditLayer::builder()
         .file(&dir)
         .shutdown_grace(Duration::from_secs(2))
         .build()
         .unwrap();
-    let mut out = std::io::stdout().lock();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
-        let start = Instant::now();
-        let pad = "x".repeat(2000);
-        let mut i = 0u64;
-        while start.elapsed() < Duration::from_secs(secs) {
-            tracing::info!(
-                audit.event = "payment",
-                audit.risk = "high",
-                i,
-                pad = pad.as_str()
-            );
-            writeln!(out, "acked {i}").unwrap();
-            out.flush().unwrap();
-            i += 1;
-        }
-    });
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    let start = Instant::now();
+    let writers: Vec<_> = (0..threads)
+        .map(|t| {
+            let d = dispatch.clone();
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&d, || {
+                    let pad = "x".repeat(2000);
+                    let mut i = t * THREAD_BASE;
+                    while start.elapsed() < Duration::from_secs(secs) {
+                        tracing::info!(
+                            audit.event = "payment",
+                            audit.risk = "high",
+                            i,
+                            pad = pad.as_str()
+                        );
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "acked {i}").unwrap();
+                        out.flush().unwrap();
+                        i += 1;
+                    }
+                })
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    drop(dispatch);
     drop(guard);
 }
 
@@ -175,12 +200,38 @@ fn ext4_on_thin_image(base: &Path, punch: bool) -> (Mount, Mount, PathBuf) {
     let dev = sh(&format!("losetup -f --show {}", img.display()))
         .trim()
         .to_owned();
+    one_page_requests(&dev);
     sh(&format!("mount -t ext4 {dev} {}", mnt.display()));
     let fs = Mount {
         at: mnt.clone(),
         loopdev: Some(dev),
     };
     (backing, fs, img)
+}
+
+/// Limits the loop device `dev` to requests of one page, so that it can
+/// no longer confirm data it did not store.
+///
+/// A loop device completes a write request whose write to the backing
+/// file came back short as a success (`lo_complete_rq` ends every request
+/// that is not a read with `BLK_STS_OK` unless the result is negative).
+/// Over a tmpfs that fills up, a request of several pages whose last ones
+/// find no room is confirmed whole, and those pages read back as zeros:
+/// storage that lies about a write, which no `fdatasync` can detect. A
+/// 4 KiB request is all or nothing on tmpfs (a page is allocated or the
+/// write fails), so with one page per request a failed write is reported
+/// as the error it is. Checked by hand on this kernel: a 32 KiB `O_DIRECT`
+/// write to the loop device with 8 KiB free on its tmpfs returned 32 768
+/// with two pages stored; with one-page requests it fails with `ENOSPC`.
+fn one_page_requests(dev: &str) {
+    let name = dev.trim_start_matches("/dev/");
+    let knob = format!("/sys/block/{name}/queue/max_sectors_kb");
+    std::fs::write(&knob, "4").unwrap_or_else(|e| panic!("{knob}: {e}"));
+    assert_eq!(
+        std::fs::read_to_string(&knob).unwrap().trim(),
+        "4",
+        "{knob}"
+    );
 }
 
 /// A running `durable_child`: what it acknowledged so far, read from its
@@ -192,7 +243,7 @@ struct DurableChild {
 }
 
 impl DurableChild {
-    fn start(dir: &Path, run_secs: u64) -> Self {
+    fn start(dir: &Path, run_secs: u64, threads: u64) -> Self {
         let mut child = Reap(
             Command::new(std::env::current_exe().unwrap())
                 .args([
@@ -203,6 +254,7 @@ impl DurableChild {
                 ])
                 .env(CHILD_ENV, dir)
                 .env("TRACING_AUDIT_FAULT_CHILD_SECS", run_secs.to_string())
+                .env(CHILD_THREADS_ENV, threads.to_string())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -253,15 +305,40 @@ impl DurableChild {
 }
 
 /// Fills the backing tmpfs for `hold`, then frees it, while a child writes
-/// durable records; returns the acknowledged numbers.
-fn run_child_through_outage(dir: &Path, filler: &Path, hold: Duration, run_secs: u64) -> Vec<u64> {
-    let child = DurableChild::start(dir, run_secs);
+/// durable records from `threads` threads; returns the acknowledged numbers.
+fn run_child_through_outage(
+    dir: &Path,
+    filler: &Path,
+    hold: Duration,
+    run_secs: u64,
+    threads: u64,
+) -> Vec<u64> {
+    let child = DurableChild::start(dir, run_secs, threads);
     std::thread::sleep(Duration::from_millis(700));
     // Fill the tmpfs under the image.
     fill(filler, "1M");
     std::thread::sleep(hold);
     std::fs::remove_file(filler).unwrap();
     child.finish(Duration::from_secs(run_secs + 8)).0
+}
+
+/// Fills the backing tmpfs while a child writes durable records from
+/// `threads` threads, kills it (SIGKILL) in the middle of the outage, and
+/// has every page still dirty written out (and fail) before the store
+/// gets room again, so nothing the child wrote can reach the disk after
+/// it died. Returns the acknowledged numbers.
+fn run_child_killed_in_outage(dir: &Path, filler: &Path, threads: u64) -> Vec<u64> {
+    let child = DurableChild::start(dir, 60, threads);
+    // Long enough for the child to start writing, short of filling the
+    // file system itself.
+    std::thread::sleep(Duration::from_millis(400));
+    fill(filler, "1M");
+    // Syncs fail meanwhile: the callers must wait, not be answered.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (acked, _) = child.finish(Duration::ZERO);
+    sh("sync");
+    std::fs::remove_file(filler).unwrap();
+    acked
 }
 
 /// For a failure: what each line that is not JSON is made of (its length,
@@ -322,6 +399,7 @@ fn remount_and_check(
     let dev = sh(&format!("losetup -f --show {}", img.display()))
         .trim()
         .to_owned();
+    one_page_requests(&dev);
     sh(&format!("mount -t ext4 {dev} {}", mnt.display()));
     let _fs = Mount {
         at: mnt.clone(),
@@ -409,8 +487,61 @@ fn failed_write_back_never_acknowledges_a_lost_record() {
     let base = tempfile::tempdir().unwrap();
     let (backing, fs, img) = ext4_on_thin_image(base.path(), true);
     let dir = fs.at.join("audit");
-    let acked =
-        run_child_through_outage(&dir, &backing.at.join("filler"), Duration::from_secs(4), 8);
+    let acked = run_child_through_outage(
+        &dir,
+        &backing.at.join("filler"),
+        Duration::from_secs(4),
+        8,
+        1,
+    );
+    assert!(
+        acked.len() > 100,
+        "the child wrote too little: {}",
+        acked.len()
+    );
+    remount_and_check(fs, &img, base.path(), &acked, false, None);
+    drop(backing);
+}
+
+/// The same outage with four threads writing durable records at once:
+/// most syncs answer several waiters, which the worker hands to its
+/// acknowledgement thread. No record may be acknowledged that a fresh mount
+/// does not find.
+#[test]
+fn failed_write_back_never_acknowledges_a_lost_record_from_many_threads() {
+    need_root!();
+    let base = tempfile::tempdir().unwrap();
+    let (backing, fs, img) = ext4_on_thin_image(base.path(), true);
+    let dir = fs.at.join("audit");
+    let acked = run_child_through_outage(
+        &dir,
+        &backing.at.join("filler"),
+        Duration::from_secs(2),
+        4,
+        4,
+    );
+    let writers: std::collections::HashSet<u64> = acked.iter().map(|i| i / THREAD_BASE).collect();
+    assert_eq!(writers.len(), 4, "not every thread was acknowledged");
+    assert!(
+        acked.len() > 100,
+        "the child wrote too little: {}",
+        acked.len()
+    );
+    remount_and_check(fs, &img, base.path(), &acked, false, None);
+    drop(backing);
+}
+
+/// Four threads write durable records; the store fills and the process is
+/// killed while it is full. Every record acknowledged before the kill is
+/// found after a fresh mount: none was answered by a sync that failed
+/// (whoever answers it, the worker or its acknowledgement thread).
+#[test]
+fn killed_while_the_disk_fails_no_acknowledged_record_is_lost() {
+    need_root!();
+    let base = tempfile::tempdir().unwrap();
+    let (backing, fs, img) = ext4_on_thin_image(base.path(), true);
+    let dir = fs.at.join("audit");
+    let acked = run_child_killed_in_outage(&dir, &backing.at.join("filler"), 4);
     assert!(
         acked.len() > 100,
         "the child wrote too little: {}",
@@ -483,8 +614,13 @@ fn journal_abort_loses_no_acknowledged_record() {
     let base = tempfile::tempdir().unwrap();
     let (backing, fs, img) = ext4_on_thin_image(base.path(), false);
     let dir = fs.at.join("audit");
-    let acked =
-        run_child_through_outage(&dir, &backing.at.join("filler"), Duration::from_secs(3), 6);
+    let acked = run_child_through_outage(
+        &dir,
+        &backing.at.join("filler"),
+        Duration::from_secs(3),
+        6,
+        1,
+    );
     assert!(!acked.is_empty(), "the child acknowledged nothing");
     remount_and_check(fs, &img, base.path(), &acked, true, None);
     drop(backing);
@@ -781,7 +917,7 @@ fn an_io_error_is_seen_and_the_writer_goes_on_after_a_remount() {
     let (backing, mut fs, _) = ext4_on_thin_image(base.path(), false);
     let mnt = fs.at.clone();
     let dir = mnt.join("audit");
-    let child = DurableChild::start(&dir, 6);
+    let child = DurableChild::start(&dir, 6, 1);
     let count = || child.acked_so_far();
     std::thread::sleep(Duration::from_millis(1000));
     assert!(count() > 20, "the child wrote too little before the fault");
@@ -810,6 +946,7 @@ fn an_io_error_is_seen_and_the_writer_goes_on_after_a_remount() {
     let dev = sh(&format!("losetup -f --show {}", img.display()))
         .trim()
         .to_owned();
+    one_page_requests(&dev);
     sh(&format!("mount -t ext4 {dev} {}", mnt.display()));
     let fs = Mount {
         at: mnt.clone(),
