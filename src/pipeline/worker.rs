@@ -1291,15 +1291,6 @@ impl Drop for Acker {
     }
 }
 
-impl std::fmt::Debug for Acker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Acker")
-            .field("started", &self.thread.is_some())
-            .field("inline", &self.inline)
-            .finish()
-    }
-}
-
 /// Hands complete lines of `bytes` (those ending within it) to the
 /// forwarders, each with its key fields.
 fn forward(forwards: &mut [Box<dyn LineSink>], bytes: &[u8], lines: &[LineEnd]) {
