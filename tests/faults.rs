@@ -481,19 +481,14 @@ fn remount_and_check(
     let _ = base;
 }
 
-#[test]
-fn failed_write_back_never_acknowledges_a_lost_record() {
-    need_root!();
+/// ext4 on a thin image whose free blocks are holes: `child` runs a
+/// durable child on the audit directory (given it and the filler's path on
+/// the backing tmpfs) and returns what it acknowledged, which must be more
+/// than 100 records and all found after a fresh mount. Returns them.
+fn acknowledged_survive_a_fresh_mount(child: impl FnOnce(&Path, &Path) -> Vec<u64>) -> Vec<u64> {
     let base = tempfile::tempdir().unwrap();
     let (backing, fs, img) = ext4_on_thin_image(base.path(), true);
-    let dir = fs.at.join("audit");
-    let acked = run_child_through_outage(
-        &dir,
-        &backing.at.join("filler"),
-        Duration::from_secs(4),
-        8,
-        1,
-    );
+    let acked = child(&fs.at.join("audit"), &backing.at.join("filler"));
     assert!(
         acked.len() > 100,
         "the child wrote too little: {}",
@@ -501,6 +496,15 @@ fn failed_write_back_never_acknowledges_a_lost_record() {
     );
     remount_and_check(fs, &img, base.path(), &acked, false, None);
     drop(backing);
+    acked
+}
+
+#[test]
+fn failed_write_back_never_acknowledges_a_lost_record() {
+    need_root!();
+    acknowledged_survive_a_fresh_mount(|dir, filler| {
+        run_child_through_outage(dir, filler, Duration::from_secs(4), 8, 1)
+    });
 }
 
 /// The same outage with four threads writing durable records at once:
@@ -510,25 +514,11 @@ fn failed_write_back_never_acknowledges_a_lost_record() {
 #[test]
 fn failed_write_back_never_acknowledges_a_lost_record_from_many_threads() {
     need_root!();
-    let base = tempfile::tempdir().unwrap();
-    let (backing, fs, img) = ext4_on_thin_image(base.path(), true);
-    let dir = fs.at.join("audit");
-    let acked = run_child_through_outage(
-        &dir,
-        &backing.at.join("filler"),
-        Duration::from_secs(2),
-        4,
-        4,
-    );
+    let acked = acknowledged_survive_a_fresh_mount(|dir, filler| {
+        run_child_through_outage(dir, filler, Duration::from_secs(2), 4, 4)
+    });
     let writers: std::collections::HashSet<u64> = acked.iter().map(|i| i / THREAD_BASE).collect();
     assert_eq!(writers.len(), 4, "not every thread was acknowledged");
-    assert!(
-        acked.len() > 100,
-        "the child wrote too little: {}",
-        acked.len()
-    );
-    remount_and_check(fs, &img, base.path(), &acked, false, None);
-    drop(backing);
 }
 
 /// Four threads write durable records; the store fills and the process is
@@ -538,17 +528,7 @@ fn failed_write_back_never_acknowledges_a_lost_record_from_many_threads() {
 #[test]
 fn killed_while_the_disk_fails_no_acknowledged_record_is_lost() {
     need_root!();
-    let base = tempfile::tempdir().unwrap();
-    let (backing, fs, img) = ext4_on_thin_image(base.path(), true);
-    let dir = fs.at.join("audit");
-    let acked = run_child_killed_in_outage(&dir, &backing.at.join("filler"), 4);
-    assert!(
-        acked.len() > 100,
-        "the child wrote too little: {}",
-        acked.len()
-    );
-    remount_and_check(fs, &img, base.path(), &acked, false, None);
-    drop(backing);
+    acknowledged_survive_a_fresh_mount(|dir, filler| run_child_killed_in_outage(dir, filler, 4));
 }
 
 /// Writeback the writer starts early (past `WRITEBACK_EVERY`, before any
