@@ -381,8 +381,14 @@ fn the_collected_copy_checks_checkpoints_per_chain() {
             .collect();
         std::fs::write(&export, text).unwrap();
     };
-    // Interleaved, complete: both chains end in their stop checkpoint.
-    write(la.iter().zip(&lb).flat_map(|(x, y)| [x, y]).collect());
+    // Interleaved, complete: both chains end in their stop checkpoint. The
+    // two runs may differ in length (checkpoints fall at batch boundaries),
+    // so the longer one's rest follows; `zip` alone would cut it.
+    let mut both: Vec<&String> = la.iter().zip(&lb).flat_map(|(x, y)| [x, y]).collect();
+    let common = la.len().min(lb.len());
+    both.extend(la[common..].iter().chain(&lb[common..]));
+    assert_eq!(both.len(), la.len() + lb.len());
+    write(both);
     let r = verify_collected(&[&export], &opts).unwrap();
     assert!(r.is_ok(), "{r:?}");
     assert!(r
