@@ -39,9 +39,9 @@
 //! was resumed, what junk it skipped, the retention in force),
 //! `audit_file_opened`, `records_lost` (exact counts by cause),
 //! `audit_config_warning`, `audit_stopped`, and with a signing key
-//! `checkpoint` ([`crate::record::checkpoint`]): after a batch once N
-//! records or T seconds have passed since the last, and after
-//! `audit_stopped`.
+//! `checkpoint` ([`crate::record::checkpoint`]): right after the Nth
+//! record since the last one (inside a batch if need be), after a batch
+//! once T seconds have passed since the last, and after `audit_stopped`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -514,8 +514,11 @@ impl Worker {
             n += 1;
             // Two records in a row are sealed together, their hashing
             // interleaved.
+            // Not across a checkpoint due after the first.
             let next = match (&m, ahead.front()) {
-                (Msg::Record(_), Some(Msg::Record(_))) => ahead.pop_front(),
+                (Msg::Record(_), Some(Msg::Record(_))) if !self.checkpoint_due_after(1) => {
+                    ahead.pop_front()
+                }
                 _ => None,
             };
             if let Some(next) = &next {
@@ -530,6 +533,12 @@ impl Worker {
                         self.take(state, next);
                     }
                 }
+            }
+            // Right after the record that reached the count, not after the
+            // batch: a batch can hold many times `every` records, and the
+            // count bounds what a cut tail can hide.
+            if self.checkpoint_due_after(0) {
+                self.checkpoint(state, false);
             }
         }
         state.ahead = ahead;
@@ -771,6 +780,14 @@ impl Worker {
             }
             eprintln!("tracing-audit: the audit file is writable and synced again");
         }
+    }
+
+    /// Whether `more` further records would bring the count since the
+    /// last checkpoint to its limit.
+    fn checkpoint_due_after(&self, more: u64) -> bool {
+        self.checkpoints
+            .as_ref()
+            .is_some_and(|c| c.since + more >= c.every)
     }
 
     /// Writes a signed checkpoint of the last record sealed, if one is
