@@ -390,9 +390,9 @@ fn the_collected_copy_checks_checkpoints_per_chain() {
             .collect();
         std::fs::write(&export, text).unwrap();
     };
-    // Interleaved, complete: both chains end in their stop checkpoint. The
-    // two runs may differ in length (checkpoints fall at batch boundaries),
-    // so the longer one's rest follows; `zip` alone would cut it.
+    // Interleaved, complete: both chains end in their stop checkpoint. Were
+    // the two runs to differ in length (a slow machine, another record of
+    // the trail's own), the longer one's rest follows; `zip` alone cut it.
     let mut both: Vec<&String> = la.iter().zip(&lb).flat_map(|(x, y)| [x, y]).collect();
     let common = la.len().min(lb.len());
     both.extend(la[common..].iter().chain(&lb[common..]));
