@@ -152,25 +152,7 @@ fn checkpoints_every_n_records_and_at_stop_cover_the_whole_trail() {
     // One at each stop, and in between one right after every tenth record
     // since the last, even inside the burst's batches of hundreds.
     assert!(cps.len() >= 3 + 200, "{} checkpoints", cps.len());
-    let mut since = 0;
-    for r in &recs {
-        if r["event_type"] == "checkpoint" {
-            if r["details"]["at_stop"] != true {
-                assert_eq!(since, 10, "a checkpoint after {since} records");
-            }
-            since = 0;
-        } else {
-            since += 1;
-            assert!(since <= 10, "{since} records without a checkpoint");
-        }
-    }
-    for w in recs.windows(2) {
-        if w[1]["event_type"] == "checkpoint" {
-            assert_eq!(w[1]["details"]["seq"], w[0]["seq"]);
-            assert_eq!(w[1]["details"]["hash"], w[0]["hash"]);
-            assert_eq!(w[1]["details"]["chain_id"], w[0]["chain_id"]);
-        }
-    }
+    common::assert_checkpoints_every(&recs, 10);
     // Each run ends: audit_stopped, then the checkpoint at stop.
     let last = recs.last().unwrap();
     assert_eq!(last["event_type"], "checkpoint");
@@ -204,6 +186,54 @@ fn checkpoints_every_n_records_and_at_stop_cover_the_whole_trail() {
         assert!(out.status.success(), "{text}");
         assert!(text.contains("covers the whole trail"), "{text}");
     }
+}
+
+/// The trail's own records count toward a checkpoint as the application's
+/// do: a file rotated by size every few records starts with an
+/// `audit_file_opened` of the trail's own, and a checkpoint follows it when
+/// it is the record that reaches the count (not only after the next
+/// record from the application, which could be long in coming).
+#[test]
+fn the_trails_own_records_count_toward_a_checkpoint() {
+    let d = common::tempdir();
+    let (key, public) = keys(d.path());
+    let trail = d.path().join("trail");
+    let (audit, guard) = AuditLayer::builder()
+        .file(FileSink::new(&trail).max_file_size(1_200))
+        .signing_key_file(&key)
+        .checkpoint_every(3, Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(audit), || {
+        for i in 0..120 {
+            tracing::info!(audit.event = "data_access", audit.actor = "bob", i, "read");
+            if i % 2 == 1 {
+                // Small batches, so that rotations fall between records.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    drop(guard);
+    let mut recs = read_trail(&trail);
+    recs.sort_by_key(|r| r["seq"].as_u64().unwrap());
+    let opened = recs
+        .iter()
+        .filter(|r| r["event_type"] == "audit_file_opened")
+        .count();
+    assert!(opened >= 10, "{opened} files opened");
+    // Some file's own first record was the one that reached the count.
+    let after_opened = recs
+        .windows(2)
+        .filter(|w| w[0]["event_type"] == "audit_file_opened" && w[1]["event_type"] == "checkpoint")
+        .count();
+    assert!(
+        after_opened > 0,
+        "no checkpoint right after a file's first record"
+    );
+    common::assert_checkpoints_every(&recs, 3);
+    let r = check(&trail, &public);
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(r.unverified_tail, Some(0), "{r:?}");
 }
 
 #[test]

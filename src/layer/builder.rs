@@ -377,8 +377,9 @@ impl AuditLayerBuilder {
     /// With a signing key: a checkpoint right after every `records`th
     /// record since the last one, and after the first batch once `interval`
     /// has passed since the last (default 1 000 records, 10 s); and one at
-    /// stop. So a running trail's unverified tail is under `records` records
-    /// from the application (plus the trail's own few) or `interval` old.
+    /// stop. The trail's own records (`audit_file_opened`, `records_lost`,
+    /// …) count as the application's do. So a running trail's unverified
+    /// tail is at most `records` records or `interval` old.
     #[must_use]
     pub fn checkpoint_every(mut self, records: u64, interval: Duration) -> Self {
         self.checkpoint_every = (records.max(1), interval.max(Duration::from_millis(10)));

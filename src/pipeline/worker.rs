@@ -40,8 +40,9 @@
 //! `audit_file_opened`, `records_lost` (exact counts by cause),
 //! `audit_config_warning`, `audit_stopped`, and with a signing key
 //! `checkpoint` ([`crate::record::checkpoint`]): right after the Nth
-//! record since the last one (inside a batch if need be), after a batch
-//! once T seconds have passed since the last, and after `audit_stopped`.
+//! record since the last one, the application's and the trail's own alike
+//! (inside a batch if need be), after a batch once T seconds have passed
+//! since the last, and after `audit_stopped`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -195,8 +196,9 @@ enum Step {
 struct State {
     batch: Vec<u8>,
     /// With `OnError::Drop`: the chain as it was before the batch's first
-    /// record, and the records of the batch that must not be dropped.
-    batch_chain: Option<Chain>,
+    /// record (with the records counted since the last checkpoint then),
+    /// and the records of the batch that must not be dropped.
+    batch_chain: Option<(Chain, u64)>,
     kept: Vec<(uuid::Uuid, Vec<u8>, KeyFields)>,
     /// Durable records taken off the queue while the file fails (with
     /// `OnError::Drop`), sealed first when it works again.
@@ -209,6 +211,9 @@ struct State {
     /// forwarders).
     lines: Vec<LineEnd>,
     records_in_batch: u64,
+    /// Of those, checkpoints: not the application's, and not kept when
+    /// `OnError::Drop` drops the batch (so not counted as dropped).
+    checkpoints_in_batch: u64,
     /// Of those, records whose line start the caller hashed.
     prehashed_in_batch: u64,
     /// Waiters of what is in `batch`.
@@ -252,6 +257,7 @@ impl Worker {
             acker: Acker::default(),
             lines: Vec::new(),
             records_in_batch: 0,
+            checkpoints_in_batch: 0,
             prehashed_in_batch: 0,
             batch_waiters: Vec::new(),
             sync_waiters: Vec::new(),
@@ -598,7 +604,8 @@ impl Worker {
     fn before_seal(&mut self, state: &mut State, p: &Pending, keep: bool) {
         if self.drop_on_error {
             if state.records_in_batch == 0 {
-                state.batch_chain = Some(self.chain.clone());
+                let since = self.checkpoints.as_ref().map_or(0, |c| c.since);
+                state.batch_chain = Some((self.chain.clone(), since));
             }
             if keep {
                 state.kept.push((p.id, p.body.clone(), p.keys));
@@ -704,6 +711,7 @@ impl Worker {
             state.unsynced_since.get_or_insert_with(Instant::now);
             state.lines.clear();
             state.records_in_batch = 0;
+            state.checkpoints_in_batch = 0;
             state.prehashed_in_batch = 0;
             state.batch_chain = None;
             state.kept.clear();
@@ -818,13 +826,17 @@ impl Worker {
                 d.detail_raw("at_stop", b"true");
             }
         });
+        state.checkpoints_in_batch += 1;
         if let Some(c) = &mut self.checkpoints {
             c.since = 0;
             c.last_at = Instant::now();
         }
     }
 
-    /// Writes a record of the crate's own into the batch.
+    /// Writes a record of the crate's own into the batch, and a checkpoint
+    /// right after it if it reached the count: the trail's own records
+    /// count as the application's do, so the tail a cut can hide stays at
+    /// most `every` records whoever wrote them.
     fn own_record(
         &mut self,
         state: &mut State,
@@ -834,6 +846,9 @@ impl Worker {
         details: impl FnOnce(&mut Draft),
     ) {
         self.own_record_kept(state, event, level, message, true, details);
+        if self.checkpoint_due_after(0) {
+            self.checkpoint(state, false);
+        }
     }
 
     /// [`Self::own_record`]; `keep`: whether `OnError::Drop` keeps it
@@ -887,16 +902,27 @@ impl Worker {
     /// dropped and counted, except those kept (durable, own), which are
     /// sealed again from where the chain stood before the batch: the trail
     /// stays contiguous. The waiters stay: their records are still there.
+    /// The count toward the next checkpoint goes back with the chain (a
+    /// checkpoint in the dropped batch is dropped with it), and a
+    /// checkpoint follows the kept records if they reach it.
     fn drop_batch(&mut self, state: &mut State) {
-        let Some(chain) = state.batch_chain.take() else {
+        let Some((chain, since)) = state.batch_chain.take() else {
             return;
         };
         let kept = std::mem::take(&mut state.kept);
-        let dropped = state.records_in_batch - kept.len() as u64;
+        // A checkpoint dropped with the batch is not a record lost: the
+        // next one, after the kept records, replaces it.
+        let dropped = state
+            .records_in_batch
+            .saturating_sub(state.checkpoints_in_batch + kept.len() as u64);
         self.chain = chain;
+        if let Some(c) = &mut self.checkpoints {
+            c.since = since;
+        }
         state.batch.clear();
         state.lines.clear();
         state.records_in_batch = 0;
+        state.checkpoints_in_batch = 0;
         state.prehashed_in_batch = 0;
         for (id, body, keys) in kept {
             let p = Pending {
@@ -907,6 +933,9 @@ impl Worker {
                 mid: None,
             };
             self.seal(state, p, true);
+        }
+        if self.checkpoint_due_after(0) {
+            self.checkpoint(state, false);
         }
         self.counters.dropped(DropCause::WriteError, dropped);
     }
@@ -937,6 +966,9 @@ impl Worker {
         for p in std::mem::take(&mut state.held) {
             state.want_sync = true;
             self.seal(state, p, true);
+            if self.checkpoint_due_after(0) {
+                self.checkpoint(state, false);
+            }
         }
     }
 
@@ -1152,11 +1184,13 @@ impl Worker {
         let written = self.counters.records_written.load(Relaxed) + state.records_in_batch + 1;
         let dropped = self.counters.records_dropped.load(Relaxed);
         let last = self.chain.next_seq();
-        self.own_record(
+        // Not `own_record`: the checkpoint at stop follows this one.
+        self.own_record_kept(
             state,
             "audit_stopped",
             &Level::INFO,
             "audit trail stopped",
+            true,
             |c| {
                 c.detail_u64("records_written", written);
                 c.detail_u64("records_dropped", dropped);
@@ -1189,6 +1223,7 @@ impl Worker {
         state.batch.clear();
         state.lines.clear();
         state.records_in_batch = 0;
+        state.checkpoints_in_batch = 0;
         for w in state
             .batch_waiters
             .drain(..)

@@ -201,3 +201,28 @@ pub fn tempdir() -> tempfile::TempDir {
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     d
 }
+
+/// Exactly `every` records (the application's and the trail's own alike)
+/// before each checkpoint not at stop, never more than `every` without
+/// one, and each checkpoint names the record right before it.
+pub fn assert_checkpoints_every(recs: &[serde_json::Value], every: u64) {
+    let mut since = 0;
+    for r in recs {
+        if r["event_type"] == "checkpoint" {
+            if r["details"]["at_stop"] != true {
+                assert_eq!(since, every, "a checkpoint after {since} records: {r}");
+            }
+            since = 0;
+        } else {
+            since += 1;
+            assert!(since <= every, "{since} records without a checkpoint: {r}");
+        }
+    }
+    for w in recs.windows(2) {
+        if w[1]["event_type"] == "checkpoint" {
+            assert_eq!(w[1]["details"]["seq"], w[0]["seq"]);
+            assert_eq!(w[1]["details"]["hash"], w[0]["hash"]);
+            assert_eq!(w[1]["details"]["chain_id"], w[0]["chain_id"]);
+        }
+    }
+}
