@@ -105,6 +105,16 @@ fn same_name(a: &'static str, b: &'static str) -> bool {
     std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()
 }
 
+/// Where [`Draft::audit_str_fast`] leaves a string field.
+enum StrPath {
+    /// Taken.
+    Done,
+    /// Remembered, not taken: its class and table slot.
+    Known(Option<AuditName>, usize),
+    /// Not remembered for this callsite.
+    Unknown,
+}
+
 /// What a field name means for a draft, worked out once and kept while the
 /// thread sees it: its `audit.*` class, whether the redactor hides its
 /// value, and its JSON key. Names of `tracing` fields are `&'static str`,
@@ -636,6 +646,50 @@ impl Draft {
         self.ctx.iter().all(Option::is_some) && self.span_risk.is_some()
     }
 
+    /// [`Visit::record_str`] for a field of a remembered callsite: an
+    /// audit slot's value of at most 32 bytes with the room for it in the
+    /// arena is taken here ([`StrPath::Done`], the same result as
+    /// [`record_string`](Self::record_string)); any other remembered field
+    /// comes back with its class and slot, and the rest as unknown.
+    #[inline(always)]
+    fn audit_str_fast(&mut self, field: &Field, v: &str) -> StrPath {
+        if self.site.as_ref() != Some(&field.callsite()) {
+            return StrPath::Unknown;
+        }
+        let Some(&k) = self.site_slots.get(field.index()) else {
+            return StrPath::Unknown;
+        };
+        let Some(slot) = self.names.get(usize::from(k)) else {
+            return StrPath::Unknown;
+        };
+        if !slot.name.is_some_and(|n| same_name(n, field.name())) {
+            return StrPath::Unknown;
+        }
+        let class = slot.class;
+        let start = self.arena.len();
+        let target = match class {
+            Some(AuditName::Event) => &mut self.event,
+            Some(AuditName::Context(c)) => match self.ctx.get_mut(c as usize) {
+                Some(t) => t,
+                None => return StrPath::Known(class, usize::from(k)),
+            },
+            _ => return StrPath::Known(class, usize::from(k)),
+        };
+        // SAFETY: a whole `str` appended to a `String` keeps it UTF-8.
+        if !encode::put_small_in_room(unsafe { self.arena.as_mut_vec() }, v.as_bytes()) {
+            return StrPath::Known(class, usize::from(k));
+        }
+        *target = Some(start..self.arena.len());
+        StrPath::Done
+    }
+
+    /// [`Visit::record_str`] when [`audit_str_fast`](Self::audit_str_fast)
+    /// does not apply.
+    #[inline(never)]
+    fn record_str_slow(&mut self, field: &Field, v: &str) {
+        self.record_string(field, v);
+    }
+
     /// A string value: the audit slots here, inline (every audit event
     /// has some, and the policy layer has nothing else); the rest in
     /// [`record_string_detail`](Self::record_string_detail).
@@ -644,18 +698,21 @@ impl Draft {
         match self.field_name(field) {
             (Some(AuditName::Event), _) => self.event = Some(self.push_arena(v)),
             (Some(AuditName::Context(c)), _) => self.ctx[c as usize] = Some(self.push_arena(v)),
-            (class, slot) => self.record_string_detail(field.name(), class, slot, v),
+            (class, slot) => self.record_string_detail(field, class, slot, v),
         }
     }
 
     #[inline(never)]
     fn record_string_detail(
         &mut self,
-        name: &'static str,
+        field: &Field,
         class: Option<AuditName>,
         slot: usize,
         v: &str,
     ) {
+        // The field, not its name: six arguments in registers, so that
+        // `record_str` reaches this with a jump and needs no frame.
+        let name = field.name();
         let key = DetailKey::Static(name, slot);
         match class {
             // Taken by `record_string`; kept whole here so no class is lost.
@@ -790,8 +847,16 @@ pub(crate) fn fmt_bounded(out: &mut String, v: &dyn fmt::Debug, limit: usize) ->
 }
 
 impl Visit for Draft {
+    /// An audit slot's value from a remembered callsite, short enough and
+    /// with room in the arena (most of them), takes a path that calls
+    /// nothing, so this needs no stack frame; anything else is a tail call.
+    #[inline]
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.record_string(field, value);
+        match self.audit_str_fast(field, value) {
+            StrPath::Done => {}
+            StrPath::Known(class, slot) => self.record_string_detail(field, class, slot, value),
+            StrPath::Unknown => self.record_str_slow(field, value),
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {

@@ -94,6 +94,48 @@ pub(crate) fn put(buf: &mut Vec<u8>, b: &[u8]) {
     unsafe { buf.set_len(len + n) };
 }
 
+/// Appends `b` to `buf` if it is at most 32 bytes and `buf` has the room
+/// already, and returns whether it did; otherwise leaves `buf` as it was.
+/// Never calls anything (no `reserve`, no `memcpy`): a caller whose common
+/// case is this needs no stack frame of its own for it.
+#[inline(always)]
+pub(crate) fn put_small_in_room(buf: &mut Vec<u8>, b: &[u8]) -> bool {
+    let n = b.len();
+    if n > 32 || buf.capacity() - buf.len() < n {
+        return false;
+    }
+    let len = buf.len();
+    let dst = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    // SAFETY: `dst` has at least `n` bytes of spare capacity (checked
+    // above); every store below ends at or before `n`, and together they
+    // cover every byte below `n` (overlapping halves, or three bytes).
+    unsafe {
+        if n > 16 {
+            let lo = b[..16].as_ptr().cast::<[u8; 16]>().read_unaligned();
+            let hi = b[n - 16..].as_ptr().cast::<[u8; 16]>().read_unaligned();
+            dst.cast::<[u8; 16]>().write_unaligned(lo);
+            dst.add(n - 16).cast::<[u8; 16]>().write_unaligned(hi);
+        } else if n >= 8 {
+            let (lo, hi) = (word_at(b, 0), word_at(b, n - 8));
+            dst.cast::<[u8; 8]>().write_unaligned(lo.to_le_bytes());
+            dst.add(n - 8)
+                .cast::<[u8; 8]>()
+                .write_unaligned(hi.to_le_bytes());
+        } else if n >= 4 {
+            let lo = [b[0], b[1], b[2], b[3]];
+            let hi = [b[n - 4], b[n - 3], b[n - 2], b[n - 1]];
+            dst.cast::<[u8; 4]>().write_unaligned(lo);
+            dst.add(n - 4).cast::<[u8; 4]>().write_unaligned(hi);
+        } else if n > 0 {
+            dst.write(b[0]);
+            dst.add(n / 2).write(b[n / 2]);
+            dst.add(n - 1).write(b[n - 1]);
+        }
+        buf.set_len(len + n);
+    }
+    true
+}
+
 /// Appends `b` to `buf` and returns true if no byte of it needs escaping
 /// (printable ASCII other than `"` and `\\`); otherwise leaves `buf` as it
 /// was and returns false.
@@ -670,6 +712,31 @@ mod tests {
                 assert_eq!(buf.len(), before + n);
                 assert!(buf[..before].iter().all(|&b| b == 0xee));
                 assert_eq!(&buf[before..], &src[..n], "{n} after {before}");
+            }
+        }
+    }
+
+    /// Every length 0-40, with no room, exactly the room, and more: written
+    /// exactly when it is at most 32 bytes and fits, else nothing changes.
+    #[test]
+    fn put_small_in_room_writes_exactly_or_nothing() {
+        let src: Vec<u8> = (1..=40u8).collect();
+        for n in 0..=40 {
+            for before in [0usize, 3, 61] {
+                for room in [0usize, n, n + 7] {
+                    let mut buf = Vec::with_capacity(before + room);
+                    buf.resize(before, 0xee);
+                    let room = buf.capacity() - buf.len();
+                    let done = put_small_in_room(&mut buf, &src[..n]);
+                    assert_eq!(
+                        done,
+                        n <= 32 && n <= room,
+                        "{n} after {before}, room {room}"
+                    );
+                    assert!(buf[..before].iter().all(|&b| b == 0xee));
+                    let expect = if done { &src[..n] } else { &[][..] };
+                    assert_eq!(&buf[before..], expect, "{n} after {before}, room {room}");
+                }
             }
         }
     }
