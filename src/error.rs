@@ -49,7 +49,8 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// Another process holds the directory's lock.
+    /// Another process (or another pipeline of this one) holds the
+    /// directory's lock, and still held it after a second.
     #[error("audit directory `{}` is in use by another process (its .lock is held)", dir.display())]
     DirectoryInUse {
         /// The directory.

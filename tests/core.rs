@@ -357,6 +357,36 @@ fn broken_directory_is_a_clear_error() {
     assert!(matches!(err, Error::Config(_)));
 }
 
+/// A child process between `fork` and `exec` holds a copy of the lock's
+/// descriptor: a pipeline started again on the same directory right after
+/// the first stopped waits for the child's `exec` instead of failing.
+#[test]
+fn a_restart_while_a_child_is_spawned_waits_for_its_exec() {
+    use std::os::unix::process::CommandExt;
+    let dir = common::tempdir();
+    let (_a, guard) = AuditLayer::builder()
+        .file(dir.path())
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let mut cmd = std::process::Command::new("true");
+    // SAFETY: the child only sleeps (`nanosleep`) before its `exec`.
+    unsafe {
+        cmd.pre_exec(|| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            Ok(())
+        });
+    }
+    let spawned = std::thread::spawn(move || cmd.status().unwrap());
+    // The child forked (it holds the lock's copy) before the guard goes.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(guard);
+    let again = AuditLayer::builder()
+        .file(dir.path())
+        .build::<tracing_subscriber::Registry>();
+    assert!(again.is_ok(), "{:?}", again.err());
+    assert!(spawned.join().unwrap().success());
+}
+
 #[test]
 fn a_second_writer_on_the_same_directory_is_refused() {
     let dir = common::tempdir();

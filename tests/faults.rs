@@ -943,13 +943,16 @@ fn an_io_error_is_seen_and_the_writer_goes_on_after_a_remount() {
         during,
         acked.len()
     );
+    // A shut-down ext4 answers EIO; one that went read-only first answers
+    // EROFS. Which one the writer meets first depends on timing (EROFS in
+    // 1 of 4 runs of this test with two CPU hogs).
     let failures = err
         .lines()
-        .filter(|l| l.contains("Input/output error"))
+        .filter(|l| l.contains("Input/output error") || l.contains("Read-only file system"))
         .count();
     assert!(
         (1..=3).contains(&failures),
-        "the error said once per episode, not per retry: {failures} lines"
+        "the error said once per episode, not per retry: {failures} lines:\n{err}"
     );
     remount_and_check(fs, &img, base.path(), &acked, false, Some(during));
     drop(backing);

@@ -578,7 +578,16 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<PreparedDir, Error> {
     Ok(PreparedDir { path: abs, warning })
 }
 
-/// Takes the directory's exclusive lock, or says who holds it.
+/// How long [`lock_dir`] waits for a lock that is held before it says the
+/// directory is in use. A child process between `fork` and `exec` holds a
+/// copy of each of its parent's descriptors, the lock's included (an
+/// `flock` belongs to the open file, which lives while any copy does), so a
+/// pipeline started again in-process, while the process spawns a child, can
+/// find the lock of the one just stopped still held for that moment.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Takes the directory's exclusive lock, or says who holds it (after
+/// [`LOCK_WAIT`]).
 pub(crate) fn lock_dir(dir: &Path) -> Result<File, Error> {
     let path = dir.join(LOCK_FILE);
     let f = OpenOptions::new()
@@ -588,11 +597,21 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, Error> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| Error::io("open lock file", &path, e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::DirectoryInUse {
-            dir: dir.to_path_buf(),
-        }),
-        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock audit directory", &path, e)),
+    let start = std::time::Instant::now();
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::DirectoryInUse {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io("lock audit directory", &path, e))
+            }
+        }
     }
 }
