@@ -543,9 +543,7 @@ impl Worker {
             // Right after the record that reached the count, not after the
             // batch: a batch can hold many times `every` records, and the
             // count bounds what a cut tail can hide.
-            if self.checkpoint_due_after(0) {
-                self.checkpoint(state, false);
-            }
+            self.checkpoint_if_counted(state);
         }
         state.ahead = ahead;
         if n > 0 {
@@ -798,6 +796,15 @@ impl Worker {
             .is_some_and(|c| c.since + more >= c.every)
     }
 
+    /// A checkpoint right after the record that reached the count, wherever
+    /// it was sealed. The guard keeps [`Self::checkpoint`]'s clock read (its
+    /// interval test) off the per-record path.
+    fn checkpoint_if_counted(&mut self, state: &mut State) {
+        if self.checkpoint_due_after(0) {
+            self.checkpoint(state, false);
+        }
+    }
+
     /// Writes a signed checkpoint of the last record sealed, if one is
     /// due (or `at_stop`). Not kept by `OnError::Drop`: a checkpoint names
     /// the record before it, so after a dropped batch it would name a
@@ -846,9 +853,7 @@ impl Worker {
         details: impl FnOnce(&mut Draft),
     ) {
         self.own_record_kept(state, event, level, message, true, details);
-        if self.checkpoint_due_after(0) {
-            self.checkpoint(state, false);
-        }
+        self.checkpoint_if_counted(state);
     }
 
     /// [`Self::own_record`]; `keep`: whether `OnError::Drop` keeps it
@@ -934,9 +939,7 @@ impl Worker {
             };
             self.seal(state, p, true);
         }
-        if self.checkpoint_due_after(0) {
-            self.checkpoint(state, false);
-        }
+        self.checkpoint_if_counted(state);
         self.counters.dropped(DropCause::WriteError, dropped);
     }
 
@@ -966,9 +969,7 @@ impl Worker {
         for p in std::mem::take(&mut state.held) {
             state.want_sync = true;
             self.seal(state, p, true);
-            if self.checkpoint_due_after(0) {
-                self.checkpoint(state, false);
-            }
+            self.checkpoint_if_counted(state);
         }
     }
 
