@@ -591,6 +591,11 @@ pub(crate) struct Link<'a> {
     pub(crate) seq: u64,
     pub(crate) prev_hash: &'a str,
     pub(crate) hash: &'a str,
+    /// Where the chain fields start (`,"seq":`) on a schema 3 line whose
+    /// chain fields, read here, are also in the strict written form (a
+    /// `seq` without a leading zero): the strict check then stops there
+    /// instead of reading them again. `None` on any other line.
+    pub(crate) tail_at: Option<usize>,
 }
 
 /// Why a line's chain fields could not be read.
@@ -727,6 +732,7 @@ pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
         return Err(LinkError::Malformed);
     };
     let after_id = HEAD.len() + ID_LEN;
+    let mut tail_at = None;
     let (seq, chain_id) = if version == 3 {
         // `"` after the id; `,"seq":<n>,"chain_id":"<36>"` just before
         // `,"prev_hash"`, read from the end.
@@ -759,6 +765,9 @@ pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
         }
         let seq = parse_seq(&line[seq_at..key_at])?;
         let id = canonical::utf8(id).ok_or(LinkError::Malformed)?;
+        // JSON has no leading zeros: such a line is left to the full check.
+        let written_form = digits == 1 || line[seq_at] != b'0';
+        tail_at = written_form.then(|| seq_at - SEQ_KEY.len());
         (seq, Some(id))
     } else {
         let seq_part = line[after_id..]
@@ -786,6 +795,7 @@ pub(crate) fn read_link(line: &[u8]) -> Result<Link<'_>, LinkError> {
         seq,
         prev_hash,
         hash,
+        tail_at,
     })
 }
 

@@ -490,7 +490,9 @@ struct CheckedSource {
 
 impl<'a> CheckedRecord<'a> {
     /// Checks `line` strictly as a record of schema [`SCHEMA_VERSION`]
-    /// (or 1).
+    /// (or 1). (The readers have the line's chain fields at hand and call
+    /// [`check_linked`](Self::check_linked).)
+    #[cfg(test)]
     pub(crate) fn check(line: &'a [u8]) -> Result<Self, serde_json::Error> {
         // A line in the written form is checked in one pass; anything else
         // (and every failure, with its explanation) by serde.
@@ -499,6 +501,36 @@ impl<'a> CheckedRecord<'a> {
         if let Some(r) = canonical::check(line) {
             return Ok(r);
         }
+        Self::check_by_serde(line)
+    }
+
+    /// [`check`](Self::check), for a line whose chain fields
+    /// [`read_link`](chain::read_link) has read as `link`: the same verdict,
+    /// without reading them twice.
+    pub(crate) fn check_linked(
+        line: &'a [u8],
+        link: &chain::Link<'a>,
+    ) -> Result<Self, serde_json::Error> {
+        let tail = link
+            .tail_at
+            .zip(link.chain_id)
+            .map(|(at, chain_id)| canonical::Tail {
+                at,
+                seq: link.seq,
+                chain_id,
+            });
+        let fast = match tail {
+            Some(tail) => canonical::check_linked(line, tail),
+            None => canonical::check(line),
+        };
+        match fast {
+            Some(r) => Ok(r),
+            None => Self::check_by_serde(line),
+        }
+    }
+
+    /// The serde parse: decides and explains whatever the fast path leaves.
+    fn check_by_serde(line: &'a [u8]) -> Result<Self, serde_json::Error> {
         let r: Self = serde_json::from_slice(line)?;
         check_schema(r.schema, r.chain_id.as_deref())?;
         Ok(r)

@@ -283,7 +283,7 @@ impl Collector {
         let wrong = if !hash_ok {
             Some("the record's bytes do not match its hash: it was edited (or sealed under another key)".to_owned())
         } else {
-            CheckedRecord::check(rec)
+            CheckedRecord::check_linked(rec, &link)
                 .err()
                 .map(|e| format!("a sealed line that is not a record of the schema: {e}"))
         };

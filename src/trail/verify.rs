@@ -581,14 +581,14 @@ impl Verifier {
         &mut self,
         p: &Place<'_>,
         line: &'a [u8],
-        link: &Link<'_>,
+        link: &Link<'a>,
     ) -> Result<Parsed<'a>, Seen> {
         let not_a_record = |v: &mut Self, e: serde_json::Error| {
             let detail = format!("a sealed line that is not a record of the schema: {e}");
             v.fail(FailureKind::NotARecord, p.path, p.line, detail);
             Seen::Failed
         };
-        let checked = CheckedRecord::check(line).map_err(|e| not_a_record(self, e))?;
+        let checked = CheckedRecord::check_linked(line, link).map_err(|e| not_a_record(self, e))?;
         let full = if !self.junk.is_empty() || self.expect.is_none() {
             Some(Box::new(
                 AuditRecord::parse(line).map_err(|e| not_a_record(self, e))?,
