@@ -357,34 +357,102 @@ fn broken_directory_is_a_clear_error() {
     assert!(matches!(err, Error::Config(_)));
 }
 
-/// A child process between `fork` and `exec` holds a copy of the lock's
-/// descriptor: a pipeline started again on the same directory right after
-/// the first stopped waits for the child's `exec` instead of failing.
+/// A child process made without running `fork` handlers (a raw `clone`, as
+/// `vfork`-style spawners do) holds a copy of the lock's descriptor until
+/// its `exec` or exit: a pipeline started again on the same directory right
+/// after the first stopped waits for it instead of failing.
 #[test]
-fn a_restart_while_a_child_is_spawned_waits_for_its_exec() {
-    use std::os::unix::process::CommandExt;
+fn a_restart_while_a_raw_child_holds_the_lock_waits_for_it() {
     let dir = common::tempdir();
     let (_a, guard) = AuditLayer::builder()
         .file(dir.path())
         .build::<tracing_subscriber::Registry>()
         .unwrap();
-    let mut cmd = std::process::Command::new("true");
-    // SAFETY: the child only sleeps (`nanosleep`) before its `exec`.
-    unsafe {
-        cmd.pre_exec(|| {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            Ok(())
-        });
+    // The child leaves once it reads a byte from this pipe.
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) = (fds[0], fds[1]);
+    // SAFETY: a plain `clone` with SIGCHLD is `fork` without its handlers;
+    // the child only reads and leaves with `_exit`, both async-signal-safe.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) } as libc::pid_t;
+    assert!(pid >= 0, "clone failed");
+    if pid == 0 {
+        unsafe {
+            let mut b = 0u8;
+            libc::read(read_end, (&mut b as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
     }
-    let spawned = std::thread::spawn(move || cmd.status().unwrap());
-    // The child forked (it holds the lock's copy) before the guard goes.
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(guard);
+    // The child goes 200 ms after the second start begins, within its wait.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // SAFETY: the pipe's write end, ours.
+        unsafe { libc::write(write_end, b"x".as_ptr().cast(), 1) };
+    });
+    let started = std::time::Instant::now();
+    let again = AuditLayer::builder()
+        .file(dir.path())
+        .build::<tracing_subscriber::Registry>();
+    let waited = started.elapsed();
+    release.join().unwrap();
+    let mut status = 0;
+    // SAFETY: our own child and pipe.
+    unsafe {
+        libc::waitpid(pid, &mut status, 0);
+        libc::close(read_end);
+        libc::close(write_end);
+    }
+    assert!(again.is_ok(), "{:?}", again.err());
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    // It waited for the child (what the test is about).
+    assert!(
+        waited >= std::time::Duration::from_millis(150),
+        "{waited:?}"
+    );
+}
+
+/// A child forked without `exec` (a pre-fork server's worker, a daemon's
+/// helper) does not keep the audit directory locked: once the parent's
+/// pipeline stops, another starts on the directory while the child still
+/// runs. (Before, the child's copy of the lock's descriptor held it for as
+/// long as the child lived: `DirectoryInUse` after the second's wait.)
+#[test]
+fn a_child_forked_without_exec_does_not_hold_the_directory() {
+    let dir = common::tempdir();
+    let (_a, guard) = AuditLayer::builder()
+        .file(dir.path())
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    // SAFETY: the child only sleeps (`nanosleep`) and leaves with `_exit`,
+    // both async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        unsafe {
+            let ts = libc::timespec {
+                tv_sec: 5,
+                tv_nsec: 0,
+            };
+            libc::nanosleep(&ts, std::ptr::null_mut());
+            libc::_exit(0);
+        }
+    }
     drop(guard);
     let again = AuditLayer::builder()
         .file(dir.path())
         .build::<tracing_subscriber::Registry>();
+    let alive = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0;
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    assert!(
+        alive,
+        "the child left before the second start: nothing was tested"
+    );
     assert!(again.is_ok(), "{:?}", again.err());
-    assert!(spawned.join().unwrap().success());
 }
 
 #[test]

@@ -346,18 +346,20 @@ impl Waker {
 /// Bumped in every child process a `fork` creates (a `pthread_atfork`
 /// handler), so a pipeline built before the fork knows it is in a child:
 /// there it has no worker thread, and waiting for one would hang forever.
+/// The same handler closes the child's copies of the directory locks.
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 static ATFORK: Once = Once::new();
 
 extern "C" fn in_forked_child() {
     FORK_GENERATION.fetch_add(1, Relaxed);
+    crate::sink::file::close_locks_in_child();
 }
 
 /// The current fork generation; installs the `fork` handler once.
 pub(crate) fn fork_generation() -> u64 {
     ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only touches an atomic, which is
-        // async-signal-safe, as a child handler must be.
+        // SAFETY: registers a handler that only touches atomics and calls
+        // `close`, which are async-signal-safe, as a child handler must be.
         unsafe {
             libc::pthread_atfork(None, None, Some(in_forked_child));
         }

@@ -579,16 +579,109 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<PreparedDir, Error> {
 }
 
 /// How long [`lock_dir`] waits for a lock that is held before it says the
-/// directory is in use. A child process between `fork` and `exec` holds a
-/// copy of each of its parent's descriptors, the lock's included (an
-/// `flock` belongs to the open file, which lives while any copy does), so a
-/// pipeline started again in-process, while the process spawns a child, can
-/// find the lock of the one just stopped still held for that moment.
+/// directory is in use. A child process `fork` creates holds a copy of each
+/// of its parent's descriptors, the lock's included (an `flock` belongs to
+/// the open file, which lives while any copy does). The crate's `fork`
+/// handler closes the copy in the child at once ([`close_locks_in_child`]);
+/// a child made without running `fork` handlers (a raw `clone`, `vfork`)
+/// keeps it until its `exec`, so a pipeline started again in-process while
+/// such a child is spawned can find the lock of the one just stopped still
+/// held for that moment.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Directory locks a process can hold at once with the child's copy closed
+/// at `fork`; a lock beyond them works the same, without that.
+const LOCK_SLOTS: usize = 32;
+
+/// The descriptors of the directory locks this process holds (`-1`: free).
+/// Atomics, so the `fork` child handler can read them (async-signal-safe).
+static LOCK_FDS: [std::sync::atomic::AtomicI32; LOCK_SLOTS] =
+    [const { std::sync::atomic::AtomicI32::new(-1) }; LOCK_SLOTS];
+
+/// Bumped by [`close_locks_in_child`]: a lock taken in another generation
+/// is a child's copy, already closed.
+static LOCKS_CLOSED_IN_CHILD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// In a child `fork` just created (called by the crate's `fork` handler,
+/// which the pipeline installs): closes its copies of the parent's
+/// directory locks, so the child never keeps a directory locked (a
+/// pre-fork server's worker, a daemon's helper, a child between `fork` and
+/// `exec`) after the process that locked it stopped. The parent's own
+/// descriptors, and so its locks, are untouched. Only atomics and `close`:
+/// async-signal-safe, as a `fork` child handler must be.
+pub(crate) fn close_locks_in_child() {
+    use std::sync::atomic::Ordering::AcqRel;
+    LOCKS_CLOSED_IN_CHILD.fetch_add(1, AcqRel);
+    for slot in &LOCK_FDS {
+        let fd = slot.swap(-1, AcqRel);
+        if fd >= 0 {
+            // SAFETY: `fd` is this process's copy of a lock descriptor
+            // (registered by `DirLock`), which nothing in the child uses;
+            // the slot is cleared first, so `DirLock` will not close it too.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// A directory's exclusive lock, held while this value lives. A child
+/// `fork` creates does not hold it ([`close_locks_in_child`]).
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    file: std::mem::ManuallyDrop<File>,
+    /// The entry of [`LOCK_FDS`] that names it, if one was free.
+    slot: Option<usize>,
+    /// The fork generation it was taken in: in a child, its descriptor is
+    /// the child's copy, closed at `fork`, and its number may be reused.
+    generation: u64,
+}
+
+impl DirLock {
+    fn new(file: File) -> Self {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+        // Before the entry exists (or the pipeline's `fork` handler is
+        // installed), a fork leaves the child holding its copy, as it did
+        // before there were entries.
+        let generation = LOCKS_CLOSED_IN_CHILD.load(Acquire);
+        let fd = file.as_raw_fd();
+        let slot = LOCK_FDS
+            .iter()
+            .position(|s| s.compare_exchange(-1, fd, AcqRel, Relaxed).is_ok());
+        DirLock {
+            file: std::mem::ManuallyDrop::new(file),
+            slot,
+            generation,
+        }
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+        let fd = self.file.as_raw_fd();
+        let ours = match self.slot {
+            // In a child the handler cleared the entry and closed the copy
+            // already: closing it again could close another file that took
+            // its number (the entry may even name that file's lock now).
+            _ if LOCKS_CLOSED_IN_CHILD.load(Acquire) != self.generation => false,
+            // The entry is cleared before the descriptor is closed, so a
+            // fork in between never closes a number reused since.
+            Some(i) => LOCK_FDS[i]
+                .compare_exchange(fd, -1, AcqRel, Relaxed)
+                .is_ok(),
+            None => true,
+        };
+        if ours {
+            // SAFETY: dropped once, here; not used after.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.file) };
+        }
+    }
+}
 
 /// Takes the directory's exclusive lock, or says who holds it (after
 /// [`LOCK_WAIT`]).
-pub(crate) fn lock_dir(dir: &Path) -> Result<File, Error> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock, Error> {
     let path = dir.join(LOCK_FILE);
     let f = OpenOptions::new()
         .create(true)
@@ -600,7 +693,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, Error> {
     let start = std::time::Instant::now();
     loop {
         match f.try_lock() {
-            Ok(()) => return Ok(f),
+            Ok(()) => return Ok(DirLock::new(f)),
             Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }

@@ -234,7 +234,7 @@ pub(crate) struct FileWriter {
     forwarders: Vec<std::sync::Arc<crate::sink::Progress>>,
     /// Such deletions, for the worker to put on the record.
     forward_gaps: Vec<ForwardGap>,
-    _lock: File,
+    _lock: super::DirLock,
 }
 
 /// Records retention deleted before every sink reading the trail had
@@ -257,7 +257,7 @@ impl Drop for FileWriter {
 }
 
 impl FileWriter {
-    pub(crate) fn new(sink: &FileSink, dir: PathBuf, lock: File) -> Self {
+    pub(crate) fn new(sink: &FileSink, dir: PathBuf, lock: super::DirLock) -> Self {
         FileWriter {
             dir,
             sink: sink.clone(),
