@@ -729,3 +729,80 @@ fn trail_stats_keep_the_top_actors_and_sum_the_rest() {
     assert_eq!(s.by_actor.values().sum::<u64>() + s.other_actors, s.total);
     assert!(s.other_actors > 0);
 }
+
+/// A symbolic link named like an audit file, the lock or a forward cursor
+/// (planted by whoever could write the directory) is refused at start,
+/// naming it; the file it points to, outside the trail, is untouched.
+#[test]
+fn a_symlink_named_like_an_audit_file_is_refused_at_start() {
+    for name in [
+        "audit.jsonl",
+        "audit_000003.jsonl",
+        ".lock",
+        ".forward-siem.cursor",
+    ] {
+        let outside = common::tempdir();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"precious\n").unwrap();
+        let dir = common::tempdir();
+        std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+        let sink = FileSink::new(dir.path()).rotation(tracing_audit::file::Rotation::NEVER);
+        let err = AuditLayer::builder()
+            .file(sink)
+            .build::<tracing_subscriber::Registry>()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(name) && (text.contains("symbolic link") || text.contains("links")),
+            "{name}: {text}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n", "{name}");
+    }
+}
+
+/// A link planted while the trail runs, where the writer opens its next
+/// file, is never written through: the open is refused (`O_NOFOLLOW`), the
+/// failure is visible (no flush succeeds, the health says why), and the
+/// file it points to stays as it was. (Before, the writer appended the
+/// trail's records to it.)
+#[test]
+fn a_symlink_planted_while_running_is_never_written_through() {
+    let outside = common::tempdir();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"precious\n").unwrap();
+    let dir = common::tempdir();
+    let sink = FileSink::new(dir.path())
+        .rotation(tracing_audit::file::Rotation::NEVER)
+        .max_file_size(4_000);
+    let (layer, guard) = AuditLayer::builder()
+        .file(sink)
+        .shutdown_grace(std::time::Duration::from_millis(500))
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let handle = guard.handle();
+    assert!(handle.flush());
+    for k in 1..=3 {
+        let link = dir.path().join(format!("audit_{k:06}.jsonl"));
+        std::os::unix::fs::symlink(&victim, link).unwrap();
+    }
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        for i in 0..20 {
+            tracing::info!(audit.event = "through_a_link", audit.actor = "mallory", i);
+        }
+    });
+    let flushed = handle.flush_timeout(std::time::Duration::from_secs(2));
+    let health = handle.health();
+    assert!(!flushed, "a flush succeeded through a planted link");
+    assert!(
+        !health.healthy
+            && health
+                .reasons
+                .iter()
+                .any(|r| r.contains("audit_000001.jsonl")),
+        "{health:?}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+    drop(guard);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+}

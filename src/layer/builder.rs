@@ -571,6 +571,7 @@ impl AuditLayerBuilder {
         let dir = file::prepare_dir(&sink.dir)?;
         let warnings = dir.warning.into_iter().collect();
         let lock = file::lock_dir(&dir.path)?;
+        file::refuse_links(&dir.path, &sink.prefix, &sink.suffix)?;
         let resume = file::find_resume(sink, &dir.path, hasher)?;
         Ok((
             Some(FileWriter::new(sink, dir.path, lock)),

@@ -323,7 +323,10 @@ impl Worker {
             self.check_max_level(state);
             self.check_space(state);
         }
-        if healthy {
+        // Not right after this step's own failure (a file that could not be
+        // started, say): a sync of the file before it would otherwise call
+        // the storage recovered while the new one still fails.
+        if healthy && state.retry_at.is_none_or(|t| Instant::now() >= t) {
             self.write_and_sync(state, stopping);
         }
         if let Some(deadline) = state.deadline {

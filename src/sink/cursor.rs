@@ -183,6 +183,9 @@ impl Cursor {
                     .create(true)
                     .truncate(false)
                     .mode(0o600)
+                    // Never through a link planted in the directory (it
+                    // would truncate the file it points to).
+                    .custom_flags(crate::sink::file::NOFOLLOW)
                     .open(&self.path)?,
             );
         }

@@ -427,6 +427,35 @@ impl<P: AsRef<Path>> From<P> for FileSink {
     }
 }
 
+/// `open` flag for every file the crate opens in the audit directory to
+/// write: a symbolic link planted there (by whoever could write the
+/// directory) is refused with `ELOOP`, never written through, so the trail
+/// cannot be turned into a write, or a truncation, of a file elsewhere.
+pub(crate) const NOFOLLOW: i32 = libc::O_NOFOLLOW;
+
+/// Refuses to start on a directory holding a symbolic link named like an
+/// audit file (the writer would open it to continue): the error names it.
+pub(crate) fn refuse_links(dir: &Path, prefix: &str, suffix: &str) -> Result<(), Error> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("list audit directory", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list audit directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let plain = name.strip_suffix(GZ).unwrap_or(name);
+        let named_like_ours = (name.starts_with(prefix) && plain.ends_with(suffix))
+            || name == LOCK_FILE
+            || (name.starts_with(".forward-") && name.ends_with(".cursor"));
+        let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        if named_like_ours && is_link {
+            return Err(Error::Config(format!(
+                "{} is a symbolic link: audit files are never written through links (someone who could write the directory may have planted it); remove it",
+                entry.path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What a compressed audit file's name ends with, after the suffix.
 pub(crate) const GZ: &str = ".gz";
 
@@ -688,6 +717,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock, Error> {
         .truncate(false)
         .write(true)
         .mode(0o600)
+        .custom_flags(NOFOLLOW)
         .open(&path)
         .map_err(|e| Error::io("open lock file", &path, e))?;
     let start = std::time::Instant::now();

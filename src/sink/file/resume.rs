@@ -23,7 +23,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -244,7 +244,10 @@ fn prev_newline(f: &mut File, before: u64) -> io::Result<Option<u64>> {
 
 /// Writes `bytes` at `at` (the end of the file) and syncs.
 fn append(path: &Path, at: u64, bytes: &[u8]) -> io::Result<()> {
-    let w = OpenOptions::new().write(true).open(path)?;
+    let w = OpenOptions::new()
+        .write(true)
+        .custom_flags(super::NOFOLLOW)
+        .open(path)?;
     w.write_all_at(bytes, at)?;
     w.sync_data()
 }

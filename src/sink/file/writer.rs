@@ -383,7 +383,8 @@ impl FileWriter {
         };
         let name = self.file_name_for(&period, index);
         let path = self.dir.join(&name);
-        let (file, created) = open_private(&path)?;
+        let (file, created) =
+            open_private(&path).map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?;
         let len = file.metadata()?.len();
         // What a previous process left may still be in the page cache only.
         file.sync_data()?;
@@ -703,7 +704,10 @@ impl FileWriter {
 fn compress(dir: &Path, path: &Path) -> io::Result<()> {
     let tmp = PathBuf::from(format!("{}{GZ}.tmp", path.display()));
     let gz = PathBuf::from(format!("{}{GZ}", path.display()));
-    let mut input = File::open(path)?;
+    let mut input = OpenOptions::new()
+        .read(true)
+        .custom_flags(super::NOFOLLOW)
+        .open(path)?;
     let (out, _) = open_private(&tmp)?;
     out.set_len(0)?;
     let mut enc = flate2::write::GzEncoder::new(
@@ -770,6 +774,7 @@ fn open_private(path: &Path) -> io::Result<(File, bool)> {
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(super::NOFOLLOW)
         .open(path)
     {
         Ok(f) => {
@@ -777,7 +782,11 @@ fn open_private(path: &Path) -> io::Result<(File, bool)> {
             Ok((f, true))
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let f = OpenOptions::new().read(true).write(true).open(path)?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(super::NOFOLLOW)
+                .open(path)?;
             Ok((f, false))
         }
         Err(e) => Err(e),
