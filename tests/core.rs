@@ -806,3 +806,69 @@ fn a_symlink_planted_while_running_is_never_written_through() {
     drop(guard);
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
 }
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// A FIFO named like an audit file is refused at start, naming it.
+#[test]
+fn a_fifo_named_like_an_audit_file_is_refused_at_start() {
+    let dir = common::tempdir();
+    mkfifo(&dir.path().join("audit.jsonl"));
+    let sink = FileSink::new(dir.path()).rotation(tracing_audit::file::Rotation::NEVER);
+    let err = AuditLayer::builder()
+        .file(sink)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("audit.jsonl") && text.contains("not a regular file"),
+        "{text}"
+    );
+}
+
+/// A FIFO planted where the writer opens its next file neither takes the
+/// trail's records nor blocks the worker (its open would wait for a reader,
+/// its writes once its buffer is full): refused as a storage failure that
+/// the health names, and the pipeline still stops within its grace.
+#[test]
+fn a_fifo_planted_while_running_is_refused_without_blocking() {
+    let dir = common::tempdir();
+    let sink = FileSink::new(dir.path())
+        .rotation(tracing_audit::file::Rotation::NEVER)
+        .max_file_size(4_000);
+    let (layer, guard) = AuditLayer::builder()
+        .file(sink)
+        .shutdown_grace(std::time::Duration::from_millis(500))
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let handle = guard.handle();
+    assert!(handle.flush());
+    mkfifo(&dir.path().join("audit_000001.jsonl"));
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        for i in 0..20 {
+            tracing::info!(audit.event = "into_a_fifo", i);
+        }
+    });
+    assert!(!handle.flush_timeout(std::time::Duration::from_secs(2)));
+    let health = handle.health();
+    assert!(
+        !health.healthy
+            && health
+                .reasons
+                .iter()
+                .any(|r| r.contains("audit_000001.jsonl") && r.contains("not a regular file")),
+        "{health:?}"
+    );
+    let started = std::time::Instant::now();
+    drop(guard);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -433,8 +433,10 @@ impl<P: AsRef<Path>> From<P> for FileSink {
 /// cannot be turned into a write, or a truncation, of a file elsewhere.
 pub(crate) const NOFOLLOW: i32 = libc::O_NOFOLLOW;
 
-/// Refuses to start on a directory holding a symbolic link named like an
-/// audit file (the writer would open it to continue): the error names it.
+/// Refuses to start on a directory holding a symbolic link, or anything but
+/// a regular file, named like an audit file, the lock or a cursor (the
+/// writer would open it to continue; a FIFO would block its writes): the
+/// error names it.
 pub(crate) fn refuse_links(dir: &Path, prefix: &str, suffix: &str) -> Result<(), Error> {
     let entries = fs::read_dir(dir).map_err(|e| Error::io("list audit directory", dir, e))?;
     for entry in entries {
@@ -445,10 +447,21 @@ pub(crate) fn refuse_links(dir: &Path, prefix: &str, suffix: &str) -> Result<(),
         let named_like_ours = (name.starts_with(prefix) && plain.ends_with(suffix))
             || name == LOCK_FILE
             || (name.starts_with(".forward-") && name.ends_with(".cursor"));
-        let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
-        if named_like_ours && is_link {
+        if !named_like_ours {
+            continue;
+        }
+        let kind = entry
+            .file_type()
+            .map_err(|e| Error::io("list audit directory", dir, e))?;
+        if kind.is_symlink() {
             return Err(Error::Config(format!(
                 "{} is a symbolic link: audit files are never written through links (someone who could write the directory may have planted it); remove it",
+                entry.path().display()
+            )));
+        }
+        if !kind.is_file() {
+            return Err(Error::Config(format!(
+                "{} is not a regular file (a FIFO, socket, device or directory): the audit trail writes only regular files; remove it",
                 entry.path().display()
             )));
         }

@@ -782,11 +782,28 @@ fn open_private(path: &Path) -> io::Result<(File, bool)> {
             Ok((f, true))
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Not blocking on a FIFO planted there (its open would wait
+            // for a reader): refused below, like anything but a file.
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
-                .custom_flags(super::NOFOLLOW)
+                .custom_flags(super::NOFOLLOW | libc::O_NONBLOCK)
                 .open(path)?;
+            if !f.metadata()?.is_file() {
+                return Err(io::Error::other(
+                    "not a regular file (a FIFO, socket or device planted in the audit directory?)",
+                ));
+            }
+            // Back to blocking I/O, as every other open here (Linux ignores
+            // the flag on a regular file; other systems may not).
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+            // SAFETY: `fcntl` on our own open descriptor.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+                }
+            }
             Ok((f, false))
         }
         Err(e) => Err(e),
