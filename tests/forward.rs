@@ -228,6 +228,89 @@ fn a_relay_outage_never_blocks_and_delivery_catches_up_from_the_cursor() {
     assert_eq!(cursor(dir.path())["delivered"], records.len() as u64 - 1);
 }
 
+/// A record edited in the trail file while it waits there for the relay
+/// (the relay was down), by whoever could write the files but holds no
+/// key, is never forwarded: the relay gets every other record and a gap
+/// at that `seq`, never the edit, and the sink counts and names it.
+#[test]
+fn a_record_edited_while_it_waits_for_the_relay_is_never_forwarded() {
+    if !relp_available() {
+        return;
+    }
+    let work = common::tempdir();
+    let dir = common::tempdir();
+    let port = free_tcp_port(); // nothing listens there yet
+    let (audit, guard) = AuditLayer::builder()
+        .file(dir.path())
+        .chain_key(b"0123456789abcdef0123456789abcdef".to_vec())
+        .syslog(
+            SyslogSink::relp(format!("127.0.0.1:{port}"))
+                .backoff(Duration::from_millis(20), Duration::from_millis(100)),
+        )
+        .build()
+        .unwrap();
+    let handle = guard.handle();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    tracing::dispatcher::with_default(&dispatch, || {
+        // More than the sink reads ahead into its window while it waits.
+        for i in 0..1_000 {
+            tracing::info!(audit.event = "data_access", audit.actor = "alice", i);
+        }
+    });
+    assert!(handle.flush(), "flushed");
+    assert_eq!(handle.stats().syslog_sent, 0);
+
+    // The attacker rewrites one waiting record: same length, same layout.
+    let file = common::audit_files(dir.path()).pop().unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let target = text
+        .lines()
+        .find(|l| l.contains("\"i\":900"))
+        .expect("record i=900")
+        .to_owned();
+    let edited_seq = serde_json::from_str::<serde_json::Value>(&target).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let forged = target.replace("\"actor\":\"alice\"", "\"actor\":\"carol\"");
+    assert_eq!(forged.len(), target.len());
+    std::fs::write(&file, text.replace(&target, &forged)).unwrap();
+
+    let rs = Rsyslog::start(work.path(), &relp_input(port, ""));
+    wait_listening(port);
+    tracing::dispatcher::with_default(&dispatch, || {
+        tracing::info!(audit.event = "after_the_edit");
+    });
+    assert!(handle.flush(), "flushed");
+    caught_up(&handle);
+    let stats = handle.stats();
+    drop(dispatch);
+    drop(guard);
+
+    let chain = common::raw_lines(dir.path())[0].clone();
+    let chain = serde_json::from_str::<serde_json::Value>(&chain).unwrap()["chain_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let written = stats.records_written;
+    let got = wait_relay(&rs, &chain, written as usize - 1);
+    let seen = relay_seqs(&got, &chain);
+    assert!(
+        !seen.contains_key(&edited_seq),
+        "the edited record was forwarded"
+    );
+    assert!(
+        got.iter().all(|r| r.record["actor"] != "carol"),
+        "the edit reached the relay"
+    );
+    let want: BTreeSet<u64> = (0..written).filter(|&s| s != edited_seq).collect();
+    let have: BTreeSet<u64> = seen.keys().copied().filter(|&s| s < written).collect();
+    assert_eq!(have, want, "every other record");
+    assert!(stats.syslog_errors >= 1, "{stats:?}");
+    // The relay's copy says where its gap is.
+    let report = collected(work.path());
+    assert!(!report.is_ok(), "a gap at the edited record: {report:?}");
+}
+
 #[test]
 fn a_killed_instance_resumes_at_its_cursor_and_the_relay_misses_nothing() {
     if !relp_available() {

@@ -425,6 +425,8 @@ impl AuditLayerBuilder {
         // A directory's chain keeps the id it got when it started; a trail
         // of schema 1 records (no id yet) gets one at its first new record.
         let chain_id = resume.chain_id.unwrap_or_else(uuid::Uuid::now_v7);
+        // The sinks reading the trail forward only lines that check under it.
+        let trail_hasher = hasher.clone();
         let chain = match &resume.last {
             Some((seq, hash)) => Chain::resume(hasher, &chain_id, *seq, hash),
             None => Chain::new(hasher, &chain_id),
@@ -442,6 +444,7 @@ impl AuditLayerBuilder {
                 suffix: sink.suffix.clone(),
                 chain_id: chain_id.to_string(),
                 written: resume.last.as_ref().map(|(seq, _)| *seq),
+                hasher: trail_hasher,
             }),
             _ => None,
         };

@@ -29,6 +29,8 @@ pub(crate) struct TrailSource {
     pub(crate) suffix: String,
     pub(crate) chain_id: String,
     pub(crate) written: Option<u64>,
+    /// The chain's hash: a line is forwarded only if it checks under it.
+    pub(crate) hasher: crate::record::chain::Hasher,
 }
 
 /// The pipeline worker's end of a forwarder (a syslog or OTLP sink).
@@ -263,7 +265,15 @@ impl Input {
             },
             Input::Trail(t) => {
                 let written = t.progress.written.load(SeqCst).checked_sub(1);
-                match t.follower.next_record(written) {
+                let got = t.follower.next_record(written);
+                for (seq, file) in t.follower.take_refused() {
+                    let msg = format!(
+                        "a line of {file} laid out as record seq {seq} does not check under the chain's key (edited after it was written, or planted): not forwarded; the relay sees a gap there"
+                    );
+                    eprintln!("tracing-audit: {msg}");
+                    counters.error(msg);
+                }
+                match got {
                     Ok(Some((seq, line))) => return Next::Took(Taken::Trail(seq, line)),
                     Ok(None) => {}
                     Err(e) => counters.error(format!("reading the trail to forward: {e}")),
@@ -311,7 +321,7 @@ pub(crate) fn trail_input(
         _ => None,
     };
     let input = TrailInput {
-        follower: Follower::new(&t.dir, &t.prefix, &t.suffix, next),
+        follower: Follower::new(&t.dir, &t.prefix, &t.suffix, next, t.hasher.clone()),
         progress: progress.clone(),
         cursor,
         replay_until,

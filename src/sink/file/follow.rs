@@ -10,7 +10,11 @@
 //! wrote further), and across compression (a file compressed while open is
 //! still read through its descriptor; a file found compressed is read
 //! decompressed). Lines that are not sealed records (torn pieces a restart
-//! ended with a newline, junk) are skipped. Memory: the reader's 64 KiB
+//! ended with a newline, junk) are skipped. A line laid out as a sealed
+//! record whose hash does not check under the chain's key (edited after it
+//! was written, or planted by whoever could write the files) is never
+//! handed on: it is skipped and reported ([`Follower::take_refused`]), so a
+//! relay sees a gap in `seq`, never the edit. Memory: the reader's 64 KiB
 //! buffer and one line.
 //!
 //! When retention deleted files not yet read, the follower goes on with the
@@ -21,7 +25,10 @@ use std::path::{Path, PathBuf};
 
 use super::lines::{self, read_line};
 use super::{list_files, open_read, plain_name, AuditRead};
-use crate::record::chain::read_link;
+use crate::record::chain::{hash_checks, read_link, Hasher};
+
+/// Refused lines held between two [`Follower::take_refused`] calls.
+const MAX_REFUSED_HELD: usize = 64;
 
 /// One file being read.
 struct Open {
@@ -40,6 +47,10 @@ pub(crate) struct Follower {
     partial: Vec<u8>,
     /// The next `seq` wanted.
     next: u64,
+    /// The chain's hash (keyed or not): every line handed on checks under it.
+    hasher: Hasher,
+    /// Lines refused since [`Follower::take_refused`]: their `seq` and file.
+    refused: Vec<(u64, String)>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -53,8 +64,9 @@ impl std::fmt::Debug for Follower {
 }
 
 impl Follower {
-    /// A follower of the files `prefix*suffix` in `dir`, from `next`.
-    pub(crate) fn new(dir: &Path, prefix: &str, suffix: &str, next: u64) -> Self {
+    /// A follower of the files `prefix*suffix` in `dir`, from `next`, that
+    /// hands on only lines whose hash checks under `hasher`.
+    pub(crate) fn new(dir: &Path, prefix: &str, suffix: &str, next: u64, hasher: Hasher) -> Self {
         Follower {
             dir: dir.to_path_buf(),
             prefix: prefix.to_owned(),
@@ -62,7 +74,15 @@ impl Follower {
             cur: None,
             partial: Vec::new(),
             next,
+            hasher,
+            refused: Vec::new(),
         }
+    }
+
+    /// The lines refused since the last call (laid out as records, but
+    /// their hash does not check): `seq` and file name of each.
+    pub(crate) fn take_refused(&mut self) -> Vec<(u64, String)> {
+        std::mem::take(&mut self.refused)
     }
 
     /// Reads again from `seq` (a stream died with records in its buffers):
@@ -125,6 +145,15 @@ impl Follower {
             };
             let seq = link.seq;
             if seq < self.next {
+                continue;
+            }
+            if !hash_checks(&self.hasher, &bytes) {
+                // Not a record of this chain: skipped without moving
+                // `next`, so the genuine record of that `seq`, if the
+                // writer puts it after, is still handed on.
+                if self.refused.len() < MAX_REFUSED_HELD {
+                    self.refused.push((seq, cur.name.clone()));
+                }
                 continue;
             }
             self.next = seq + 1;
