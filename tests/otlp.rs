@@ -400,3 +400,31 @@ fn every_record_arrives_over_http_protobuf_also_without_a_file() {
         );
     }
 }
+
+/// An endpoint the sink cannot reach is refused at `build()`, saying why:
+/// `https://` (no TLS is built in: every export would fail while records
+/// waited) and anything but `http://host:port`. Nothing is sent anywhere.
+#[test]
+fn an_endpoint_the_sink_cannot_reach_is_refused_at_build() {
+    for (sink, says) in [
+        (OtlpSink::http("https://collector.example:4318"), "no TLS"),
+        (OtlpSink::grpc("https://collector.example:4317"), "no TLS"),
+        (OtlpSink::grpc("collector.example:4317"), "http://host:port"),
+        (OtlpSink::http("http://"), "http://host:port"),
+    ] {
+        let dir = common::tempdir();
+        let err = tracing_audit::AuditLayer::builder()
+            .file(dir.path())
+            .otlp(sink)
+            .build::<tracing_subscriber::Registry>()
+            .unwrap_err();
+        assert!(
+            matches!(err, tracing_audit::Error::Config(_)) && err.to_string().contains(says),
+            "{err}"
+        );
+        assert!(
+            common::audit_files(dir.path()).is_empty(),
+            "refused before anything was written"
+        );
+    }
+}

@@ -398,6 +398,10 @@ impl AuditLayerBuilder {
                 "no sink: call .file(..), .syslog(..) and/or .otlp(..)".into(),
             ));
         }
+        #[cfg(feature = "otlp")]
+        for sink in &self.otlp {
+            sink.check_endpoint()?;
+        }
         let hasher = match self.chain_key.take() {
             None => Hasher::Plain,
             Some(Ok(h)) => h,

@@ -217,6 +217,24 @@ impl OtlpSink {
         self
     }
 
+    /// Refuses an endpoint this sink cannot reach, at `build()`: anything
+    /// but `http://host[:port]`. An `https://` one would otherwise fail on
+    /// every attempt while records wait: no TLS is built into this sink.
+    pub(crate) fn check_endpoint(&self) -> Result<(), Error> {
+        let e = self.endpoint.as_str();
+        if e.starts_with("https://") {
+            return Err(Error::Config(format!(
+                "OTLP endpoint {e}: this sink speaks plain text only (no TLS is built in); send to an OpenTelemetry Collector on this machine at http://127.0.0.1:<port> and let it forward over TLS"
+            )));
+        }
+        match e.strip_prefix("http://") {
+            Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(()),
+            _ => Err(Error::Config(format!(
+                "OTLP endpoint {e:?}: expected http://host:port"
+            ))),
+        }
+    }
+
     /// Starts the sink's thread (connections are made there).
     pub(crate) fn start(
         self,
