@@ -24,7 +24,8 @@
 //! cost without backpressure vs worker rate), `e2e` (part 1 alone), `e2e-plain` (this crate
 //! alone, plain event, two threads: for A/B runs), `e2e-plain-keyed` (the same, the chain
 //! keyed),
-//! `sha` (part 6), `latency` (caller cost at a steady rate), `durable` (32 threads of
+//! `sha` (part 6), `policy-spray` (PolicyLayer when every event names a new actor),
+//! `latency` (caller cost at a steady rate), `durable` (32 threads of
 //! durable records), `e2e1` (one small end-to-end
 //! run, for profiling under callgrind).
 
@@ -550,6 +551,48 @@ fn policy_bench() {
     }
 }
 
+/// `PolicyLayer` (the three default policies) when every event names an
+/// actor never seen before, as an attacker spraying user names into
+/// `auth_failure` makes it, against one actor throughout; with the default
+/// `top_k` (100) and a large one (10 000). The actors' names are made
+/// before the clock starts.
+fn policy_spray_bench() {
+    let n: usize = if quick() { 50_000 } else { 1_000_000 };
+    let names: Vec<String> = (0..n).map(|i| format!("user{i:07}")).collect();
+    println!("PolicyLayer, every event a new actor (3 default policies, one thread, {n} events):");
+    for top_k in [100usize, 10_000] {
+        let mut row = Vec::new();
+        for spray in [false, true] {
+            let (layer, compliance) = PolicyLayer::builder()
+                .policies(Policy::defaults())
+                .top_k(top_k)
+                .emit_records(false)
+                .build();
+            let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+            let ns = tracing::dispatcher::with_default(&dispatch, || {
+                let start = Instant::now();
+                for name in &names {
+                    let actor = if spray { name.as_str() } else { "alice" };
+                    tracing::info!(
+                        audit.event = "auth_failure",
+                        audit.actor = actor,
+                        audit.outcome = "failure"
+                    );
+                }
+                start.elapsed().as_nanos() as f64 / n as f64
+            });
+            let stats = compliance.stats();
+            let counted: u64 = stats.events_by_actor.values().sum::<u64>() + stats.actors_evicted;
+            assert_eq!(counted, n as u64);
+            row.push(ns);
+        }
+        println!(
+            "  top_k {top_k:>6}: one actor {:>7.1} ns/event, a new actor every event {:>7.1} ns/event",
+            row[0], row[1]
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--collected-only") {
@@ -590,6 +633,7 @@ fn main() {
         .map(|i| args[i + 1].clone());
     match only.as_deref() {
         Some("policy") => return policy_bench(),
+        Some("policy-spray") => return policy_spray_bench(),
         Some("sha") => return sha_bench(),
         Some("verify") => return verify_bench(),
         Some("collected") => return collected_bench(),
@@ -673,6 +717,7 @@ fn main() {
     verify_bench();
     collected_bench();
     policy_bench();
+    policy_spray_bench();
 }
 
 /// SHA-256's compression function on this CPU (SHA instructions when it has
