@@ -455,24 +455,37 @@ fn a_child_forked_without_exec_does_not_hold_the_directory() {
     assert!(again.is_ok(), "{:?}", again.err());
 }
 
-#[test]
-fn a_second_writer_on_the_same_directory_is_refused() {
+/// A second writer on a directory whose writer runs is refused, after
+/// `meanwhile` ran, and the directory is free again once the first stops.
+fn second_writer_is_refused_while_the_first_runs(meanwhile: impl FnOnce(&std::path::Path)) {
     let dir = common::tempdir();
-    let (_a, guard) = AuditLayer::builder()
-        .file(dir.path())
-        .build::<tracing_subscriber::Registry>()
-        .unwrap();
-    let err = AuditLayer::builder()
-        .file(dir.path())
-        .build::<tracing_subscriber::Registry>()
-        .unwrap_err();
+    let build = || {
+        AuditLayer::builder()
+            .file(dir.path())
+            .build::<tracing_subscriber::Registry>()
+    };
+    let (_a, guard) = build().unwrap();
+    meanwhile(dir.path());
+    let err = build().unwrap_err();
     assert!(matches!(err, Error::DirectoryInUse { .. }), "{err:?}");
     drop(guard);
     // Free again once the first is gone.
-    let (_b, _g) = AuditLayer::builder()
-        .file(dir.path())
-        .build::<tracing_subscriber::Registry>()
-        .unwrap();
+    let (_b, _g) = build().unwrap();
+}
+
+#[test]
+fn a_second_writer_on_the_same_directory_is_refused() {
+    second_writer_is_refused_while_the_first_runs(|_| {});
+}
+
+/// Deleting `.lock` while a writer runs (a cleanup script, an aged-out
+/// dot file) does not let a second writer start on the directory and fork
+/// its chain: the directory itself is locked too.
+#[test]
+fn a_deleted_lock_file_does_not_let_a_second_writer_in() {
+    second_writer_is_refused_while_the_first_runs(|dir| {
+        std::fs::remove_file(dir.join(".lock")).unwrap();
+    });
 }
 
 #[test]

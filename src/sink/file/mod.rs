@@ -665,10 +665,23 @@ pub(crate) fn close_locks_in_child() {
     }
 }
 
-/// A directory's exclusive lock, held while this value lives. A child
-/// `fork` creates does not hold it ([`close_locks_in_child`]).
+/// A directory's exclusive lock, held while this value lives: an `flock`
+/// on `.lock` (what versions before this one take, so that they and this
+/// one exclude each other) and one on the directory itself, which deleting
+/// `.lock` (a cleanup script, `systemd-tmpfiles` aging it out) does not
+/// release. A child `fork` creates holds neither ([`close_locks_in_child`]).
 #[derive(Debug)]
 pub(crate) struct DirLock {
+    _file: HeldLock,
+    /// `None` where the file system cannot lock a directory (NFS emulates
+    /// `flock` with write locks, which a directory opened to read cannot
+    /// take): `.lock` alone then, as before.
+    _dir: Option<HeldLock>,
+}
+
+/// One locked descriptor, registered for [`close_locks_in_child`].
+#[derive(Debug)]
+struct HeldLock {
     file: std::mem::ManuallyDrop<File>,
     /// The entry of [`LOCK_FDS`] that names it, if one was free.
     slot: Option<usize>,
@@ -677,7 +690,7 @@ pub(crate) struct DirLock {
     generation: u64,
 }
 
-impl DirLock {
+impl HeldLock {
     fn new(file: File) -> Self {
         use std::os::fd::AsRawFd;
         use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
@@ -689,7 +702,7 @@ impl DirLock {
         let slot = LOCK_FDS
             .iter()
             .position(|s| s.compare_exchange(-1, fd, AcqRel, Relaxed).is_ok());
-        DirLock {
+        HeldLock {
             file: std::mem::ManuallyDrop::new(file),
             slot,
             generation,
@@ -697,7 +710,7 @@ impl DirLock {
     }
 }
 
-impl Drop for DirLock {
+impl Drop for HeldLock {
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;
         use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
@@ -721,6 +734,21 @@ impl Drop for DirLock {
     }
 }
 
+/// Takes `f`'s exclusive `flock`, waiting up to [`LOCK_WAIT`] from `start`:
+/// `Ok(false)` if another holds it still.
+fn try_lock_until(f: &File, start: std::time::Instant) -> io::Result<bool> {
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
 /// Takes the directory's exclusive lock, or says who holds it (after
 /// [`LOCK_WAIT`]).
 pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock, Error> {
@@ -733,21 +761,26 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock, Error> {
         .custom_flags(NOFOLLOW)
         .open(&path)
         .map_err(|e| Error::io("open lock file", &path, e))?;
+    let in_use = || Error::DirectoryInUse {
+        dir: dir.to_path_buf(),
+    };
     let start = std::time::Instant::now();
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(DirLock::new(f)),
-            Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::DirectoryInUse {
-                    dir: dir.to_path_buf(),
-                })
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io("lock audit directory", &path, e))
-            }
-        }
+    if !try_lock_until(&f, start).map_err(|e| Error::io("lock audit directory", &path, e))? {
+        return Err(in_use());
     }
+    let file = HeldLock::new(f);
+    // The directory too. Where it cannot be locked (an error other than
+    // "held"), `.lock` alone stands, as it always did.
+    let dir_lock = match File::open(dir) {
+        Ok(d) => match try_lock_until(&d, start) {
+            Ok(true) => Some(HeldLock::new(d)),
+            Ok(false) => return Err(in_use()),
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
+    Ok(DirLock {
+        _file: file,
+        _dir: dir_lock,
+    })
 }
