@@ -773,16 +773,18 @@ fn a_symlink_named_like_an_audit_file_is_refused_at_start() {
     }
 }
 
-/// A link planted while the trail runs, where the writer opens its next
-/// file, is never written through: the open is refused (`O_NOFOLLOW`), the
-/// failure is visible (no flush succeeds, the health says why), and the
-/// file it points to stays as it was. (Before, the writer appended the
-/// trail's records to it.)
-#[test]
-fn a_symlink_planted_while_running_is_never_written_through() {
-    let outside = common::tempdir();
-    let victim = outside.path().join("victim");
-    std::fs::write(&victim, b"precious\n").unwrap();
+/// A trail of 4 000-byte files whose writer started (`audit.jsonl`); then
+/// `plant` runs on its directory and 20 records follow, enough to need the
+/// next file. Returns the directory, the guard, whether a flush then
+/// succeeded within 2 s, and the health after it.
+fn plant_then_rotate(
+    plant: impl FnOnce(&std::path::Path),
+) -> (
+    tempfile::TempDir,
+    tracing_audit::AuditGuard,
+    bool,
+    tracing_audit::pipeline::Health,
+) {
     let dir = common::tempdir();
     let sink = FileSink::new(dir.path())
         .rotation(tracing_audit::file::Rotation::NEVER)
@@ -794,18 +796,38 @@ fn a_symlink_planted_while_running_is_never_written_through() {
         .unwrap();
     let handle = guard.handle();
     assert!(handle.flush());
-    for k in 1..=3 {
-        let link = dir.path().join(format!("audit_{k:06}.jsonl"));
-        std::os::unix::fs::symlink(&victim, link).unwrap();
-    }
+    plant(dir.path());
     let subscriber = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(subscriber, || {
         for i in 0..20 {
-            tracing::info!(audit.event = "through_a_link", audit.actor = "mallory", i);
+            tracing::info!(
+                audit.event = "into_a_planted_file",
+                audit.actor = "mallory",
+                i
+            );
         }
     });
     let flushed = handle.flush_timeout(std::time::Duration::from_secs(2));
     let health = handle.health();
+    (dir, guard, flushed, health)
+}
+
+/// A link planted while the trail runs, where the writer opens its next
+/// file, is never written through: the open is refused (`O_NOFOLLOW`), the
+/// failure is visible (no flush succeeds, the health says why), and the
+/// file it points to stays as it was. (Before, the writer appended the
+/// trail's records to it.)
+#[test]
+fn a_symlink_planted_while_running_is_never_written_through() {
+    let outside = common::tempdir();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"precious\n").unwrap();
+    let (_dir, guard, flushed, health) = plant_then_rotate(|dir| {
+        for k in 1..=3 {
+            let link = dir.join(format!("audit_{k:06}.jsonl"));
+            std::os::unix::fs::symlink(&victim, link).unwrap();
+        }
+    });
     assert!(!flushed, "a flush succeeded through a planted link");
     assert!(
         !health.healthy
@@ -849,26 +871,9 @@ fn a_fifo_named_like_an_audit_file_is_refused_at_start() {
 /// the health names, and the pipeline still stops within its grace.
 #[test]
 fn a_fifo_planted_while_running_is_refused_without_blocking() {
-    let dir = common::tempdir();
-    let sink = FileSink::new(dir.path())
-        .rotation(tracing_audit::file::Rotation::NEVER)
-        .max_file_size(4_000);
-    let (layer, guard) = AuditLayer::builder()
-        .file(sink)
-        .shutdown_grace(std::time::Duration::from_millis(500))
-        .build::<tracing_subscriber::Registry>()
-        .unwrap();
-    let handle = guard.handle();
-    assert!(handle.flush());
-    mkfifo(&dir.path().join("audit_000001.jsonl"));
-    let subscriber = tracing_subscriber::registry().with(layer);
-    tracing::subscriber::with_default(subscriber, || {
-        for i in 0..20 {
-            tracing::info!(audit.event = "into_a_fifo", i);
-        }
-    });
-    assert!(!handle.flush_timeout(std::time::Duration::from_secs(2)));
-    let health = handle.health();
+    let (_dir, guard, flushed, health) =
+        plant_then_rotate(|dir| mkfifo(&dir.join("audit_000001.jsonl")));
+    assert!(!flushed);
     assert!(
         !health.healthy
             && health

@@ -157,6 +157,41 @@ fn wait_relay(rs: &Rsyslog, chain: &str, n: usize) -> Vec<Received> {
     }
 }
 
+/// A writer on `dir` (its chain keyed with `key`, if any) forwarding over
+/// RELP to `port`, where nothing listens yet, with `n` `data_access`
+/// records (`i` = 0..n) written and flushed: all of them wait in the trail.
+fn write_with_relay_down(
+    dir: &Path,
+    port: u16,
+    key: Option<&[u8]>,
+    n: u64,
+) -> (
+    tracing_audit::AuditGuard,
+    tracing_audit::AuditHandle,
+    tracing::Dispatch,
+) {
+    let mut builder = AuditLayer::builder().file(dir).syslog(
+        SyslogSink::relp(format!("127.0.0.1:{port}"))
+            // A queue this small would hold the application back at
+            // once; reading the trail, it does not apply.
+            .capacity(16)
+            .backoff(Duration::from_millis(20), Duration::from_millis(100)),
+    );
+    if let Some(key) = key {
+        builder = builder.chain_key(key.to_vec());
+    }
+    let (audit, guard) = builder.build().unwrap();
+    let handle = guard.handle();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..n {
+            tracing::info!(audit.event = "data_access", audit.actor = "alice", i);
+        }
+    });
+    assert!(handle.flush(), "flushed");
+    (guard, handle, dispatch)
+}
+
 #[test]
 fn a_relay_outage_never_blocks_and_delivery_catches_up_from_the_cursor() {
     if !relp_available() {
@@ -165,26 +200,7 @@ fn a_relay_outage_never_blocks_and_delivery_catches_up_from_the_cursor() {
     let work = common::tempdir();
     let dir = common::tempdir();
     let port = free_tcp_port(); // nothing listens there yet
-    let (audit, guard) = AuditLayer::builder()
-        .file(dir.path())
-        .syslog(
-            SyslogSink::relp(format!("127.0.0.1:{port}"))
-                // A queue this small would hold the application back at
-                // once; reading the trail, it does not apply.
-                .capacity(16)
-                .backoff(Duration::from_millis(20), Duration::from_millis(100)),
-        )
-        .build()
-        .unwrap();
-    let handle = guard.handle();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
-    let n = 20_000u64;
-    tracing::dispatcher::with_default(&dispatch, || {
-        for i in 0..n {
-            tracing::info!(audit.event = "data_access", audit.actor = "alice", i);
-        }
-    });
-    assert!(handle.flush(), "flushed");
+    let (guard, handle, dispatch) = write_with_relay_down(dir.path(), port, None, 20_000);
     let during = handle.stats();
     assert_eq!(during.syslog_sent, 0, "{during:?}");
     assert_eq!(during.syslog_dropped, 0, "{during:?}");
@@ -240,24 +256,9 @@ fn a_record_edited_while_it_waits_for_the_relay_is_never_forwarded() {
     let work = common::tempdir();
     let dir = common::tempdir();
     let port = free_tcp_port(); // nothing listens there yet
-    let (audit, guard) = AuditLayer::builder()
-        .file(dir.path())
-        .chain_key(b"0123456789abcdef0123456789abcdef".to_vec())
-        .syslog(
-            SyslogSink::relp(format!("127.0.0.1:{port}"))
-                .backoff(Duration::from_millis(20), Duration::from_millis(100)),
-        )
-        .build()
-        .unwrap();
-    let handle = guard.handle();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(audit));
-    tracing::dispatcher::with_default(&dispatch, || {
-        // More than the sink reads ahead into its window while it waits.
-        for i in 0..1_000 {
-            tracing::info!(audit.event = "data_access", audit.actor = "alice", i);
-        }
-    });
-    assert!(handle.flush(), "flushed");
+                                // More records than the sink reads ahead into its window while it waits.
+    let key = b"0123456789abcdef0123456789abcdef";
+    let (guard, handle, dispatch) = write_with_relay_down(dir.path(), port, Some(key), 1_000);
     assert_eq!(handle.stats().syslog_sent, 0);
 
     // The attacker rewrites one waiting record: same length, same layout.
