@@ -429,8 +429,6 @@ impl AuditLayerBuilder {
         // A directory's chain keeps the id it got when it started; a trail
         // of schema 1 records (no id yet) gets one at its first new record.
         let chain_id = resume.chain_id.unwrap_or_else(uuid::Uuid::now_v7);
-        // The sinks reading the trail forward only lines that check under it.
-        let trail_hasher = hasher.clone();
         let chain = match &resume.last {
             Some((seq, hash)) => Chain::resume(hasher, &chain_id, *seq, hash),
             None => Chain::new(hasher, &chain_id),
@@ -448,7 +446,8 @@ impl AuditLayerBuilder {
                 suffix: sink.suffix.clone(),
                 chain_id: chain_id.to_string(),
                 written: resume.last.as_ref().map(|(seq, _)| *seq),
-                hasher: trail_hasher,
+                // They forward only lines that check under the chain's hash.
+                hasher: chain.hasher().clone(),
             }),
             _ => None,
         };
@@ -578,7 +577,7 @@ impl AuditLayerBuilder {
         let dir = file::prepare_dir(&sink.dir)?;
         let warnings = dir.warning.into_iter().collect();
         let lock = file::lock_dir(&dir.path)?;
-        file::refuse_links(&dir.path, &sink.prefix, &sink.suffix)?;
+        file::refuse_planted(&dir.path, &sink.prefix, &sink.suffix)?;
         let resume = file::find_resume(sink, &dir.path, hasher)?;
         Ok((
             Some(FileWriter::new(sink, dir.path, lock)),

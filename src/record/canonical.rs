@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 
+use super::chain::Link;
 use super::strict::{CheckedObject, CheckedStr};
 use super::CheckedRecord;
 use crate::record::fields::{Outcome, Risk};
@@ -30,10 +31,7 @@ const MAX_KEYS: usize = 64;
 const NEAR_KEYS: usize = 8;
 
 /// Checks `line` (without its newline) as a record in the written form.
-///
-/// Each value is read after its key, in the line's order: the fields of a
-/// struct expression are evaluated in the order they are written, which
-/// here is the order of the line.
+#[cfg(test)]
 pub(super) fn check(line: &[u8]) -> Option<CheckedRecord<'_>> {
     check_up_to(line, None)
 }
@@ -41,20 +39,32 @@ pub(super) fn check(line: &[u8]) -> Option<CheckedRecord<'_>> {
 /// The chain fields of a schema 3 line, already read and found in the
 /// written form by [`read_link`](super::chain::read_link): where they
 /// start, the sequence number and the chain id.
-pub(super) struct Tail<'a> {
-    pub(super) at: usize,
-    pub(super) seq: u64,
-    pub(super) chain_id: &'a str,
+struct Tail<'a> {
+    at: usize,
+    seq: u64,
+    chain_id: &'a str,
 }
 
-/// [`check`], for a line whose chain fields `tail` already describes:
-/// the body is checked as in [`check`] and must end exactly where they
-/// start; they are not read again (about a tenth of the pass: two 64-digit
-/// hashes, a UUID and a number).
-pub(super) fn check_linked<'a>(line: &'a [u8], tail: Tail<'a>) -> Option<CheckedRecord<'a>> {
-    check_up_to(line, Some(tail))
+/// [`check`], for a line whose chain fields
+/// [`read_link`](super::chain::read_link) read as `link`:
+/// when it found them in the written form, the body is checked as in
+/// [`check`] and must end exactly where they start, and they are not read
+/// again (about a tenth of the pass: two 64-digit hashes, a UUID and a
+/// number); otherwise the whole line is checked.
+pub(super) fn check_linked<'a>(line: &'a [u8], link: &Link<'a>) -> Option<CheckedRecord<'a>> {
+    let tail = link.tail_at.zip(link.chain_id).map(|(at, chain_id)| Tail {
+        at,
+        seq: link.seq,
+        chain_id,
+    });
+    check_up_to(line, tail)
 }
 
+/// The check itself; with `tail`, the chain fields are taken from it.
+///
+/// Each value is read after its key, in the line's order: the fields of a
+/// struct expression are evaluated in the order they are written, which
+/// here is the order of the line.
 fn check_up_to<'a>(line: &'a [u8], tail: Option<Tail<'a>>) -> Option<CheckedRecord<'a>> {
     let mut c = Cursor {
         s: utf8(line)?,
@@ -567,15 +577,9 @@ mod tests {
     ];
 
     /// [`check_linked`] as the readers call it: with the chain fields
-    /// `read_link` found, if it found them in the written form.
+    /// `read_link` found.
     fn linked(line: &[u8]) -> Option<CheckedRecord<'_>> {
-        let link = super::super::chain::read_link(line).ok()?;
-        let tail = link.tail_at.zip(link.chain_id).map(|(at, chain_id)| Tail {
-            at,
-            seq: link.seq,
-            chain_id,
-        })?;
-        check_linked(line, tail)
+        check_linked(line, &super::super::chain::read_link(line).ok()?)
     }
 
     fn serde_verdict(line: &[u8]) -> Option<(Option<String>, Option<String>, Option<String>)> {

@@ -511,19 +511,7 @@ impl<'a> CheckedRecord<'a> {
         line: &'a [u8],
         link: &chain::Link<'a>,
     ) -> Result<Self, serde_json::Error> {
-        let tail = link
-            .tail_at
-            .zip(link.chain_id)
-            .map(|(at, chain_id)| canonical::Tail {
-                at,
-                seq: link.seq,
-                chain_id,
-            });
-        let fast = match tail {
-            Some(tail) => canonical::check_linked(line, tail),
-            None => canonical::check(line),
-        };
-        match fast {
+        match canonical::check_linked(line, link) {
             Some(r) => Ok(r),
             None => Self::check_by_serde(line),
         }

@@ -67,12 +67,21 @@ pub(crate) struct Loaded {
     pub(crate) may_have_sent: Option<u64>,
 }
 
+/// A cursor's file name is `.forward-<name>.cursor`.
+const CURSOR_PREFIX: &str = ".forward-";
+const CURSOR_SUFFIX: &str = ".cursor";
+
+/// Whether `file` is named like a forward cursor.
+pub(crate) fn is_cursor_name(file: &str) -> bool {
+    file.starts_with(CURSOR_PREFIX) && file.ends_with(CURSOR_SUFFIX)
+}
+
 impl Cursor {
     /// The cursor named `name` in `dir` for the chain `chain_id`, and what
     /// it held (nothing if missing, unreadable or of another chain; an
     /// unusable one is described in the string).
     pub(crate) fn load(dir: &Path, name: &str, chain_id: &str) -> (Cursor, Loaded, Option<String>) {
-        let path = dir.join(format!(".forward-{name}.cursor"));
+        let path = dir.join(format!("{CURSOR_PREFIX}{name}{CURSOR_SUFFIX}"));
         let boot_id = boot_id();
         let (loaded, problem) = match fs::read(&path) {
             Ok(bytes) => match parse(&bytes, chain_id, &boot_id) {

@@ -437,16 +437,15 @@ pub(crate) const NOFOLLOW: i32 = libc::O_NOFOLLOW;
 /// a regular file, named like an audit file, the lock or a cursor (the
 /// writer would open it to continue; a FIFO would block its writes): the
 /// error names it.
-pub(crate) fn refuse_links(dir: &Path, prefix: &str, suffix: &str) -> Result<(), Error> {
+pub(crate) fn refuse_planted(dir: &Path, prefix: &str, suffix: &str) -> Result<(), Error> {
     let entries = fs::read_dir(dir).map_err(|e| Error::io("list audit directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list audit directory", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let plain = name.strip_suffix(GZ).unwrap_or(name);
-        let named_like_ours = (name.starts_with(prefix) && plain.ends_with(suffix))
+        let named_like_ours = named_like_audit_file(name, prefix, suffix)
             || name == LOCK_FILE
-            || (name.starts_with(".forward-") && name.ends_with(".cursor"));
+            || crate::sink::cursor::is_cursor_name(name);
         if !named_like_ours {
             continue;
         }
@@ -469,6 +468,12 @@ pub(crate) fn refuse_links(dir: &Path, prefix: &str, suffix: &str) -> Result<(),
     Ok(())
 }
 
+/// Whether `name` is an audit file's (`prefix*suffix`, or that and `.gz`).
+fn named_like_audit_file(name: &str, prefix: &str, suffix: &str) -> bool {
+    let plain = name.strip_suffix(GZ).unwrap_or(name);
+    name.starts_with(prefix) && plain.ends_with(suffix)
+}
+
 /// What a compressed audit file's name ends with, after the suffix.
 pub(crate) const GZ: &str = ".gz";
 
@@ -483,10 +488,8 @@ pub(crate) fn list_files(dir: &Path, prefix: &str, suffix: &str) -> io::Result<V
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let plain = name.strip_suffix(GZ).unwrap_or(name);
         if name.starts_with('.')
-            || !name.starts_with(prefix)
-            || !plain.ends_with(suffix)
+            || !named_like_audit_file(name, prefix, suffix)
             || !entry.file_type()?.is_file()
         {
             continue;
@@ -631,8 +634,9 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<PreparedDir, Error> {
 /// held for that moment.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Directory locks a process can hold at once with the child's copy closed
-/// at `fork`; a lock beyond them works the same, without that.
+/// Lock descriptors (two a directory) a process can hold at once with the
+/// child's copy closed at `fork`; one beyond them works the same, without
+/// that.
 const LOCK_SLOTS: usize = 32;
 
 /// The descriptors of the directory locks this process holds (`-1`: free).
